@@ -1,0 +1,1 @@
+"""Command line: thin wrappers that parse, call the pipeline and print."""

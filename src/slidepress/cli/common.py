@@ -1,0 +1,99 @@
+"""What every command shares: one-line errors, exit codes, progress bars, input expansion."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from ..errors import SlidepressError, UsageError
+
+T = TypeVar("T")
+EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
+console = Console(stderr=True, highlight=False)
+SLIDE_SUFFIXES = {
+    ".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide",
+    ".png", ".jpg", ".jpeg", ".dcm",
+}  # fmt: skip
+
+
+def error_line(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}", soft_wrap=True, markup=True)
+
+
+def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
+    error_line(message)
+    raise SystemExit(code)
+
+
+def guarded(fn: Callable[[], T]) -> T:
+    """Run a command: user errors -> one line + exit 2, bugs -> one line + exit 1."""
+    try:
+        return fn()
+    except SlidepressError as e:
+        fail(str(e), EXIT_BAD_INPUT)
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
+    except (SystemExit, Exception) as e:
+        if isinstance(e, SystemExit):
+            raise
+        if os.environ.get("SLIDEPRESS_DEBUG"):
+            raise
+        fail(
+            f"internal error: {type(e).__name__}: {e} (set SLIDEPRESS_DEBUG=1 for a traceback)",
+            EXIT_INTERNAL,
+        )
+
+
+def expand_slides(inputs: list[str]) -> list[Path]:
+    """Slides named on the command line; a plain folder stands for the slides inside it."""
+    from ..slide import SAMPLE_NAME, resolve_slide_path
+
+    out: list[Path] = []
+    for item in inputs:
+        p = resolve_slide_path(item) if item == SAMPLE_NAME else Path(item)
+        if p.is_dir() and not any(p.glob("*.dcm")):
+            found = sorted(
+                c
+                for c in p.iterdir()
+                if (c.is_file() and c.suffix.lower() in SLIDE_SUFFIXES)
+                or (c.is_dir() and any(c.glob("*.dcm")))
+            )
+            if not found:
+                raise UsageError(f"{p}: folder holds no slides")
+            out.extend(found)
+        else:
+            out.append(p)
+    return out
+
+
+@contextmanager
+def progress_bars() -> Iterator[Callable[[str, int], Callable[[int], None]]]:
+    """Yield `start(name, total) -> advance(n)`; one bar per slide, shown on stderr."""
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("cells"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console) as prog:
+
+        def start(name: str, total: int) -> Callable[[int], None]:
+            task = prog.add_task(name, total=total)
+            return lambda n: prog.advance(task, n)
+
+        yield start

@@ -1,0 +1,243 @@
+"""`slidepress` command line. Exit codes: 0 ok, 2 bad input or usage, 1 internal error."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .. import __version__
+from ..errors import SlidepressError, UsageError
+from .common import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERNAL,
+    console,
+    error_line,
+    expand_slides,
+    guarded,
+    progress_bars,
+)
+
+app = typer.Typer(
+    name="slidepress",
+    help="Compress pathology whole-slide images: NIC embedding grids and coded tile containers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"slidepress {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print version.")
+    ] = False,
+) -> None:
+    """Slide in, compressed slide out. Use '@sample' as SLIDE for the bundled CMU-1 crop."""
+
+
+@app.command()
+def info(
+    slide: Annotated[str, typer.Argument(help="Slide file, DICOM folder, or @sample.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    thumbnail: Annotated[Path | None, typer.Option(help="Also save a thumbnail PNG here.")] = None,
+    reader: Annotated[str | None, typer.Option(help="Force a reader backend.")] = None,
+) -> None:
+    """Show a slide's size, pyramid levels, resolution and the reader that opens it."""
+
+    def body() -> None:
+        from ..slide import open_slide, plausible_mpp, resolve_slide_path
+        from ..viz import save_png
+
+        path = resolve_slide_path(slide)
+        with open_slide(path, reader=reader) as r:
+            d = r.info.to_dict()
+            mpp_ok = bool(r.info.mpp) and all(plausible_mpp(m) for m in r.info.mpp)
+            d["mpp_plausible"] = mpp_ok
+            if thumbnail is not None:
+                _refuse_input(thumbnail, path)
+                img, _ = r.thumbnail(1024)
+                save_png(img, thumbnail)
+        if as_json:
+            typer.echo(json.dumps(d, indent=2))
+            return
+        from rich.table import Table
+
+        t = Table(title=f"{path.name}  ({d['reader']}, {d['vendor'] or 'unknown vendor'})")
+        for col in ("level", "width", "height", "downsample", "mpp"):
+            t.add_column(col, justify="right")
+        m = r.info.mpp
+        for i, ((w, h), ds) in enumerate(zip(d["level_dimensions"], d["level_downsamples"])):
+            t.add_row(str(i), str(w), str(h), f"{ds:.3f}", f"{m[0] * ds:.4g}" if m else "-")
+        from rich.console import Console
+
+        out = Console(highlight=False)
+        out.print(t)
+        if not mpp_ok:
+            from ..slide.mpp import HOW_TO_OVERRIDE
+
+            what = "missing" if not m else f"implausible ({m[0]:.4g} um/px)"
+            out.print(f"[yellow]mpp {what}[/]: to encode, {HOW_TO_OVERRIDE}")
+        if d["objective_power"]:
+            out.print(f"objective: {d['objective_power']:g}x")
+        if d["associated_images"]:
+            out.print(f"associated images: {', '.join(d['associated_images'])}")
+        if thumbnail is not None:
+            out.print(f"thumbnail: {thumbnail}")
+
+    guarded(body)
+
+
+def _refuse_input(output: Path, *inputs: Path) -> None:
+    for i in inputs:
+        if output.exists() and i.exists() and output.resolve() == i.resolve():
+            raise UsageError(f"refusing to overwrite the input {i}")
+
+
+@app.command()
+def encode(
+    slides: Annotated[
+        list[str], typer.Argument(help="Slide files, DICOM folders, folders of slides, @sample.")
+    ],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output folder.")],
+    encoder: Annotated[
+        str, typer.Option(help="mean-rgb, torchscript:PATH, timm:MODEL@WEIGHTS (see 'encoders').")
+    ] = "mean-rgb",
+    patch_size: Annotated[
+        int | None, typer.Option(help="Patch side in px at --mpp [default: encoder's, or 128].")
+    ] = None,
+    stride: Annotated[int | None, typer.Option(help="Cell pitch in px [default: patch].")] = None,
+    mpp: Annotated[
+        float | None, typer.Option(help="Target um/px [default: encoder's, or 0.5].")
+    ] = None,
+    mpp_override: Annotated[
+        float | None, typer.Option(help="Use this level-0 um/px instead of the file's.")
+    ] = None,
+    mpp_csv: Annotated[
+        Path | None, typer.Option(help="CSV 'slide,mpp' of per-slide level-0 overrides.")
+    ] = None,
+    tissue_threshold: Annotated[
+        float, typer.Option(help="Keep cells whose tissue fraction is >= this (0-1).")
+    ] = 0.5,
+    augment: Annotated[
+        str, typer.Option(help="'none', or 'dihedral': also the 8 rotations/flips.")
+    ] = "none",
+    fmt: Annotated[str, typer.Option("--format", help="zarr | npz | mha | h5.")] = "zarr",
+    float16: Annotated[bool, typer.Option(help="Store features as float16.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
+    reader: Annotated[str | None, typer.Option(help="Force a reader backend.")] = None,
+    workers: Annotated[int, typer.Option(help="Slide-reading threads.")] = 2,
+    batch_size: Annotated[int, typer.Option(help="Patches per encoder call.")] = 64,
+    device: Annotated[str | None, typer.Option(help="torch device [default: cuda if any].")] = None,
+) -> None:
+    """Encode slides into NIC embedding grids (rows, cols, C), one file per slide.
+
+    A bad slide is reported on one line and skipped; the others finish; the exit code is then 2.
+    """
+    from ..pipeline import EncodeOptions, encode_slide
+
+    def prepare():
+        if mpp_override is not None and mpp_csv is not None:
+            raise UsageError("give either --mpp-override or --mpp-csv, not both")
+        if output.exists() and not output.is_dir():
+            raise UsageError(f"output {output} exists and is not a folder")
+        if (patch_size is not None and patch_size <= 0) or (stride is not None and stride <= 0):
+            raise UsageError("patch size and stride must be > 0")
+        from ..encoders import get_encoder
+        from ..slide.mpp import load_mpp_csv
+
+        table = load_mpp_csv(mpp_csv) if mpp_csv else {}
+        opts = EncodeOptions(
+            patch_size=patch_size, stride=stride, mpp=mpp, mpp_override=mpp_override,
+            tissue_threshold=tissue_threshold, augment=augment, fmt=fmt, float16=float16,
+            overwrite=overwrite, reader=reader, workers=workers, batch_size=batch_size,
+        )  # fmt: skip
+        paths = expand_slides(slides)
+        enc = get_encoder(encoder, device=device)
+        opts.grid_spec(enc)  # validates patch size / stride / mpp
+        return enc, opts, table, paths
+
+    enc, opts, table, paths = guarded(prepare)
+    from ..slide.mpp import lookup_override
+
+    code = 0
+    with progress_bars() as start:
+        for path in paths:
+            t0 = time.perf_counter()
+            if table:
+                opts.mpp_override = lookup_override(path, table)
+            try:
+                res = encode_slide(path, output, enc, opts, progress_start=start)
+            except SlidepressError as e:
+                error_line(str(e))
+                code = code or EXIT_BAD_INPUT
+                continue
+            except Exception as e:  # a bug must not stop the other slides
+                error_line(f"{path.name}: internal error: {type(e).__name__}: {e}")
+                code = EXIT_INTERNAL
+                continue
+            dt = time.perf_counter() - t0
+            if res.skipped:
+                console.print(f"{path.name}: up to date, skipped ({res.outputs[0]})")
+                continue
+            r, c, ch = res.grid_shape or (0, 0, 0)
+            extra = f" (+{len(res.outputs) - 1} variants)" if len(res.outputs) > 1 else ""
+            console.print(
+                f"{path.name} -> {res.outputs[0]}{extra}: grid {r}x{c}x{ch}, "
+                f"{res.cells_kept} tissue cells, {dt:.1f} s"
+            )
+    raise SystemExit(code)
+
+
+@app.command()
+def convert(
+    grid: Annotated[Path, typer.Argument(help="Grid file: .zarr, .npz, .mha or .h5.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Target file; format by suffix.")],
+    float16: Annotated[bool, typer.Option(help="Store features as float16.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
+) -> None:
+    """Convert an embedding grid between formats, losslessly."""
+
+    def body() -> None:
+        from ..store import format_for, read_grid, write_grid
+
+        format_for(output)
+        _refuse_input(output, grid)
+        if output.exists() and not overwrite:
+            raise UsageError(f"{output} exists; use --overwrite")
+        g = read_grid(grid)
+        write_grid(g, output, float16=float16)
+        console.print(f"{grid} -> {output} ({'x'.join(map(str, g.shape))})")
+
+    guarded(body)
+
+
+@app.command("encoders")
+def list_encoders() -> None:
+    """List registered encoders and loaders."""
+    from ..encoders import available
+
+    for name in available():
+        typer.echo(name)
+
+
+def run() -> None:
+    try:
+        app()
+    except SystemExit:
+        raise
+    except Exception as e:  # last resort: never a traceback for the user
+        error_line(f"internal error: {type(e).__name__}: {e}")
+        raise SystemExit(EXIT_INTERNAL) from None
+
+
+__all__ = ["app", "run", "EXIT_BAD_INPUT"]

@@ -1,0 +1,41 @@
+"""`torchscript:PATH`: any TorchScript module exported by the user, loaded offline.
+
+Metadata (patch_size, mpp, mean/std, name, version) comes from an optional sidecar JSON
+(`PATH.json`); without it the patch is fed as given, scaled to [0, 1].
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import EncoderError
+from .base import Encoder, file_sha256
+from .registry import register_loader
+from .torch_encoder import TorchEncoder, read_sidecar
+
+
+@register_loader("torchscript")
+def load_torchscript(path: str, device: str | None = None) -> Encoder:
+    p = Path(path)
+    if not p.is_file():
+        raise EncoderError(f"torchscript weights not found: {p}")
+    import torch
+
+    try:
+        module = torch.jit.load(str(p), map_location="cpu")
+    except Exception as e:
+        raise EncoderError(f"{p.name}: not a loadable TorchScript file ({e})") from None
+    meta = read_sidecar(p)
+    norm = None
+    if "mean" in meta and "std" in meta:
+        norm = {"mean": meta["mean"], "std": meta["std"]}
+    return TorchEncoder(
+        module,
+        name=meta.get("name", f"torchscript:{p.name}"),
+        version=str(meta.get("version", "1")),
+        patch_size=meta.get("patch_size"),
+        mpp=meta.get("mpp"),
+        normalization=norm,
+        weights_hash=file_sha256(p),
+        device=device,
+    )

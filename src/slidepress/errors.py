@@ -1,0 +1,29 @@
+"""Errors a user can act on. The CLI catches `SlidepressError`, prints one line and exits 2."""
+
+
+class SlidepressError(Exception):
+    """Bad input or usage: the message says what is wrong and how to fix it."""
+
+
+class SlideError(SlidepressError):
+    """A slide cannot be opened or read."""
+
+
+class MppError(SlideError):
+    """Missing or implausible resolution (microns per pixel)."""
+
+
+class TissueError(SlideError):
+    """No tissue found where tissue is needed."""
+
+
+class EncoderError(SlidepressError):
+    """An encoder name, file or weights cannot be used."""
+
+
+class FormatError(SlidepressError):
+    """An output/input grid file cannot be written or read."""
+
+
+class UsageError(SlidepressError):
+    """Invalid option values or paths."""

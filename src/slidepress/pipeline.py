@@ -1,0 +1,334 @@
+"""encode_slide: slide -> tissue mask -> tile stream -> encoder -> embedding grid file(s).
+
+The only module that wires readers, tiling, encoders and writers together; the CLI (and
+later the service) call it. Reading runs in worker threads (OpenSlide, tifffile and torch
+release the GIL), each with its own slide handle, while the calling thread encodes; at most
+`prefetch` blocks are in flight, so memory stays bounded whatever the slide size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__, dihedral
+from .encoders import Encoder
+from .errors import FormatError, SlideError, TissueError, UsageError
+from .slide import SlideReader, open_slide, resolve_slide_path
+from .slide.mpp import resolve_mpp
+from .slide.tissue import TissueMask, detect_tissue
+from .store import EmbeddingGrid, format_for, read_grid, write_grid
+from .tiling import GridSpec, TileGrid, plan_grid
+from .viz import pca_rgb, save_png, tissue_overlay
+
+GRID_RULE = (
+    "cols = floor((floor(W0 / f) - P) / S) + 1, rows likewise, f = level-0 px per output px; "
+    "cell (r, c) top-left at level-0 (round(c*S*f), round(r*S*f))"
+)
+ProgressFn = Callable[[int], None]
+
+
+@dataclass
+class EncodeOptions:
+    patch_size: int | None = None  # None: the encoder's own, else 128
+    stride: int | None = None  # None: = patch size
+    mpp: float | None = None  # None: the encoder's own, else 0.5
+    mpp_override: float | None = None  # the slide's level-0 mpp, when the file's is wrong
+    tissue_threshold: float = 0.5
+    augment: str = "none"  # none | dihedral
+    fmt: str = "zarr"
+    float16: bool = False
+    overwrite: bool = False
+    reader: str | None = None
+    workers: int = 2
+    batch_size: int = 64
+    block_cells: int = 8  # read blocks of up to 8 x 8 cells per call
+    previews: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.tissue_threshold <= 1.0:
+            raise UsageError(f"tissue threshold must be within 0-1, got {self.tissue_threshold}")
+        if self.augment not in ("none", "dihedral"):
+            raise UsageError(f"augment must be 'none' or 'dihedral', got {self.augment!r}")
+        if self.workers < 1 or self.batch_size < 1 or self.block_cells < 1:
+            raise UsageError("workers, batch size and block cells must be >= 1")
+        format_for(f"x.{self.fmt}")  # unknown format -> FormatError now, not after encoding
+
+    def grid_spec(self, encoder: Encoder) -> GridSpec:
+        p = self.patch_size or encoder.patch_size or 128
+        return GridSpec(patch_size=p, stride=self.stride or p, mpp=self.mpp or encoder.mpp or 0.5)
+
+
+@dataclass
+class EncodeResult:
+    slide: str
+    outputs: list[Path]
+    previews: list[Path] = field(default_factory=list)
+    skipped: bool = False
+    grid_shape: tuple[int, int, int] | None = None
+    cells_kept: int = 0
+
+
+def content_sha256(path: Path) -> str:
+    """Hash of the slide's bytes (every file, by name, for a DICOM folder)."""
+    h = hashlib.sha256()
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        if path.is_dir():
+            h.update(f.name.encode() + b"\0")
+        with open(f, "rb") as fh:
+            while block := fh.read(8 << 20):
+                h.update(block)
+    return h.hexdigest()
+
+
+def output_paths(slide: Path, out_dir: Path, opts: EncodeOptions) -> list[Path]:
+    stem = slide.name if slide.is_dir() else slide.stem
+    if opts.augment == "dihedral":
+        return [out_dir / f"{stem}.d{k}.{opts.fmt}" for k in dihedral.VARIANTS]
+    return [out_dir / f"{stem}.{opts.fmt}"]
+
+
+def _already_done(paths: list[Path], params_hash: str) -> bool:
+    for p in paths:
+        if not p.exists():
+            return False
+        try:
+            if read_grid(p).metadata.get("params_hash") != params_hash:
+                return False
+        except FormatError:
+            return False
+    return True
+
+
+def _iter_blocks(
+    path: Path, reader_name: str, grid: TileGrid, keep: np.ndarray, opts: EncodeOptions
+) -> Iterator[tuple[tuple[int, int, int, int], np.ndarray]]:
+    """Yield (block, pixels) in order, read ahead by worker threads with their own handles."""
+    local = threading.local()
+    handles: list[SlideReader] = []
+    lock = threading.Lock()
+
+    def read(block: tuple[int, int, int, int]) -> np.ndarray:
+        if not hasattr(local, "reader"):
+            local.reader = open_slide(path, reader=reader_name)
+            with lock:
+                handles.append(local.reader)
+        return grid.read_block(local.reader, *block)
+
+    prefetch = 2 * opts.workers + 2
+    pending: list[tuple[tuple[int, int, int, int], Future]] = []
+    blocks = grid.blocks(keep, opts.block_cells)
+    with ThreadPoolExecutor(opts.workers, thread_name_prefix="slide-read") as pool:
+        try:
+            for block in blocks:
+                pending.append((block, pool.submit(read, block)))
+                if len(pending) >= prefetch:
+                    b, fut = pending.pop(0)
+                    yield b, fut.result()
+            while pending:
+                b, fut = pending.pop(0)
+                yield b, fut.result()
+        finally:
+            for _, fut in pending:
+                fut.cancel()
+    for h in handles:
+        h.close()
+
+
+def _encode_cells(
+    path: Path,
+    reader_name: str,
+    grid: TileGrid,
+    keep: np.ndarray,
+    encoder: Encoder,
+    variants: tuple[int, ...],
+    opts: EncodeOptions,
+    progress: ProgressFn | None,
+) -> list[np.ndarray]:
+    """Feature arrays (rows, cols, C) in slide layout, one per dihedral variant."""
+    feats: list[np.ndarray] = []
+    batch: list[np.ndarray] = []
+    where: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def flush() -> None:
+        if not batch:
+            return
+        patches = np.concatenate(batch)
+        rr = np.concatenate([w[0] for w in where])
+        cc = np.concatenate([w[1] for w in where])
+        for i, k in enumerate(variants):
+            out = encoder.encode(dihedral.apply(patches, k, axes=(1, 2)) if k else patches)
+            if not feats or len(feats) <= i:
+                feats.append(np.zeros((grid.rows, grid.cols, out.shape[1]), np.float32))
+            feats[i][rr, cc] = out
+        if progress:
+            progress(len(patches))
+        batch.clear()
+        where.clear()
+
+    pending = 0
+    for (r0, r1, c0, c1), pixels in _iter_blocks(path, reader_name, grid, keep, opts):
+        patches = grid.cut_patches(pixels, r0, r1, c0, c1)
+        sub = keep[r0:r1, c0:c1]
+        ii, jj = np.nonzero(sub)
+        batch.append(patches[ii, jj])
+        where.append((ii + r0, jj + c0))
+        pending += len(ii)
+        if pending >= opts.batch_size:
+            flush()
+            pending = 0
+    flush()
+    return feats
+
+
+def encode_slide(
+    slide: str | Path,
+    out_dir: str | Path,
+    encoder: Encoder,
+    opts: EncodeOptions,
+    *,
+    progress_start: Callable[[str, int], ProgressFn] | None = None,
+) -> EncodeResult:
+    """Encode one slide into grid file(s) in `out_dir`; raises SlidepressError on bad input."""
+    path = resolve_slide_path(slide)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"output {out_dir} exists and is not a folder")
+    spec = opts.grid_spec(encoder)
+    with open_slide(path, reader=opts.reader) as reader:
+        info = reader.info
+        slide_mpp = resolve_mpp(info, opts.mpp_override)
+        grid = plan_grid(reader, slide_mpp, spec)
+        if grid.rows == 0 or grid.cols == 0:
+            raise SlideError(
+                f"{path.name}: smaller than one {spec.patch_size} px patch at {spec.mpp} um/px"
+            )
+        sha = content_sha256(path)
+        variants = dihedral.VARIANTS if opts.augment == "dihedral" else (0,)
+        params = {
+            "slide_sha256": sha,
+            "grid": asdict(spec),
+            "mpp_used": slide_mpp,
+            "encoder": encoder.describe(),
+            "tissue_threshold": opts.tissue_threshold,
+            "augment": opts.augment,
+            "float16": opts.float16,
+        }
+        params_hash = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
+        outputs = output_paths(path, out_dir, opts)
+        if not opts.overwrite and _already_done(outputs, params_hash):
+            return EncodeResult(str(path), outputs, skipped=True)
+        clash = [p for p in outputs if p.exists()]
+        if clash and not opts.overwrite:
+            raise UsageError(
+                f"{clash[0]} exists (other slide content or parameters); use --overwrite"
+            )
+
+        tissue = detect_tissue(reader, slide_mpp)
+        fractions = tissue.fraction_in_boxes(grid.boxes()).reshape(grid.rows, grid.cols)
+        keep = fractions >= opts.tissue_threshold
+        if opts.tissue_threshold > 0:
+            keep &= fractions > 0
+        if not keep.any():
+            raise TissueError(
+                f"{path.name}: no tissue found (no cell with tissue fraction >= "
+                f"{opts.tissue_threshold}); check the slide or lower --tissue-threshold"
+            )
+        reader_name = info.reader
+
+    n_kept = int(keep.sum())
+    advance = progress_start(path.name, n_kept) if progress_start else None
+    feats = _encode_cells(path, reader_name, grid, keep, encoder, variants, opts, advance)
+
+    origins = grid.origins()
+    base_meta = _metadata(path, info, sha, slide_mpp, opts, grid, encoder, tissue, n_kept)
+    base_meta["params_hash"] = params_hash
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for i, k in enumerate(variants):
+        meta = dict(base_meta, augment=dihedral.describe(k) | {"mode": opts.augment})
+        g = EmbeddingGrid(
+            features=dihedral.apply(feats[i], k),
+            mask=dihedral.apply(keep, k),
+            coords=dihedral.apply(origins, k),
+            tissue_fraction=dihedral.apply(fractions.astype(np.float32), k),
+            tissue_mask=dihedral.apply(tissue.mask, k),
+            metadata=meta,
+        )
+        write_grid(g, outputs[i], float16=opts.float16)
+    previews: list[Path] = []
+    if opts.previews and tissue.thumbnail is not None:
+        stem = outputs[0].name.rsplit(".", 1)[0]
+        previews.append(
+            save_png(tissue_overlay(tissue.thumbnail, tissue.mask), out_dir / f"{stem}.tissue.png")
+        )
+        previews.append(save_png(pca_rgb(feats[0], keep), out_dir / f"{stem}.pca.png"))
+    return EncodeResult(
+        str(path),
+        outputs,
+        previews=previews,
+        grid_shape=(grid.rows, grid.cols, feats[0].shape[2]),
+        cells_kept=n_kept,
+    )
+
+
+def _metadata(
+    path: Path,
+    info: Any,
+    sha: str,
+    slide_mpp: float,
+    opts: EncodeOptions,
+    grid: TileGrid,
+    encoder: Encoder,
+    tissue: TissueMask,
+    n_kept: int,
+) -> dict[str, Any]:
+    spec = grid.spec
+    return {
+        "format_version": 1,
+        "slidepress_version": __version__,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "slide": {
+            "name": path.name,
+            "path": str(path.resolve()),
+            "sha256": sha,
+            "reader": info.reader,
+            "vendor": info.vendor,
+            "dimensions": list(info.dimensions),
+            "mpp_file": list(info.mpp) if info.mpp else None,
+            "mpp_used": slide_mpp,
+            "mpp_source": "override" if opts.mpp_override is not None else "file",
+        },
+        "grid": {
+            "patch_size": spec.patch_size,
+            "stride": spec.stride,
+            "mpp_requested": spec.mpp,
+            "mpp_effective": grid.effective_mpp,
+            "level": grid.level,
+            "level_downsample": grid.level_downsample,
+            "level0_px_per_px": grid.scale,
+            "resampled": grid.resample,
+            "patch_size_level0": spec.patch_size * grid.scale,
+            "cell_pitch_um": spec.stride * grid.effective_mpp,
+            "rows": grid.rows,
+            "cols": grid.cols,
+            "rule": GRID_RULE,
+        },
+        "encoder": encoder.describe(),
+        "tissue": {
+            "method": "otsu-saturation+morphology",
+            "threshold_fraction": opts.tissue_threshold,
+            "saturation_threshold": tissue.threshold,
+            "mask_downsample": tissue.downsample,
+            "cells_kept": n_kept,
+        },
+    }

@@ -1,0 +1,132 @@
+"""The slide-reader contract. Level/mpp arithmetic lives here once; backends only read pixels.
+
+All locations are level-0 pixel coordinates (x, y), as in OpenSlide.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class SlideInfo:
+    """What a reader knows about a slide; crosses module boundaries and lands in metadata."""
+
+    path: str
+    reader: str
+    vendor: str | None
+    dimensions: tuple[int, int]  # level-0 (width, height)
+    level_dimensions: tuple[tuple[int, int], ...]
+    level_downsamples: tuple[float, ...]
+    mpp: tuple[float, float] | None  # level-0 (x, y) um/px as reported by the file
+    objective_power: float | None = None
+    associated_images: tuple[str, ...] = ()
+    properties: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def level_count(self) -> int:
+        return len(self.level_dimensions)
+
+    def to_dict(self, with_properties: bool = False) -> dict:
+        d = asdict(self)
+        if not with_properties:
+            d.pop("properties")
+        return d
+
+
+class SlideReader(ABC):
+    """One open slide. Subclasses fill `info` and implement `_read_level`."""
+
+    name: str = "base"
+
+    @classmethod
+    def can_open(cls, path: Path) -> bool:
+        """Cheap probe used for automatic reader choice (no full open)."""
+        return False
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.info: SlideInfo  # set by subclass
+
+    # -- backend hooks -------------------------------------------------------------------
+    @abstractmethod
+    def _read_level(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
+        """RGB uint8 (height, width, 3); (x, y) level-0; areas outside the slide are white."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+    # -- shared logic --------------------------------------------------------------------
+    def read_region(
+        self, location: tuple[int, int], level: int, size: tuple[int, int]
+    ) -> np.ndarray:
+        """RGB uint8 array (h, w, 3) of `size` pixels at `level`, top-left at level-0 `location`."""
+        if not 0 <= level < self.info.level_count:
+            raise ValueError(f"level {level} out of range 0..{self.info.level_count - 1}")
+        w, h = int(size[0]), int(size[1])
+        if w <= 0 or h <= 0:
+            raise ValueError(f"region size must be positive, got {size}")
+        ds = self.info.level_downsamples[level]
+        lw, lh = self.info.level_dimensions[level]
+        lx, ly = round(location[0] / ds), round(location[1] / ds)
+        # Backends only ever see in-bounds rectangles; the rest is white (no scan there).
+        x0, y0 = max(lx, 0), max(ly, 0)
+        x1, y1 = min(lx + w, lw), min(ly + h, lh)
+        if x0 == lx and y0 == ly and x1 == lx + w and y1 == ly + h:
+            return self._read_level(int(location[0]), int(location[1]), level, w, h)
+        out = np.full((h, w, 3), 255, np.uint8)
+        if x1 > x0 and y1 > y0:
+            inner = self._read_level(round(x0 * ds), round(y0 * ds), level, x1 - x0, y1 - y0)
+            out[y0 - ly : y1 - ly, x0 - lx : x1 - lx] = inner
+        return out
+
+    def best_level_for_downsample(self, downsample: float, tolerance: float = 0.01) -> int:
+        """Deepest level whose downsample does not exceed `downsample` (x (1 + tolerance))."""
+        best = 0
+        for i, d in enumerate(self.info.level_downsamples):
+            if d <= downsample * (1 + tolerance):
+                best = i
+        return best
+
+    def thumbnail(self, max_size: int = 1024) -> tuple[np.ndarray, float]:
+        """RGB thumbnail with longest side <= max_size, and its level-0 downsample factor."""
+        w0, h0 = self.info.dimensions
+        target = max(w0, h0) / max_size
+        target = max(target, 1.0)
+        level = self.best_level_for_downsample(target)
+        lw, lh = self.info.level_dimensions[level]
+        img = self.read_region((0, 0), level, (lw, lh))
+        tw = max(1, round(w0 / target))
+        th = max(1, round(h0 / target))
+        if (tw, th) != (lw, lh):
+            img = np.asarray(Image.fromarray(img).resize((tw, th), Image.Resampling.BOX))
+        return img, w0 / tw
+
+    def __enter__(self) -> SlideReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def rgba_to_rgb_on_white(rgba: np.ndarray) -> np.ndarray:
+    """Composite premultiplied-style RGBA from OpenSlide onto white (transparent = no scan)."""
+    if rgba.shape[-1] == 3:
+        return rgba
+    rgb = rgba[..., :3]
+    alpha = rgba[..., 3:4]
+    if alpha.min() == 255:
+        return np.ascontiguousarray(rgb)
+    # OpenSlide returns premultiplied colour; transparent pixels are (0,0,0,0).
+    out = rgb.astype(np.uint16) + (255 - alpha.astype(np.uint16))
+    return np.minimum(out, 255).astype(np.uint8)
+
+
+def plausible_mpp(value: float | None) -> bool:
+    return value is not None and math.isfinite(value) and 0.1 <= value <= 20.0

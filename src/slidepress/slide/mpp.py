@@ -1,0 +1,60 @@
+"""Which resolution a slide really has: the file's claim, checked, or the user's override."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from ..errors import MppError, UsageError
+from .base import SlideInfo, plausible_mpp
+
+HOW_TO_OVERRIDE = "pass --mpp-override UM_PER_PX or --mpp-csv FILE (columns: slide,mpp)"
+
+
+def load_mpp_csv(path: str | Path) -> dict[str, float]:
+    """Per-slide overrides keyed by file name, stem and full path (all accepted in the CSV)."""
+    p = Path(path)
+    try:
+        with open(p, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as e:
+        raise UsageError(f"cannot read mpp CSV {p}: {e.strerror}") from None
+    if not rows or not {"slide", "mpp"} <= set(rows[0]):
+        raise UsageError(f"mpp CSV {p} needs a header with columns 'slide' and 'mpp'")
+    out: dict[str, float] = {}
+    for i, row in enumerate(rows, start=2):
+        try:
+            value = float(row["mpp"])
+        except (TypeError, ValueError):
+            raise UsageError(f"mpp CSV {p} line {i}: mpp {row['mpp']!r} is not a number") from None
+        if not plausible_mpp(value):
+            raise UsageError(f"mpp CSV {p} line {i}: mpp {value} outside 0.1-20 um/px")
+        out[row["slide"].strip()] = value
+    return out
+
+
+def lookup_override(slide_path: Path, table: dict[str, float]) -> float | None:
+    for key in (str(slide_path), slide_path.name, slide_path.stem):
+        if key in table:
+            return table[key]
+    return None
+
+
+def resolve_mpp(info: SlideInfo, override: float | None = None) -> float:
+    """Level-0 mpp to use: the override if given, else the file's value if plausible."""
+    name = Path(info.path).name
+    if override is not None:
+        if not plausible_mpp(override):
+            raise MppError(f"{name}: mpp override {override} outside 0.1-20 um/px")
+        return float(override)
+    if info.mpp is None:
+        raise MppError(f"{name}: the file gives no resolution (mpp); {HOW_TO_OVERRIDE}")
+    mx, my = info.mpp
+    if not (plausible_mpp(mx) and plausible_mpp(my)):
+        raise MppError(
+            f"{name}: implausible resolution {mx:.4g} x {my:.4g} um/px (expected 0.1-20); "
+            f"{HOW_TO_OVERRIDE}"
+        )
+    if abs(mx - my) / max(mx, my) > 0.05:
+        raise MppError(f"{name}: non-square pixels ({mx:.4g} x {my:.4g} um/px) unsupported")
+    return (mx + my) / 2.0

@@ -1,0 +1,63 @@
+"""OpenSlide backend: SVS, NDPI, MRXS, SCN, generic tiled TIFF, DICOM (OpenSlide 4)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import SlideError
+from .base import SlideInfo, SlideReader, rgba_to_rgb_on_white
+from .registry import register_reader
+
+
+def _float(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+@register_reader("openslide")
+class OpenSlideReader(SlideReader):
+    @classmethod
+    def can_open(cls, path: Path) -> bool:
+        import openslide
+
+        return path.is_file() and openslide.OpenSlide.detect_format(str(path)) is not None
+
+    def __init__(self, path: str | Path):
+        super().__init__(path)
+        import openslide
+
+        try:
+            self._slide = openslide.OpenSlide(str(self.path))
+        except (openslide.OpenSlideError, OSError) as e:
+            raise SlideError(f"{self.path.name}: OpenSlide cannot open it ({e})") from None
+        s = self._slide
+        props = dict(s.properties)
+        mx, my = _float(props.get("openslide.mpp-x")), _float(props.get("openslide.mpp-y"))
+        self.info = SlideInfo(
+            path=str(self.path),
+            reader=self.name,
+            vendor=props.get("openslide.vendor"),
+            dimensions=tuple(s.dimensions),
+            level_dimensions=tuple(tuple(d) for d in s.level_dimensions),
+            level_downsamples=tuple(float(d) for d in s.level_downsamples),
+            mpp=(mx, my) if mx and my else None,
+            objective_power=_float(props.get("openslide.objective-power")),
+            associated_images=tuple(s.associated_images),
+            properties=props,
+        )
+
+    def _read_level(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
+        import openslide
+
+        try:
+            img = self._slide.read_region((x, y), level, (width, height))
+        except openslide.OpenSlideError as e:
+            raise SlideError(f"{self.path.name}: unreadable pixels at ({x}, {y}): {e}") from None
+        return rgba_to_rgb_on_white(np.asarray(img))
+
+    def close(self) -> None:
+        self._slide.close()

@@ -1,0 +1,64 @@
+"""tiffslide backend: pure-Python fallback for TIFF-based slides OpenSlide does not take."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import SlideError
+from .base import SlideInfo, SlideReader
+from .registry import register_reader
+
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+@register_reader("tiffslide")
+class TiffSlideReader(SlideReader):
+    @classmethod
+    def can_open(cls, path: Path) -> bool:
+        if not path.is_file():
+            return False
+        with open(path, "rb") as f:
+            return f.read(4) in _TIFF_MAGIC
+
+    def __init__(self, path: str | Path):
+        super().__init__(path)
+        import tiffslide
+
+        try:
+            self._slide = tiffslide.TiffSlide(str(self.path))
+            s = self._slide
+            props = {k: str(v) for k, v in s.properties.items() if v is not None}
+            dims = tuple(s.dimensions)
+            level_dims = tuple(tuple(d) for d in s.level_dimensions)
+            downs = tuple(float(d) for d in s.level_downsamples)
+        except Exception as e:  # tifffile raises many types on hostile input
+            raise SlideError(f"{self.path.name}: tiffslide cannot open it ({e})") from None
+        mx, my = props.get("tiffslide.mpp-x"), props.get("tiffslide.mpp-y")
+        obj = props.get("tiffslide.objective-power")
+        self.info = SlideInfo(
+            path=str(self.path),
+            reader=self.name,
+            vendor=props.get("tiffslide.vendor"),
+            dimensions=dims,
+            level_dimensions=level_dims,
+            level_downsamples=downs,
+            mpp=(float(mx), float(my)) if mx and my else None,
+            objective_power=float(obj) if obj else None,
+            associated_images=tuple(s.associated_images),
+            properties=props,
+        )
+
+    def _read_level(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
+        try:
+            arr = self._slide.read_region((x, y), level, (width, height), as_array=True)
+        except Exception as e:
+            raise SlideError(f"{self.path.name}: unreadable pixels at ({x}, {y}): {e}") from None
+        arr = np.asarray(arr)
+        if arr.ndim == 2:
+            arr = np.repeat(arr[..., None], 3, axis=2)
+        return np.ascontiguousarray(arr[..., :3])
+
+    def close(self) -> None:
+        self._slide.close()

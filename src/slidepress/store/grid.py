@@ -1,0 +1,44 @@
+"""The NIC embedding grid: one C-vector per cell, kept in the slide's spatial layout."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+# Arrays every format must round-trip exactly; `metadata` travels as JSON.
+ARRAY_FIELDS = ("features", "mask", "coords", "tissue_fraction", "tissue_mask")
+
+
+@dataclass
+class EmbeddingGrid:
+    features: np.ndarray  # (rows, cols, C) float32 or float16; zeros where mask is False
+    mask: np.ndarray  # (rows, cols) bool: cell was kept (tissue) and encoded
+    coords: np.ndarray  # (rows, cols, 2) int64: level-0 (x, y) of each cell's top-left
+    tissue_fraction: np.ndarray  # (rows, cols) float32
+    tissue_mask: np.ndarray  # (h, w) bool, thumbnail resolution (see metadata.tissue)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        r, c = self.mask.shape
+        if self.features.shape[:2] != (r, c) or self.coords.shape != (r, c, 2):
+            raise ValueError(
+                f"inconsistent grid arrays: features {self.features.shape}, "
+                f"mask {self.mask.shape}, coords {self.coords.shape}"
+            )
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.features.shape)  # type: ignore[return-value]
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {k: getattr(self, k) for k in ARRAY_FIELDS}
+
+    def equals(self, other: EmbeddingGrid) -> bool:
+        """Exact equality of every array (dtype included) and of the metadata."""
+        for k in ARRAY_FIELDS:
+            a, b = getattr(self, k), getattr(other, k)
+            if a.dtype != b.dtype or a.shape != b.shape or not np.array_equal(a, b):
+                return False
+        return self.metadata == other.metadata

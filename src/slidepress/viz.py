@@ -1,0 +1,57 @@
+"""Pictures people check results with: tissue overlay on the thumbnail, PCA-to-RGB of a grid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from .store.atomic import atomic_path
+
+
+def tissue_overlay(thumbnail: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Thumbnail with tissue tinted green and its outline drawn in dark green."""
+    if mask.shape != thumbnail.shape[:2]:
+        mask = (
+            np.asarray(
+                Image.fromarray(mask.astype(np.uint8) * 255).resize(
+                    thumbnail.shape[1::-1], Image.Resampling.NEAREST
+                )
+            )
+            > 0
+        )
+    out = thumbnail.astype(np.float32)
+    green = np.array([40, 200, 60], np.float32)
+    out[mask] = 0.7 * out[mask] + 0.3 * green
+    edge = mask & ~ndimage.binary_erosion(mask, iterations=1)
+    out[edge] = (0, 110, 0)
+    return out.astype(np.uint8)
+
+
+def pca_rgb(features: np.ndarray, mask: np.ndarray, min_side: int = 512) -> np.ndarray:
+    """First three principal components of the kept cells as RGB; background white."""
+    rows, cols, c = features.shape
+    out = np.full((rows, cols, 3), 255, np.uint8)
+    x = features[mask].astype(np.float64)
+    if len(x) >= 2:
+        x = x - x.mean(axis=0)
+        _, _, vt = np.linalg.svd(x, full_matrices=False)
+        proj = x @ vt[: min(3, c)].T
+        if proj.shape[1] < 3:
+            proj = np.pad(proj, ((0, 0), (0, 3 - proj.shape[1])))
+        lo, hi = np.percentile(proj, 1, axis=0), np.percentile(proj, 99, axis=0)
+        scaled = (proj - lo) / np.where(hi > lo, hi - lo, 1.0)
+        out[mask] = (np.clip(scaled, 0, 1) * 255).astype(np.uint8)
+    elif len(x) == 1:
+        out[mask] = 128
+    scale = max(1, int(np.ceil(min_side / max(rows, cols, 1))))
+    return np.repeat(np.repeat(out, scale, axis=0), scale, axis=1)
+
+
+def save_png(image: np.ndarray, path: str | Path) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG")
+    return path
