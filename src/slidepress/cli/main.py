@@ -76,7 +76,9 @@ def info(
         for col in ("level", "width", "height", "downsample", "mpp"):
             t.add_column(col, justify="right")
         m = r.info.mpp
-        for i, ((w, h), ds) in enumerate(zip(d["level_dimensions"], d["level_downsamples"])):
+        for i, ((w, h), ds) in enumerate(
+            zip(d["level_dimensions"], d["level_downsamples"], strict=True)
+        ):
             t.add_row(str(i), str(w), str(h), f"{ds:.3f}", f"{m[0] * ds:.4g}" if m else "-")
         from rich.console import Console
 

@@ -30,7 +30,9 @@ class ImageReader(SlideReader):
                     dpi = im.info.get("dpi")
                     self._pixels = np.asarray(im.convert("RGB"))
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise SlideError(f"{self.path.name}: image too large for the plain reader ({e})")
+            raise SlideError(
+                f"{self.path.name}: image too large for the plain reader ({e})"
+            ) from None
         except Exception as e:
             raise SlideError(f"{self.path.name}: not a readable image ({e})") from None
         h, w = self._pixels.shape[:2]
