@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from ..errors import SlideError
 from .base import SlideInfo, SlideReader
@@ -30,6 +31,7 @@ class WsiDicomReader(SlideReader):
         w0 = levels[0].size.width
         level_dims = tuple((lv.size.width, lv.size.height) for lv in levels)
         mpp = s.mpp
+        self._ycbcr_levels = {i for i in range(len(levels)) if self._mislabelled_jfif(i)}
         self.info = SlideInfo(
             path=str(self.path),
             reader=self.name,
@@ -43,6 +45,17 @@ class WsiDicomReader(SlideReader):
             ),
         )
 
+    def _mislabelled_jfif(self, level: int) -> bool:
+        """JFIF JPEG frames are YCbCr by definition (JFIF spec); some converters still tag them
+        PhotometricInterpretation=RGB, and decoders that trust the tag skip the colour
+        transform (seen in the shared CMU-1 DICOM: levels 1-4 come out green/purple)."""
+        try:
+            photometric = self._slide.levels[level].datasets[0].photometric_interpretation
+            frame = self._slide.read_encoded_tile(level, (0, 0))
+        except Exception:
+            return False
+        return photometric == "RGB" and frame[:2] == b"\xff\xd8" and b"JFIF\x00" in frame[:32]
+
     def _read_level(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
         ds = self.info.level_downsamples[level]
         try:
@@ -50,6 +63,8 @@ class WsiDicomReader(SlideReader):
             img = self._slide.read_region((round(x / ds), round(y / ds)), level, (width, height))
         except Exception as e:
             raise SlideError(f"{self.path.name}: unreadable pixels at ({x}, {y}): {e}") from None
+        if level in self._ycbcr_levels:
+            return np.asarray(Image.fromarray(np.asarray(img.convert("RGB")), "YCbCr").convert("RGB"))
         return np.asarray(img.convert("RGB"))
 
     def close(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,12 @@ import numpy as np
 from ..errors import SlideError
 from .base import SlideInfo, SlideReader
 from .registry import register_reader
+
+# tifffile logs warnings for damaged files; we report them as one SlideError line instead.
+logging.getLogger("tifffile").setLevel(logging.CRITICAL)
+
+# tifffile logs warnings for damaged files; we report them as one SlideError line instead.
+logging.getLogger("tifffile").setLevel(logging.CRITICAL)
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
@@ -35,6 +42,7 @@ class TiffSlideReader(SlideReader):
             downs = tuple(float(d) for d in s.level_downsamples)
         except Exception as e:  # tifffile raises many types on hostile input
             raise SlideError(f"{self.path.name}: tiffslide cannot open it ({e})") from None
+        self._check_complete()
         mx, my = props.get("tiffslide.mpp-x"), props.get("tiffslide.mpp-y")
         obj = props.get("tiffslide.objective-power")
         self.info = SlideInfo(
@@ -49,6 +57,17 @@ class TiffSlideReader(SlideReader):
             associated_images=tuple(s.associated_images),
             properties=props,
         )
+
+    def _check_complete(self) -> None:
+        """Refuse truncated files up front: every tile must lie inside the file. Otherwise the
+        damage shows only mid-read, from inside tiffslide's async zarr store."""
+        tif = self._slide.ts_tifffile
+        size = tif.filehandle.size
+        for page in tif.pages:
+            ends = [o + b for o, b in zip(page.dataoffsets, page.databytecounts, strict=False)]
+            if any(b == 0 for b in page.databytecounts) or (ends and max(ends) > size):
+                self._slide.close()
+                raise SlideError(f"{self.path.name}: truncated or damaged TIFF (tiles missing)")
 
     def _read_level(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
         try:
