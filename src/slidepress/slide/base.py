@@ -56,8 +56,9 @@ class SlideReader(ABC):
 
     # -- backend hooks -------------------------------------------------------------------
     @abstractmethod
-    def _read_level(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
-        """RGB uint8 (height, width, 3); (x, y) level-0; areas outside the slide are white."""
+    def _read_level(self, lx: int, ly: int, level: int, width: int, height: int) -> np.ndarray:
+        """RGB uint8 (height, width, 3) at `level`, top-left (lx, ly) in that level's own
+        pixels; always inside the level (the base class pads the rest with white)."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         pass
@@ -79,10 +80,10 @@ class SlideReader(ABC):
         x0, y0 = max(lx, 0), max(ly, 0)
         x1, y1 = min(lx + w, lw), min(ly + h, lh)
         if x0 == lx and y0 == ly and x1 == lx + w and y1 == ly + h:
-            return self._read_level(int(location[0]), int(location[1]), level, w, h)
+            return self._read_level(lx, ly, level, w, h)
         out = np.full((h, w, 3), 255, np.uint8)
         if x1 > x0 and y1 > y0:
-            inner = self._read_level(round(x0 * ds), round(y0 * ds), level, x1 - x0, y1 - y0)
+            inner = self._read_level(x0, y0, level, x1 - x0, y1 - y0)
             out[y0 - ly : y1 - ly, x0 - lx : x1 - lx] = inner
         return out
 

@@ -56,15 +56,18 @@ class WsiDicomReader(SlideReader):
             return False
         return photometric == "RGB" and frame[:2] == b"\xff\xd8" and b"JFIF\x00" in frame[:32]
 
-    def _read_level(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
-        ds = self.info.level_downsamples[level]
+    def _read_level(self, lx: int, ly: int, level: int, width: int, height: int) -> np.ndarray:
         try:
             # wsidicom takes the location in the level's own pixel grid.
-            img = self._slide.read_region((round(x / ds), round(y / ds)), level, (width, height))
+            img = self._slide.read_region((lx, ly), level, (width, height))
         except Exception as e:
-            raise SlideError(f"{self.path.name}: unreadable pixels at ({x}, {y}): {e}") from None
+            raise SlideError(
+                f"{self.path.name}: unreadable pixels at level {level} ({lx}, {ly}): {e}"
+            ) from None
         if level in self._ycbcr_levels:
-            return np.asarray(Image.fromarray(np.asarray(img.convert("RGB")), "YCbCr").convert("RGB"))
+            return np.asarray(
+                Image.fromarray(np.asarray(img.convert("RGB")), "YCbCr").convert("RGB")
+            )
         return np.asarray(img.convert("RGB"))
 
     def close(self) -> None:

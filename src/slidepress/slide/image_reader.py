@@ -49,5 +49,5 @@ class ImageReader(SlideReader):
             mpp=mpp,
         )
 
-    def _read_level(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
-        return np.ascontiguousarray(self._pixels[y : y + height, x : x + width])
+    def _read_level(self, lx: int, ly: int, level: int, width: int, height: int) -> np.ndarray:
+        return np.ascontiguousarray(self._pixels[ly : ly + height, lx : lx + width])

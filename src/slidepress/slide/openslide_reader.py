@@ -50,9 +50,11 @@ class OpenSlideReader(SlideReader):
             properties=props,
         )
 
-    def _read_level(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
+    def _read_level(self, lx: int, ly: int, level: int, width: int, height: int) -> np.ndarray:
         import openslide
 
+        ds = self.info.level_downsamples[level]
+        x, y = round(lx * ds), round(ly * ds)  # OpenSlide rounds level-0 / downsample
         try:
             img = self._slide.read_region((x, y), level, (width, height))
         except openslide.OpenSlideError as e:

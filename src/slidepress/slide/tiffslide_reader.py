@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +70,9 @@ class TiffSlideReader(SlideReader):
                 self._slide.close()
                 raise SlideError(f"{self.path.name}: truncated or damaged TIFF (tiles missing)")
 
-    def _read_level(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
+    def _read_level(self, lx: int, ly: int, level: int, width: int, height: int) -> np.ndarray:
+        ds = self.info.level_downsamples[level]
+        x, y = math.ceil(lx * ds), math.ceil(ly * ds)  # tiffslide floors level-0 / downsample
         try:
             arr = self._slide.read_region((x, y), level, (width, height), as_array=True)
         except Exception as e:
