@@ -6,6 +6,7 @@ Metadata (patch_size, mpp, mean/std, name, version) comes from an optional sidec
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from ..errors import EncoderError
@@ -22,7 +23,9 @@ def load_torchscript(path: str, device: str | None = None) -> Encoder:
     import torch
 
     try:
-        module = torch.jit.load(str(p), map_location="cpu")
+        with warnings.catch_warnings():  # torch 2.14 flags jit.load as deprecated; still works
+            warnings.simplefilter("ignore", FutureWarning)
+            module = torch.jit.load(str(p), map_location="cpu")
     except Exception as e:
         raise EncoderError(f"{p.name}: not a loadable TorchScript file ({e})") from None
     meta = read_sidecar(p)

@@ -21,7 +21,8 @@ def _remove(path: Path) -> None:
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling path; on success it replaces `target` (file or folder)."""
     target = Path(target)
-    tmp = target.with_name(f".{target.name}.partial-{uuid.uuid4().hex[:8]}")
+    # keep the suffix: some writers (SimpleITK) pick the format from it
+    tmp = target.with_name(f".{target.stem}.partial-{uuid.uuid4().hex[:8]}{target.suffix}")
     try:
         yield tmp
         if target.exists():

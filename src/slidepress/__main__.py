@@ -1,0 +1,3 @@
+from slidepress.cli.main import run
+
+run()
