@@ -120,3 +120,14 @@ def test_mpp_csv(tmp_path):
     csv.write_text("slide,mpp\na,264\n")
     with pytest.raises(Exception, match="outside"):
         load_mpp_csv(csv)
+
+
+def test_blockwise_thumbnail_matches_whole_resize(sample_svs, monkeypatch):
+    import slidepress.slide.base as base
+
+    with open_slide(sample_svs) as s:
+        whole, ds = s.thumbnail(700)
+        monkeypatch.setattr(base, "THUMBNAIL_READ_SIDE", 256)  # force many small blocks
+        blocks, ds2 = s.thumbnail(700)
+    assert whole.shape == blocks.shape and max(whole.shape) <= 700 and ds == ds2
+    assert np.abs(whole.astype(int) - blocks.astype(int)).mean() < 3

@@ -127,22 +127,22 @@ def _iter_blocks(
 
     prefetch = 2 * opts.workers + 2
     pending: list[tuple[tuple[int, int, int, int], Future]] = []
-    blocks = grid.blocks(keep, opts.block_cells)
-    with ThreadPoolExecutor(opts.workers, thread_name_prefix="slide-read") as pool:
-        try:
-            for block in blocks:
-                pending.append((block, pool.submit(read, block)))
-                if len(pending) >= prefetch:
-                    b, fut = pending.pop(0)
-                    yield b, fut.result()
-            while pending:
+    pool = ThreadPoolExecutor(opts.workers, thread_name_prefix="slide-read")
+    try:
+        for block in grid.blocks(keep, opts.block_cells):
+            pending.append((block, pool.submit(read, block)))
+            if len(pending) >= prefetch:
                 b, fut = pending.pop(0)
                 yield b, fut.result()
-        finally:
-            for _, fut in pending:
-                fut.cancel()
-    for h in handles:
-        h.close()
+        while pending:
+            b, fut = pending.pop(0)
+            yield b, fut.result()
+    finally:  # also on error or early close: stop reading, then release the handles
+        for _, fut in pending:
+            fut.cancel()
+        pool.shutdown(wait=True)
+        for h in handles:
+            h.close()
 
 
 def _encode_cells(

@@ -40,6 +40,9 @@ class SlideInfo:
         return d
 
 
+THUMBNAIL_READ_SIDE = 4096  # level pixels per side read at once when making a thumbnail
+
+
 class SlideReader(ABC):
     """One open slide. Subclasses fill `info` and implement `_read_level`."""
 
@@ -96,18 +99,35 @@ class SlideReader(ABC):
         return best
 
     def thumbnail(self, max_size: int = 1024) -> tuple[np.ndarray, float]:
-        """RGB thumbnail with longest side <= max_size, and its level-0 downsample factor."""
+        """RGB thumbnail with longest side <= max_size, and its level-0 downsample factor.
+
+        Read block by block from the closest level, so a slide without a pyramid never has
+        its full level 0 in memory."""
         w0, h0 = self.info.dimensions
-        target = max(w0, h0) / max_size
-        target = max(target, 1.0)
+        target = max(max(w0, h0) / max_size, 1.0)
         level = self.best_level_for_downsample(target)
+        ds = self.info.level_downsamples[level]
         lw, lh = self.info.level_dimensions[level]
-        img = self.read_region((0, 0), level, (lw, lh))
-        tw = max(1, round(w0 / target))
-        th = max(1, round(h0 / target))
-        if (tw, th) != (lw, lh):
-            img = np.asarray(Image.fromarray(img).resize((tw, th), Image.Resampling.BOX))
-        return img, w0 / tw
+        tw, th = max(1, round(w0 / target)), max(1, round(h0 / target))
+        rel_x, rel_y = lw / tw, lh / th  # level pixels per thumbnail pixel
+        step = max(1, int(THUMBNAIL_READ_SIDE / max(rel_x, rel_y)))
+        out = np.empty((th, tw, 3), np.uint8)
+        for ty0 in range(0, th, step):
+            ty1 = min(ty0 + step, th)
+            ly0, ly1 = round(ty0 * rel_y), max(round(ty1 * rel_y), round(ty0 * rel_y) + 1)
+            for tx0 in range(0, tw, step):
+                tx1 = min(tx0 + step, tw)
+                lx0, lx1 = round(tx0 * rel_x), max(round(tx1 * rel_x), round(tx0 * rel_x) + 1)
+                block = self.read_region(
+                    (round(lx0 * ds), round(ly0 * ds)), level, (lx1 - lx0, ly1 - ly0)
+                )
+                if block.shape[:2] != (ty1 - ty0, tx1 - tx0):
+                    img = Image.fromarray(block).resize(
+                        (tx1 - tx0, ty1 - ty0), Image.Resampling.BOX
+                    )
+                    block = np.asarray(img)
+                out[ty0:ty1, tx0:tx1] = block
+        return out, w0 / tw
 
     def __enter__(self) -> SlideReader:
         return self

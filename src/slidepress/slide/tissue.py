@@ -29,9 +29,10 @@ class TissueMask:
 
     def fraction_in_boxes(self, boxes: np.ndarray) -> np.ndarray:
         """Tissue fraction of level-0 boxes (N, 4: x, y, w, h), via a summed-area table."""
-        m = self.mask.astype(np.float64)
-        sat = np.zeros((m.shape[0] + 1, m.shape[1] + 1))
-        sat[1:, 1:] = m.cumsum(0).cumsum(1)
+        m = self.mask
+        sat = np.zeros((m.shape[0] + 1, m.shape[1] + 1), np.int32)  # <= 4096^2 fits int32
+        np.cumsum(m, axis=0, dtype=np.int32, out=sat[1:, 1:])
+        np.cumsum(sat[1:, 1:], axis=1, out=sat[1:, 1:])
         t = self.downsample
         x0 = np.floor(boxes[:, 0] / t + 0.5).astype(np.int64)
         y0 = np.floor(boxes[:, 1] / t + 0.5).astype(np.int64)
@@ -44,7 +45,7 @@ class TissueMask:
         y0, y1 = np.clip(y0, 0, h), np.clip(y1, 0, h)
         area = (boxes[:, 2] / t) * (boxes[:, 3] / t)
         area = np.maximum(area, (x1 - x0) * (y1 - y0)).astype(np.float64)
-        inside = sat[y1, x1] - sat[y0, x1] - sat[y1, x0] + sat[y0, x0]
+        inside = (sat[y1, x1] - sat[y0, x1] - sat[y1, x0] + sat[y0, x0]).astype(np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
             frac = np.where(area > 0, inside / np.maximum(area, 1e-9), 0.0)
         return np.clip(frac, 0.0, 1.0)
