@@ -115,11 +115,14 @@ def encode(
         str, typer.Option(help="mean-rgb, torchscript:PATH, timm:MODEL@WEIGHTS (see 'encoders').")
     ] = "mean-rgb",
     patch_size: Annotated[
-        int | None, typer.Option(help="Patch side in px at --mpp [default: encoder's, or 128].")
+        int | None,
+        typer.Option(help="Patch side in px at --mpp (default: the encoder's, else 128)."),
     ] = None,
-    stride: Annotated[int | None, typer.Option(help="Cell pitch in px [default: patch].")] = None,
+    stride: Annotated[
+        int | None, typer.Option(help="Cell pitch in px (default: = patch size).")
+    ] = None,
     mpp: Annotated[
-        float | None, typer.Option(help="Target um/px [default: encoder's, or 0.5].")
+        float | None, typer.Option(help="Target um/px (default: the encoder's, else 0.5).")
     ] = None,
     mpp_override: Annotated[
         float | None, typer.Option(help="Use this level-0 um/px instead of the file's.")
@@ -139,7 +142,9 @@ def encode(
     reader: Annotated[str | None, typer.Option(help="Force a reader backend.")] = None,
     workers: Annotated[int, typer.Option(help="Slide-reading threads.")] = 2,
     batch_size: Annotated[int, typer.Option(help="Patches per encoder call.")] = 64,
-    device: Annotated[str | None, typer.Option(help="torch device [default: cuda if any].")] = None,
+    device: Annotated[
+        str | None, typer.Option(help="torch device (default: cuda if available, else cpu).")
+    ] = None,
 ) -> None:
     """Encode slides into NIC embedding grids (rows, cols, C), one file per slide.
 
