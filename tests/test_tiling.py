@@ -87,3 +87,17 @@ def test_tissue_blank_and_sample(sample_svs):
 
     sat = saturation(t.thumbnail)
     assert sat[t.mask].mean() > 2 * sat[~t.mask].mean()
+
+
+def test_blocks_cover_kept_cells_tightly(sample_svs):
+    with open_slide(sample_svs) as s:
+        g = plan_grid(s, 0.499, GridSpec(128, 128, 0.5))
+    keep = np.random.default_rng(3).random((g.rows, g.cols)) > 0.8
+    covered = np.zeros_like(keep, dtype=int)
+    for r0, r1, c0, c1 in g.blocks(keep, 4):
+        assert r1 - r0 <= 4 and c1 - c0 <= 4
+        sub = keep[r0:r1, c0:c1]
+        # tight: every edge row/column of the block holds a kept cell
+        assert sub[0].any() and sub[-1].any() and sub[:, 0].any() and sub[:, -1].any()
+        covered[r0:r1, c0:c1] += 1
+    assert (covered[keep] == 1).all()

@@ -89,13 +89,17 @@ class TileGrid:
         return np.column_stack([o, np.full(len(o), size), np.full(len(o), size)])
 
     def blocks(self, keep: np.ndarray, block_cells: int) -> Iterator[tuple[int, int, int, int]]:
-        """(r0, r1, c0, c1) rectangles of at most block_cells^2 cells holding any kept cell."""
+        """(r0, r1, c0, c1) rectangles of at most block_cells^2 cells, shrunk to the bounding
+        box of their kept cells so that background around tissue is not decoded."""
         for r0 in range(0, self.rows, block_cells):
             r1 = min(r0 + block_cells, self.rows)
             for c0 in range(0, self.cols, block_cells):
                 c1 = min(c0 + block_cells, self.cols)
-                if keep[r0:r1, c0:c1].any():
-                    yield r0, r1, c0, c1
+                sub = keep[r0:r1, c0:c1]
+                if not sub.any():
+                    continue
+                rr, cc = np.nonzero(sub.any(axis=1))[0], np.nonzero(sub.any(axis=0))[0]
+                yield r0 + rr[0], r0 + rr[-1] + 1, c0 + cc[0], c0 + cc[-1] + 1
 
     def read_block(self, reader: SlideReader, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
         """Pixels of cells [r0, r1) x [c0, c1) at the target resolution, (h, w, 3) uint8."""
