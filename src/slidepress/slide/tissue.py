@@ -52,10 +52,12 @@ class TissueMask:
 
 
 def saturation(rgb: np.ndarray) -> np.ndarray:
-    rgb = rgb.astype(np.float32)
+    """HSV saturation in [0, 1], float32, without float copies of the RGB image."""
     mx = rgb.max(axis=2)
     mn = rgb.min(axis=2)
-    return np.where(mx > 0, (mx - mn) / np.maximum(mx, 1e-6), 0.0)
+    out = (mx - mn).astype(np.float32)
+    np.divide(out, mx, out=out, where=mx > 0)
+    return out
 
 
 def segment_tissue(rgb: np.ndarray) -> tuple[np.ndarray, float]:
@@ -68,8 +70,9 @@ def segment_tissue(rgb: np.ndarray) -> tuple[np.ndarray, float]:
         t = 1.0
     t = max(t, MIN_SATURATION)
     mask = s > t
+    del s
     # Very dark pixels (pen, folds, black borders) are not analysable tissue either.
-    mask &= rgb.astype(np.int16).sum(axis=2) > 3 * 30
+    mask &= rgb.max(axis=2) > 40
     mask = ndimage.binary_closing(mask, structure=disk(2))
     mask = ndimage.binary_opening(mask, structure=disk(1))
     min_size = max(16, mask.size // 5000)
