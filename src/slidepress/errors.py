@@ -25,5 +25,13 @@ class FormatError(SlidepressError):
     """An output/input grid file cannot be written or read."""
 
 
+class CodecError(SlidepressError):
+    """A codec name, quality or coded tile cannot be used."""
+
+
+class ContainerError(SlidepressError):
+    """A slide container is missing, truncated or corrupted."""
+
+
 class UsageError(SlidepressError):
     """Invalid option values or paths."""

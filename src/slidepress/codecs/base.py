@@ -1,0 +1,60 @@
+"""The tile codec contract: uint8 RGB tile -> bytes -> uint8 RGB tile, with one quality knob.
+
+Every codec declares the range and direction of its quality knob, so benchmarks and the CLI
+can validate and sweep it without special cases, and records library versions for metadata.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+
+from ..errors import CodecError
+
+
+class Codec(ABC):
+    name: str = "base"
+    suffix: str = ".bin"  # file suffix of one coded tile
+    quality_range: tuple[float, float] = (0, 100)
+    default_quality: float | None = None
+    higher_is_better: bool = True  # False where the knob is a quantisation step
+    lossless: bool = False
+    library: str = "imagecodecs"
+
+    def __init__(self, quality: float | None = None, **params: Any):
+        q = self.default_quality if quality is None else float(quality)
+        if q is not None:
+            lo, hi = self.quality_range
+            if not lo <= q <= hi:
+                raise CodecError(f"{self.name}: quality {q:g} outside its range {lo:g}-{hi:g}")
+        self.quality = q
+        self.params = params
+
+    @abstractmethod
+    def encode(self, tile: np.ndarray) -> bytes:
+        """(H, W, 3) uint8 -> coded bytes."""
+
+    @abstractmethod
+    def decode(self, data: bytes) -> np.ndarray:
+        """Coded bytes -> (H, W, 3) uint8."""
+
+    def library_version(self) -> str:
+        return ""
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "quality": self.quality,
+            "params": self.params,
+            "lossless": self.lossless,
+            "library": self.library,
+            "library_version": self.library_version(),
+        }
+
+
+def check_tile(tile: np.ndarray) -> np.ndarray:
+    if tile.dtype != np.uint8 or tile.ndim != 3 or tile.shape[2] != 3:
+        raise CodecError(f"tiles must be (H, W, 3) uint8, got {tile.shape} {tile.dtype}")
+    return np.ascontiguousarray(tile)
