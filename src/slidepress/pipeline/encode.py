@@ -1,18 +1,13 @@
 """encode_slide: slide -> tissue mask -> tile stream -> encoder -> embedding grid file(s).
 
-The only module that wires readers, tiling, encoders and writers together; the CLI (and
-later the service) call it. Reading runs in worker threads (OpenSlide, tifffile and torch
-release the GIL), each with its own slide handle, while the calling thread encodes; at most
-`prefetch` blocks are in flight, so memory stays bounded whatever the slide size.
+Reading runs in worker threads (see stream.py) while the calling thread encodes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import threading
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,15 +15,16 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__, dihedral
-from .encoders import Encoder
-from .errors import FormatError, SlideError, TissueError, UsageError
-from .slide import SlideReader, open_slide, resolve_slide_path
-from .slide.mpp import resolve_mpp
-from .slide.tissue import TissueMask, detect_tissue
-from .store import EmbeddingGrid, format_for, read_grid, write_grid
-from .tiling import GridSpec, TileGrid, plan_grid
-from .viz import pca_rgb, save_png, tissue_overlay
+from .. import __version__, dihedral
+from ..encoders import Encoder
+from ..errors import FormatError, SlideError, TissueError, UsageError
+from ..slide import open_slide, resolve_slide_path
+from ..slide.mpp import resolve_mpp
+from ..slide.tissue import TissueMask, detect_tissue
+from ..store import EmbeddingGrid, format_for, read_grid, write_grid
+from ..tiling import GridSpec, TileGrid, plan_grid
+from ..viz import pca_rgb, save_png, tissue_overlay
+from .stream import iter_blocks
 
 GRID_RULE = (
     "cols = floor((floor(W0 / f) - P) / S) + 1, rows likewise, f = level-0 px per output px; "
@@ -110,41 +106,6 @@ def _already_done(paths: list[Path], params_hash: str) -> bool:
     return True
 
 
-def _iter_blocks(
-    path: Path, reader_name: str, grid: TileGrid, keep: np.ndarray, opts: EncodeOptions
-) -> Iterator[tuple[tuple[int, int, int, int], np.ndarray]]:
-    """Yield (block, pixels) in order, read ahead by worker threads with their own handles."""
-    local = threading.local()
-    handles: list[SlideReader] = []
-    lock = threading.Lock()
-
-    def read(block: tuple[int, int, int, int]) -> np.ndarray:
-        if not hasattr(local, "reader"):
-            local.reader = open_slide(path, reader=reader_name)
-            with lock:
-                handles.append(local.reader)
-        return grid.read_block(local.reader, *block)
-
-    prefetch = 2 * opts.workers + 2
-    pending: list[tuple[tuple[int, int, int, int], Future]] = []
-    pool = ThreadPoolExecutor(opts.workers, thread_name_prefix="slide-read")
-    try:
-        for block in grid.blocks(keep, opts.block_cells):
-            pending.append((block, pool.submit(read, block)))
-            if len(pending) >= prefetch:
-                b, fut = pending.pop(0)
-                yield b, fut.result()
-        while pending:
-            b, fut = pending.pop(0)
-            yield b, fut.result()
-    finally:  # also on error or early close: stop reading, then release the handles
-        for _, fut in pending:
-            fut.cancel()
-        pool.shutdown(wait=True)
-        for h in handles:
-            h.close()
-
-
 def _encode_cells(
     path: Path,
     reader_name: str,
@@ -177,7 +138,9 @@ def _encode_cells(
         where.clear()
 
     pending = 0
-    for (r0, r1, c0, c1), pixels in _iter_blocks(path, reader_name, grid, keep, opts):
+    for (r0, r1, c0, c1), pixels in iter_blocks(
+        path, reader_name, grid, keep, opts.workers, opts.block_cells
+    ):
         patches = grid.cut_patches(pixels, r0, r1, c0, c1)
         sub = keep[r0:r1, c0:c1]
         ii, jj = np.nonzero(sub)
