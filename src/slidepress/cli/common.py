@@ -80,13 +80,13 @@ def expand_slides(inputs: list[str]) -> list[Path]:
 
 
 @contextmanager
-def progress_bars() -> Iterator[Callable[[str, int], Callable[[int], None]]]:
+def progress_bars(unit: str = "cells") -> Iterator[Callable[[str, int], Callable[[int], None]]]:
     """Yield `start(name, total) -> advance(n)`; one bar per slide, shown on stderr."""
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("cells"),
+        TextColumn(unit),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )

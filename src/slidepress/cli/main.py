@@ -228,6 +228,120 @@ def convert(
     guarded(body)
 
 
+@app.command()
+def compress(
+    slide: Annotated[str, typer.Argument(help="Slide file, DICOM folder, or @sample.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Container file, e.g. out.spz.")],
+    codec: Annotated[str, typer.Option(help="jpeg, jpegxl, webp, avif, jpeg2000, htj2k, png.")] = (
+        "jpegxl"
+    ),
+    quality: Annotated[
+        float | None, typer.Option(help="Codec quality knob (default: the codec's; see 'codecs').")
+    ] = None,
+    tile: Annotated[int, typer.Option(help="Tile side in px.")] = 256,
+    level: Annotated[
+        int | None, typer.Option(help="Source pyramid level to store (default 0).")
+    ] = (None),
+    mpp: Annotated[
+        float | None, typer.Option(help="Store at this um/px instead of a level.")
+    ] = None,
+    mpp_override: Annotated[
+        float | None, typer.Option(help="Use this level-0 um/px instead of the file's.")
+    ] = None,
+    background: Annotated[
+        str, typer.Option(help="skip (read back white) | constant (one tile) | keep (store all).")
+    ] = "skip",
+    workers: Annotated[int, typer.Option(help="Threads for reading and for coding.")] = 2,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
+    reader: Annotated[str | None, typer.Option(help="Force a reader backend.")] = None,
+) -> None:
+    """Compress a slide into a container of coded tiles (with a pyramid), then report quality."""
+
+    def body() -> None:
+        from ..pipeline import CompressOptions, compress_slide
+
+        opts = CompressOptions(
+            codec=codec, quality=quality, tile=tile, level=level, mpp=mpp,
+            mpp_override=mpp_override, background=background, workers=workers,
+            overwrite=overwrite, reader=reader,
+        )  # fmt: skip
+        with progress_bars(unit="tiles") as start:
+            r = compress_slide(slide, output, opts, progress_start=start)
+        c = r.manifest["codec"]
+        console.print(
+            f"{r.manifest['source']['name']} -> {r.path}: {c['name']} q{c['quality']:g}, "
+            f"{r.tiles_stored}/{r.tiles_total} tiles stored, {r.container_bytes / 1e6:.2f} MB, "
+            f"{r.bpp:.3f} bpp, {r.ratio_raw:.1f}x vs raw 24 bpp, {r.ratio_source:.2f}x vs source "
+            f"file; sampled tissue tiles ({r.scored_tiles}): PSNR {r.psnr:.2f} dB, "
+            f"MS-SSIM {r.ms_ssim:.4f}; {r.seconds:.1f} s"
+        )
+
+    guarded(body)
+
+
+@app.command()
+def decompress(
+    container: Annotated[Path, typer.Argument(help="Container written by 'compress'.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Pyramidal TIFF to write.")],
+    codec: Annotated[str, typer.Option(help="TIFF tile compression: jpeg.")] = "jpeg",
+    quality: Annotated[int, typer.Option(help="JPEG quality (4:4:4 chroma).")] = 95,
+    lossless: Annotated[bool, typer.Option(help="Deflate instead of JPEG: exact pixels.")] = False,
+    workers: Annotated[int, typer.Option(help="Decoding threads.")] = 2,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
+) -> None:
+    """Write a standard tiled pyramidal TIFF (OpenSlide/tiffslide open it, mpp included)."""
+
+    def body() -> None:
+        from ..pipeline import decompress_container
+
+        with progress_bars(unit="tiles") as start:
+            out = decompress_container(
+                container, output, codec=codec, quality=quality, lossless=lossless,
+                workers=workers, overwrite=overwrite, progress_start=start,
+            )  # fmt: skip
+        console.print(f"{container} -> {out} ({out.stat().st_size / 1e6:.2f} MB)")
+
+    guarded(body)
+
+
+@app.command("read")
+def read_region_cmd(
+    container: Annotated[Path, typer.Argument(help="Container written by 'compress'.")],
+    x: Annotated[int, typer.Option("--x", help="Left, in container level-0 px.")],
+    y: Annotated[int, typer.Option("--y", help="Top, in container level-0 px.")],
+    w: Annotated[int, typer.Option("--w", help="Width in px at --level.")],
+    h: Annotated[int, typer.Option("--h", help="Height in px at --level.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="PNG to write.")],
+    level: Annotated[int, typer.Option(help="Container pyramid level.")] = 0,
+) -> None:
+    """Decode one region (only the tiles it touches) to a PNG."""
+
+    def body() -> None:
+        from ..store.container import Container
+        from ..viz import save_png
+
+        _refuse_input(output, container)
+        with Container(container) as c:
+            ds = c.levels[level].downsample if 0 <= level < len(c.levels) else 1.0
+            pixels = c.read_region(round(x / ds), round(y / ds), w, h, level=level)
+        save_png(pixels, output)
+        console.print(f"{output}: {w} x {h} px at level {level}")
+
+    guarded(body)
+
+
+@app.command("codecs")
+def list_codecs() -> None:
+    """List codecs with their quality knob range and default."""
+    from ..codecs import CODECS
+
+    for name, cls in sorted(CODECS.items()):
+        lo, hi = cls.quality_range
+        better = "higher" if cls.higher_is_better else "LOWER"
+        kind = "lossless" if cls.lossless else f"quality {lo:g}-{hi:g}, {better} is better"
+        typer.echo(f"{name:9s} {kind}; default {cls.default_quality:g}")
+
+
 @app.command("encoders")
 def list_encoders() -> None:
     """List registered encoders and loaders."""
