@@ -139,3 +139,95 @@ def test_help_lists_commands():
     assert r.returncode == 0
     for cmd in ("info", "encode", "convert"):
         assert cmd in r.stdout
+
+
+# -- compress / decompress / read ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cli_container(tmp_path_factory):
+    out = tmp_path_factory.mktemp("spz") / "s.spz"
+    r = run("compress", "@sample", "-o", out, "--codec", "webp", "--quality", "80")
+    assert r.returncode == 0, r.stderr
+    assert "bpp" in r.stderr and "PSNR" in r.stderr and "MS-SSIM" in r.stderr
+    return out
+
+
+def test_compress_decompress_read_cli(cli_container, tmp_path):
+    tiff = tmp_path / "r.tiff"
+    r = run("decompress", cli_container, "-o", tiff, "--lossless")
+    assert r.returncode == 0, r.stderr
+    s = openslide_open(tiff)
+    assert s.dimensions == (2220, 2967)
+    png = tmp_path / "region.png"
+    r = run("read", cli_container, "--x", 100, "--y", 200, "--w", 300, "--h", 250, "-o", png)
+    assert r.returncode == 0, r.stderr
+    region = np.asarray(Image.open(png))
+    assert region.shape == (250, 300, 3)
+    ref = np.asarray(s.read_region((100, 200), 0, (300, 250)))[..., :3]
+    np.testing.assert_array_equal(region, ref)
+
+
+def openslide_open(path):
+    import openslide
+
+    return openslide.OpenSlide(str(path))
+
+
+def _corrupt(src: Path, dst: Path) -> None:
+    import zipfile
+
+    dst.write_bytes(src.read_bytes())
+    with zipfile.ZipFile(dst) as z:
+        info = next(i for i in z.infolist() if i.filename.startswith("L0/"))
+    data = bytearray(dst.read_bytes())
+    data[info.header_offset + 30 + len(info.filename) + info.file_size // 2] ^= 0xFF
+    dst.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "case", ["unknown-codec", "quality-range", "flipped-bytes", "truncated", "region-outside",
+             "not-a-container", "decompress-exists"],
+)  # fmt: skip
+def test_container_bad_inputs(cli_container, tmp_path, case):
+    out = tmp_path / "out.tiff"
+    if case == "unknown-codec":
+        args = ["compress", "@sample", "-o", tmp_path / "x.spz", "--codec", "gif"]
+    elif case == "quality-range":
+        args = [
+            "compress",
+            "@sample",
+            "-o",
+            tmp_path / "x.spz",
+            "--codec",
+            "jpeg",
+            "--quality",
+            "0",
+        ]
+    elif case == "flipped-bytes":
+        bad = tmp_path / "bad.spz"
+        _corrupt(cli_container, bad)
+        args = ["decompress", bad, "-o", out]
+    elif case == "truncated":
+        bad = tmp_path / "trunc.spz"
+        bad.write_bytes(cli_container.read_bytes()[:100_000])
+        args = ["decompress", bad, "-o", out]
+    elif case == "region-outside":
+        args = ["read", cli_container, "--x", 2000, "--y", 0, "--w", 500, "--h", 10, "-o", out]
+    elif case == "not-a-container":
+        (tmp_path / "n.spz").write_text("hello")
+        args = ["read", tmp_path / "n.spz", "--x", 0, "--y", 0, "--w", 5, "--h", 5, "-o", out]
+    else:
+        out.write_text("keep me")
+        args = ["decompress", cli_container, "-o", out]
+    r = run(*args)
+    assert r.returncode == 2, r.stderr
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip() and "━" not in ln]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in r.stderr
+    if case == "flipped-bytes":
+        assert "L0/" in lines[0] and "corrupted" in lines[0]
+    if case == "decompress-exists":
+        assert out.read_text() == "keep me"
+    else:
+        assert not out.exists() and not (tmp_path / "x.spz").exists()
+    assert not [p for p in tmp_path.iterdir() if "partial" in p.name]

@@ -90,7 +90,7 @@ def progress_bars(unit: str = "cells") -> Iterator[Callable[[str, int], Callable
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=console) as prog:
+    with Progress(*columns, console=console, transient=True) as prog:
 
         def start(name: str, total: int) -> Callable[[int], None]:
             task = prog.add_task(name, total=total)

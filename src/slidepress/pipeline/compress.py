@@ -276,17 +276,13 @@ def _score(result: CompressResult, originals: dict[tuple[int, int], np.ndarray])
     """PSNR (pooled MSE) and mean MS-SSIM of sampled tissue tiles, decoded from the container."""
     if not originals:
         return
-    from ..metrics import ms_ssim
+    from ..metrics import score_tiles
 
     with Container(result.path) as c:
-        refs = list(originals.values())
         decoded = [c.read_tile(0, r, col) for (r, col) in originals]
-    mse = np.mean(
-        [np.mean((a.astype(np.float64) - b) ** 2) for a, b in zip(refs, decoded, strict=True)]
-    )
-    result.psnr = float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
-    result.ms_ssim = float(np.mean([ms_ssim(a, b) for a, b in zip(refs, decoded, strict=True)]))
-    result.scored_tiles = len(refs)
+    scores = score_tiles(list(originals.values()), decoded)
+    result.psnr, result.ms_ssim = scores.mean_psnr, scores.mean_ms_ssim
+    result.scored_tiles = scores.n_scored
 
 
 def _background_colour(thumbnail: np.ndarray | None, mask: np.ndarray) -> np.ndarray:

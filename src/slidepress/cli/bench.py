@@ -1,0 +1,108 @@
+"""`slidepress bench ...`: benchmarks that write a report folder (tables, plots, report.md)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from .common import console, expand_slides, guarded
+
+if TYPE_CHECKING:
+    from ..bench.codecs import BenchmarkResult
+
+# Spelled out (not imported) so that `--help` does not load imagecodecs; a test keeps it equal
+# to slidepress.bench.codecs.DEFAULT_CODECS.
+DEFAULT_CODECS = "jpeg,jpegxl,webp,avif,jpeg2000,htj2k"
+
+bench_app = typer.Typer(
+    help="Benchmarks: conventional codecs on real tiles (rate, quality, speed, BD-rate vs JPEG).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@bench_app.callback()
+def _bench() -> None:
+    """Benchmarks that write a report folder: results.csv/.json, plots, report.md."""
+
+
+@bench_app.command("codecs")
+def codecs_cmd(
+    inputs: Annotated[
+        list[str],
+        typer.Argument(help="Images (PNG, JPEG...), slides, DICOM folders, folders, @sample."),
+    ],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Report folder.")],
+    codecs: Annotated[str, typer.Option(help="Comma-separated codecs to compare.")] = (
+        DEFAULT_CODECS
+    ),
+    qualities: Annotated[
+        str | None,
+        typer.Option(
+            help="Per-codec sweeps, e.g. 'jpeg=50,80,90;webp=60,80' (others: defaults; "
+            "jpeg always includes q80, the anchor)."
+        ),
+    ] = None,
+    tile: Annotated[int, typer.Option(help="Tile side in px.")] = 256,
+    threads: Annotated[int, typer.Option(help="Encoder threads where the codec takes it.")] = 1,
+    max_tiles: Annotated[
+        int, typer.Option(help="Tiles per input at most (slides: random tissue tiles).")
+    ] = 64,
+    seed: Annotated[int, typer.Option(help="Seed for the tile sample.")] = 0,
+    mpp_override: Annotated[
+        float | None, typer.Option(help="Level-0 um/px for slides whose file lacks it.")
+    ] = None,
+) -> None:
+    """Rate, PSNR/SSIM/MS-SSIM and speed of each codec and quality on tiles of the inputs;
+    writes results.csv/.json, RD and timing plots, BD-rates vs JPEG and report.md."""
+
+    def body() -> None:
+        from ..bench.codecs import parse_qualities, run_codec_benchmark
+
+        names = [c.strip() for c in codecs.split(",") if c.strip()]
+        paths = expand_slides(inputs)
+        res = run_codec_benchmark(
+            paths, output, names, parse_qualities(qualities), tile=tile, threads=threads,
+            max_tiles_per_input=max_tiles, seed=seed, mpp_override=mpp_override, progress=True,
+        )  # fmt: skip
+        _print_summary(res)
+
+    guarded(body)
+
+
+def _pct(x: float) -> str:
+    return "n/a" if not math.isfinite(x) else f"{x:+.1f} %"
+
+
+def _bpp(x: float) -> str:
+    return "n/a" if not math.isfinite(x) else f"{x:.3f}"
+
+
+def _print_summary(res: BenchmarkResult) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    out = Console(highlight=False)
+    if res.bd_rates:
+        t = Table(title="BD-rate vs JPEG (pchip, mean over inputs; negative = fewer bits)")
+        for col in ("codec", "PSNR", "MS-SSIM", "bpp @ JPEG q80 PSNR", "bpp @ q80 MS-SSIM"):
+            t.add_column(col, justify="right")
+        match = {m["codec"]: m for m in res.jpeg_q80_match}
+        for b in res.bd_rates:
+            m = match.get(b["codec"], {})
+            t.add_row(
+                b["codec"],
+                _pct(b["bd_rate_psnr_pchip"]),
+                _pct(b["bd_rate_ms_ssim_db_pchip"]),
+                _bpp(m.get("bpp_psnr", math.nan)),
+                _bpp(m.get("bpp_ms_ssim_db", math.nan)),
+            )
+        if "jpeg" in match:
+            j = match["jpeg"]
+            t.add_row("jpeg q80", "0", "0", _bpp(j["bpp_psnr"]), _bpp(j["bpp_ms_ssim_db"]))
+        out.print(t)
+    console.print(f"{len(res.rows)} rows -> {res.report_path} ({res.csv_path.name}, plots)")
