@@ -398,6 +398,8 @@ def run_end_to_end(
         "--tissue-threshold", "0.5", "--overwrite",
         "--workers", str(args.workers), "--batch-size", str(args.batch_size),
     ]  # fmt: skip
+    if args.reader:
+        cmd += ["--reader", args.reader]
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path, rec_path = out_dir / "encode.log", out_dir / "encode.rusage.json"
     env = dict(os.environ)
@@ -435,21 +437,34 @@ def run_end_to_end(
         "level": g["level"],
         "resampled": g["resampled"],
         "patch_size": g["patch_size"],
-        "read_amplification": read_amplification(grid.mask),
+        "read_amplification": read_amplification(slide, grid.mask, g["patch_size"]),
         "_grid": grid,
     }
 
 
-def read_amplification(mask: np.ndarray, block: int = 8) -> float:
-    """Cells decoded by the 8x8-cell block reader per kept cell (>= 1)."""
-    rows, cols = mask.shape
-    read = 0
-    for r0 in range(0, rows, block):
-        for c0 in range(0, cols, block):
-            sub = mask[r0 : r0 + block, c0 : c0 + block]
-            if sub.any():
-                read += sub.size
-    return round(read / max(1, int(mask.sum())), 3)
+def read_amplification(slide: Path, mask: np.ndarray, patch: int) -> dict[str, float]:
+    """What slidepress's own block plan decodes per kept cell: cells, and level-0 JPEG tile
+    pixels (blocks that do not start on a tile boundary decode partial tiles too)."""
+    from slidepress.slide import open_slide
+    from slidepress.tiling import GridSpec, plan_grid
+
+    with open_slide(slide) as r:
+        grid = plan_grid(r, 0.5, GridSpec(patch_size=patch, stride=patch, mpp=0.5))
+    if grid.shape != mask.shape or grid.level != 0:
+        return {}
+    cells = tiles = blocks = 0
+    for r0, r1, c0, c1 in grid.blocks(mask, 8):
+        blocks += 1
+        cells += (r1 - r0) * (c1 - c0)
+        ty = -(-(r1 * patch) // TILE) - (r0 * patch) // TILE
+        tx = -(-(c1 * patch) // TILE) - (c0 * patch) // TILE
+        tiles += ty * tx
+    kept = max(1, int(mask.sum()))
+    return {
+        "blocks": blocks,
+        "cells_per_kept_cell": round(float(cells / kept), 3),
+        "decoded_px_per_kept_px": round(float(tiles * TILE * TILE / (kept * patch * patch)), 3),
+    }
 
 
 def tissue_cells(grid: Any) -> np.ndarray:
@@ -522,7 +537,11 @@ def profile_in_process(slide: Path, spec: str, out_dir: Path, args: argparse.Nam
 
     enc = get_encoder(spec)
     opts = EncodeOptions(
-        tissue_threshold=0.5, overwrite=True, workers=args.workers, batch_size=args.batch_size
+        tissue_threshold=0.5,
+        overwrite=True,
+        workers=args.workers,
+        batch_size=args.batch_size,
+        reader=args.reader,
     )
     prof = cProfile.Profile()
     t0 = time.perf_counter()
@@ -536,6 +555,20 @@ def profile_in_process(slide: Path, spec: str, out_dir: Path, args: argparse.Nam
     st.sort_stats("tottime").print_stats(18)
     st.sort_stats("cumulative").print_stats(25)
     return buf.getvalue()
+
+
+def git_commit() -> str | None:
+    """HEAD of the checkout measured, '+dirty' when src/ has local changes."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "src"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+dirty" if dirty else "")
 
 
 def torch_threads() -> int | None:
@@ -645,6 +678,9 @@ def main(argv: list[str] | None = None) -> int:
         help="torch intra-op threads, in the child (OMP_NUM_THREADS) and here "
         "(default: torch's own, = cores)",
     )
+    ap.add_argument(
+        "--reader", default=None, help="slidepress --reader (default: its own choice, OpenSlide)"
+    )
     ap.add_argument("--naive-cells", type=int, default=2000, help="cells in the naive loop")
     ap.add_argument("--forward-seconds", type=float, default=5.0, help="pure-forward duration")
     ap.add_argument("--pool", type=int, default=1024, help="preloaded patches for the forward")
@@ -682,6 +718,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "bench_encode",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "slidepress_commit": git_commit(),
         "machine": {
             "cpu_count": os.cpu_count(),
             "platform": platform.platform(),
@@ -756,9 +793,11 @@ def print_report(rep: dict[str, Any]) -> None:
     )
     for name, r in rep["results"].items():
         e = r["end_to_end"]
+        ra = e["read_amplification"]
         print(
-            f"{name}: grid {'x'.join(map(str, e['grid_shape']))}, read amplification "
-            f"{e['read_amplification']} cells decoded per kept cell, child CPU "
+            f"{name}: grid {'x'.join(map(str, e['grid_shape']))}, {ra.get('blocks')} blocks read, "
+            f"{ra.get('cells_per_kept_cell')} cells and {ra.get('decoded_px_per_kept_px')} px "
+            f"decoded per kept cell/px, child CPU "
             f"{e['cpu_user_s']} s user + {e['cpu_sys_s']} s sys in {e['wall_s']} s wall"
         )
     print(f"total benchmark time {rep['total_s']} s")
