@@ -16,13 +16,11 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .. import __version__
 from ..codecs import get_codec
 from ..errors import UsageError
 from ..slide import open_slide, resolve_slide_path
@@ -39,7 +37,7 @@ from ..store.container import (
     level_dict,
 )
 from ..tiling import GridSpec, TileGrid, plan_grid
-from .encode import content_sha256
+from .provenance import content_sha256, slide_record, stamp
 from .stream import iter_blocks
 
 ProgressStart = Callable[[str, int], Callable[[int], None]]
@@ -218,19 +216,9 @@ def compress_slide(
             manifest = {
                 "format": FORMAT_NAME,
                 "format_version": FORMAT_VERSION,
-                "slidepress_version": __version__,
-                "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                **stamp(),
                 "source": {
-                    "name": path.name,
-                    "path": str(path.resolve()),
-                    "sha256": sha,
-                    "bytes": _source_bytes(path),
-                    "reader": reader_name,
-                    "vendor": info.vendor,
-                    "dimensions": list(info.dimensions),
-                    "mpp_file": list(info.mpp) if info.mpp else None,
-                    "mpp_used": slide_mpp,
-                    "mpp_source": "override" if opts.mpp_override is not None else "file",
+                    **slide_record(path, info, sha, slide_mpp, opts.mpp_override is not None),
                     "level0_px_per_px": base_scale,
                     "source_level": levels[0][0].level,
                     "resampled": levels[0][0].resample,
@@ -289,9 +277,3 @@ def _background_colour(thumbnail: np.ndarray | None, mask: np.ndarray) -> np.nda
     if thumbnail is None or mask.all():
         return np.array([255, 255, 255], np.uint8)
     return np.median(thumbnail[~mask], axis=0).astype(np.uint8)
-
-
-def _source_bytes(path: Path) -> int:
-    if path.is_dir():
-        return sum(p.stat().st_size for p in path.iterdir() if p.is_file())
-    return path.stat().st_size

@@ -9,13 +9,12 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .. import __version__, dihedral
+from .. import dihedral
 from ..encoders import Encoder
 from ..errors import FormatError, SlideError, TissueError, UsageError
 from ..slide import open_slide, resolve_slide_path
@@ -24,6 +23,7 @@ from ..slide.tissue import TissueMask, detect_tissue
 from ..store import EmbeddingGrid, format_for, read_grid, write_grid
 from ..tiling import GridSpec, TileGrid, plan_grid
 from ..viz import pca_rgb, save_png, tissue_overlay
+from .provenance import content_sha256, slide_record, stamp
 from .stream import iter_blocks
 
 GRID_RULE = (
@@ -72,19 +72,6 @@ class EncodeResult:
     skipped: bool = False
     grid_shape: tuple[int, int, int] | None = None
     cells_kept: int = 0
-
-
-def content_sha256(path: Path) -> str:
-    """Hash of the slide's bytes (every file, by name, for a DICOM folder)."""
-    h = hashlib.sha256()
-    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
-    for f in files:
-        if path.is_dir():
-            h.update(f.name.encode() + b"\0")
-        with open(f, "rb") as fh:
-            while block := fh.read(8 << 20):
-                h.update(block)
-    return h.hexdigest()
 
 
 def output_paths(slide: Path, out_dir: Path, opts: EncodeOptions) -> list[Path]:
@@ -258,19 +245,8 @@ def _metadata(
     spec = grid.spec
     return {
         "format_version": 1,
-        "slidepress_version": __version__,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "slide": {
-            "name": path.name,
-            "path": str(path.resolve()),
-            "sha256": sha,
-            "reader": info.reader,
-            "vendor": info.vendor,
-            "dimensions": list(info.dimensions),
-            "mpp_file": list(info.mpp) if info.mpp else None,
-            "mpp_used": slide_mpp,
-            "mpp_source": "override" if opts.mpp_override is not None else "file",
-        },
+        **stamp(),
+        "slide": slide_record(path, info, sha, slide_mpp, opts.mpp_override is not None),
         "grid": {
             "patch_size": spec.patch_size,
             "stride": spec.stride,

@@ -1,0 +1,54 @@
+"""What every output says about where it came from: the slide, its hash, who made it, when."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..slide import SlideInfo
+
+
+def content_sha256(path: Path) -> str:
+    """Hash of the slide's bytes (every file, by name, for a DICOM folder)."""
+    h = hashlib.sha256()
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        if path.is_dir():
+            h.update(f.name.encode() + b"\0")
+        with open(f, "rb") as fh:
+            while block := fh.read(8 << 20):
+                h.update(block)
+    return h.hexdigest()
+
+
+def source_bytes(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.iterdir() if p.is_file())
+    return path.stat().st_size
+
+
+def stamp() -> dict[str, Any]:
+    return {
+        "slidepress_version": __version__,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def slide_record(
+    path: Path, info: SlideInfo, sha: str, slide_mpp: float, mpp_overridden: bool
+) -> dict[str, Any]:
+    return {
+        "name": path.name,
+        "path": str(path.resolve()),
+        "sha256": sha,
+        "bytes": source_bytes(path),
+        "reader": info.reader,
+        "vendor": info.vendor,
+        "dimensions": list(info.dimensions),
+        "mpp_file": list(info.mpp) if info.mpp else None,
+        "mpp_used": slide_mpp,
+        "mpp_source": "override" if mpp_overridden else "file",
+    }
