@@ -351,6 +351,11 @@ def list_encoders() -> None:
         typer.echo(name)
 
 
+from .bench import bench_app  # noqa: E402 (sub-app after the main commands)
+
+app.add_typer(bench_app, name="bench")
+
+
 def run() -> None:
     try:
         app()
