@@ -405,22 +405,30 @@ def run_end_to_end(
     env = dict(os.environ)
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)  # torch's intra-op threads in the child
-    with open(log_path, "w") as logf, CpuMeter() as meter:
-        r = subprocess.run(
-            [sys.executable, "-c", LAUNCHER, str(rec_path), *cmd],
-            stdout=logf,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    text = log_path.read_text()
-    rec = json.loads(rec_path.read_text()) if rec_path.exists() else {"rc": r.returncode}
-    if r.returncode != 0 or rec["rc"] != 0:
-        raise SystemExit(f"`{' '.join(cmd)}` failed (rc {rec['rc']}):\n{text[-3000:]}")
-    wall = rec["wall_s"]
+    runs = []
+    for i in range(max(1, args.repeat)):
+        if i:
+            wait_quiet(args.quiet_wait)
+        with open(log_path, "w") as logf, CpuMeter() as meter:
+            r = subprocess.run(
+                [sys.executable, "-c", LAUNCHER, str(rec_path), *cmd],
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        text = log_path.read_text()
+        rec = json.loads(rec_path.read_text()) if rec_path.exists() else {"rc": r.returncode}
+        if r.returncode != 0 or rec["rc"] != 0:
+            raise SystemExit(f"`{' '.join(cmd)}` failed (rc {rec['rc']}):\n{text[-3000:]}")
+        m = re.search(r"(\d+)\s+tissue\s+cells,\s+([\d.]+)\s+s", text)
+        rec["in_cli_s"] = float(m.group(2)) if m else None
+        rec["other"] = meter.foreign_cores
+        runs.append(rec)
+        log(f"  run {i + 1}: {rec['wall_s']:.1f} s, other processes {meter.foreign_cores} cores")
+    rec = min(runs, key=lambda x: x["wall_s"])  # best of --repeat: least disturbed
+    wall, in_cli = rec["wall_s"], rec["in_cli_s"]
     grid = read_grid(out_dir / f"{slide.stem}.zarr")
     cells = int(grid.mask.sum())
-    m = re.search(r"(\d+)\s+tissue\s+cells,\s+([\d.]+)\s+s", text)
-    in_cli = float(m.group(2)) if m else None
     g = grid.metadata["grid"]
     return {
         "command": " ".join(cmd),
@@ -433,7 +441,15 @@ def run_end_to_end(
         "peak_rss_mb": rec["maxrss_kib"] / 1024,  # Linux: KiB
         "cpu_user_s": round(rec["utime"], 2),
         "cpu_sys_s": round(rec["stime"], 2),
-        "other_processes_cores": meter.foreign_cores,
+        "other_processes_cores": rec["other"],
+        "runs": [
+            {
+                "wall_s": round(x["wall_s"], 2),
+                "peak_rss_mb": round(x["maxrss_kib"] / 1024),
+                "other_processes_cores": x["other"],
+            }
+            for x in runs
+        ],  # fmt: skip
         "level": g["level"],
         "resampled": g["resampled"],
         "patch_size": g["patch_size"],
@@ -680,6 +696,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument(
         "--reader", default=None, help="slidepress --reader (default: its own choice, OpenSlide)"
+    )
+    ap.add_argument(
+        "--repeat", type=int, default=1, help="end-to-end runs per encoder; the fastest is kept"
     )
     ap.add_argument("--naive-cells", type=int, default=2000, help="cells in the naive loop")
     ap.add_argument("--forward-seconds", type=float, default=5.0, help="pure-forward duration")

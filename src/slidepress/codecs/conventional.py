@@ -111,16 +111,21 @@ class Jpeg2000(_ImagecodecsCodec):
 @register_codec("htj2k")
 class HTJ2K(_ImagecodecsCodec):
     """OpenJPH high-throughput JPEG 2000; quality = quantisation step 0.001-1,
-    SMALLER is better (0.01 -> ~41 dB, 0.1 -> ~30 dB on H&E)."""
+    SMALLER is better (0.01 -> ~41 dB, 0.1 -> ~30 dB on H&E).
+
+    Coded from int16 and clipped on decode: imagecodecs casts the decoder's int32 samples
+    straight to uint8, so an overshoot near white (256) would wrap to 0. The step is divided
+    by 256 because OpenJPH scales it with the sample range (same bytes, +~70 B header)."""
 
     suffix, quality_range, default_quality, _lib_key = ".j2c", (0.001, 1.0), 0.01, "openjph"
     higher_is_better = False
 
     def encode(self, tile: np.ndarray) -> bytes:
-        return imagecodecs.htj2k_encode(check_tile(tile), level=self.quality, **self.params)
+        data = check_tile(tile).astype(np.int16)
+        return imagecodecs.htj2k_encode(data, level=self.quality / 256, **self.params)
 
     def _decode(self, data: bytes) -> np.ndarray:
-        return imagecodecs.htj2k_decode(data)
+        return np.clip(imagecodecs.htj2k_decode(data), 0, 255).astype(np.uint8)
 
 
 @register_codec("png")

@@ -28,7 +28,13 @@ class ImageReader(SlideReader):
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 with Image.open(self.path) as im:
                     dpi = im.info.get("dpi")
-                    self._pixels = np.asarray(im.convert("RGB"))
+                    if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
+                        # transparent = no scan: composite on white like the OpenSlide path
+                        rgba = im.convert("RGBA")
+                        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                        self._pixels = np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
+                    else:
+                        self._pixels = np.asarray(im.convert("RGB"))
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             raise SlideError(
                 f"{self.path.name}: image too large for the plain reader ({e})"

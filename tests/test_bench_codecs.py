@@ -1,0 +1,184 @@
+"""Bjøntegaard deltas (against the `bjontegaard` package where installed) and a small codec
+benchmark run on real shared tiles: outputs, monotonic rows, BD-rate signs, the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from slidepress.bench.bdrate import (
+    bd_quality,
+    bd_rate,
+    overlap_fraction,
+    rate_at_quality,
+    rd_envelope,
+)
+from slidepress.errors import CodecError, UsageError
+
+from .conftest import SHARED, needs_shared
+
+TILES = SHARED / "tiles"
+
+# The example of the bjontegaard package's README (rates in kbps, PSNR in dB).
+RATE_A = [9487.76, 4593.60, 2486.44, 1358.24]
+PSNR_A = [40.037, 38.615, 36.845, 34.851]
+RATE_T = [9787.80, 4469.00, 2451.52, 1356.24]
+PSNR_T = [40.121, 38.651, 36.970, 34.987]
+
+
+@pytest.mark.parametrize("method", ["cubic", "pchip"])
+def test_bd_matches_the_bjontegaard_package(method):
+    bj = pytest.importorskip("bjontegaard")
+    rng = np.random.default_rng(7)
+    rate = np.sort(rng.uniform(0.2, 6.0, 6))
+    q = 30 + 4 * np.log2(rate) + np.sort(rng.uniform(0, 0.5, 6))
+    rate2 = np.sort(rate * rng.uniform(0.7, 0.9, 6))
+    q2 = np.sort(q + rng.uniform(-0.3, 0.3, 6))
+    for args in ((RATE_A, PSNR_A, RATE_T, PSNR_T), (rate, q, rate2, q2)):
+        assert bd_rate(*args, method=method) == pytest.approx(
+            bj.bd_rate(*args, method=method, min_overlap=0), abs=1e-9
+        )
+        assert bd_quality(*args, method=method) == pytest.approx(
+            bj.bd_psnr(*args, method=method, min_overlap=0), abs=1e-9
+        )
+
+
+@pytest.mark.parametrize("method", ["cubic", "pchip"])
+def test_bd_signs_and_exact_cases(method):
+    rate, q = np.array([0.5, 1.0, 2.0, 4.0]), np.array([28.0, 31.0, 34.0, 36.5])
+    assert bd_rate(rate, q, rate, q, method) == pytest.approx(0.0, abs=1e-12)
+    assert bd_quality(rate, q, rate, q, method) == pytest.approx(0.0, abs=1e-12)
+    # strictly fewer bytes at equal quality: exactly -20 % whatever the interpolation
+    assert bd_rate(rate, q, 0.8 * rate, q, method) == pytest.approx(-20.0)
+    assert bd_rate(rate, q, 1.25 * rate, q, method) == pytest.approx(25.0)
+    assert bd_quality(rate, q, 0.8 * rate, q, method) > 0
+    assert bd_quality(rate, q, rate, q - 1.0, method) == pytest.approx(-1.0)
+    assert math.isnan(bd_rate(rate, q, rate, q + 20, method))  # no common quality range
+
+
+def test_envelope_and_rate_at_quality():
+    r, q = rd_envelope([4, 1, 2, 3, np.inf, 5], [36, 30, 33, 32, 40, np.inf])
+    assert r.tolist() == [1, 2, 4] and q.tolist() == [30, 33, 36]  # 3 is dominated by 2
+    assert rate_at_quality([1, 2, 4], [30, 33, 36], 33) == pytest.approx(2.0)
+    assert 1 < rate_at_quality([1, 2, 4], [30, 33, 36], 31) < 2
+    assert math.isnan(rate_at_quality([1, 2, 4], [30, 33, 36], 37))  # no extrapolation
+    assert overlap_fraction([30, 36], [33, 40]) == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="at least 2"):
+        bd_rate([1, 2], [30, 31], [1], [30])
+
+
+def test_parse_and_resolve_qualities():
+    from slidepress.bench.codecs import DEFAULT_QUALITIES, parse_qualities, resolve_qualities
+
+    assert parse_qualities("jpeg=50, 90 ; webp=60") == {"jpeg": [50, 90], "webp": [60]}
+    assert parse_qualities(None) == {}
+    for bad in ("jpeg", "jpeg=", "jpeg=a", "jpeg=1;jpeg=2"):
+        with pytest.raises(UsageError):
+            parse_qualities(bad)
+    got = resolve_qualities(["jpeg", "htj2k"], {"jpeg": [90, 50]})
+    assert got["jpeg"] == [50, 80, 90]  # the q80 anchor is always measured
+    assert got["htj2k"] == sorted(DEFAULT_QUALITIES["htj2k"], reverse=True)  # step: low->high
+    with pytest.raises(CodecError, match="unknown codec"):
+        resolve_qualities(["jpeg", "nope"], None)
+    with pytest.raises(CodecError, match="outside"):
+        resolve_qualities(["webp"], {"webp": [150]})
+    with pytest.raises(UsageError, match="not among"):
+        resolve_qualities(["jpeg"], {"webp": [50]})
+
+
+def test_cli_default_codecs_match_the_module():
+    from slidepress.bench.codecs import DEFAULT_CODECS
+    from slidepress.cli.bench import DEFAULT_CODECS as CLI_DEFAULT
+
+    assert CLI_DEFAULT.split(",") == list(DEFAULT_CODECS)
+
+
+@needs_shared
+def test_small_benchmark_run(tmp_path):
+    from slidepress.bench.codecs import run_codec_benchmark
+
+    inputs = [TILES / "histoqc_template1.png", TILES / "torchstain_source.png"]
+    res = run_codec_benchmark(
+        inputs, tmp_path / "rep", ["jpeg", "webp"], {"jpeg": [30, 80, 95], "webp": [30, 60, 90]},
+        tile=256, max_tiles_per_input=1,
+    )  # fmt: skip
+    for name in ("results.csv", "results.json", "report.md", "rd_psnr.png", "rd_ms_ssim.png"):
+        assert (tmp_path / "rep" / name).stat().st_size > 0, name
+    assert res.plots["timing"].stat().st_size > 0
+    assert len(res.rows) == 2 * 2 * 3
+    assert [i["n_tiles"] for i in res.inputs] == [1, 1]
+    assert "1 of 2 full tiles" in res.inputs[1]["note"]  # 584x438: 2 tiles, 1 drawn
+    for inp in ("histoqc_template1.png", "torchstain_source.png"):
+        for codec in ("jpeg", "webp"):
+            rows = [r for r in res.rows if r["input"] == inp and r["codec"] == codec]
+            for key in ("bpp", "psnr", "ssim", "ms_ssim"):
+                values = [r[key] for r in rows]
+                assert values == sorted(values) and len(set(values)) == 3, (inp, codec, key)
+            for r in rows:
+                assert r["bytes"] > 0 and r["bpp"] == pytest.approx(8 * r["bytes"] / r["pixels"])
+                assert r["ratio_raw"] == pytest.approx(24 / r["bpp"])
+                assert r["ms_ssim_scales"] == 5 and r["encode_ms"] > 0
+    # JPEG against itself: zero; the summary tables exist and agree with the rows
+    j = [r for r in res.rows if r["input"] == "histoqc_template1.png" and r["codec"] == "jpeg"]
+    rate, q = [r["bpp"] for r in j], [r["psnr"] for r in j]
+    assert bd_rate(rate, q, rate, q) == pytest.approx(0.0, abs=1e-12)
+    assert [b["codec"] for b in res.bd_rates] == ["webp"]
+    match = {m["codec"]: m for m in res.jpeg_q80_match}
+    q80 = [r["bpp"] for r in res.rows if r["codec"] == "jpeg" and r["quality"] == 80]
+    assert match["jpeg"]["bpp_psnr"] == pytest.approx(np.mean(q80))  # on its own curve
+    assert match["jpeg"]["saving_pct_psnr"] == pytest.approx(0.0, abs=1e-9)
+    doc = json.loads((tmp_path / "rep" / "results.json").read_text())
+    assert len(doc["rows"]) == 12 and doc["config"]["qualities"]["jpeg"] == [30, 80, 95]
+    report = (tmp_path / "rep" / "report.md").read_text()
+    assert "](rd_psnr.png)" in report and "relative to the input as given" in report.lower()
+    header = (tmp_path / "rep" / "results.csv").read_text().splitlines()[0]
+    assert header.startswith("input,kind,codec,quality,")
+
+
+@needs_shared
+def test_image_smaller_than_a_tile_is_used_whole(tmp_path):
+    from PIL import Image
+
+    from slidepress.bench.codecs import load_inputs
+
+    with Image.open(TILES / "histoqc_template2.png") as im:
+        im.crop((0, 0, 100, 80)).save(tmp_path / "small.png")
+    (inp,) = load_inputs([tmp_path / "small.png"], tile=256)
+    assert inp.tiles.shape == (1, 80, 100, 3) and "whole image" in inp.note
+
+
+@needs_shared
+def test_slide_tiles_are_seeded_tissue_samples():
+    from slidepress.bench.codecs import load_inputs
+
+    slide = SHARED / "slides" / "CMU-1-Small-Region.svs"
+    a = load_inputs([slide], tile=256, max_tiles_per_input=3, seed=1)[0]
+    b = load_inputs([slide], tile=256, max_tiles_per_input=3, seed=1)[0]
+    assert a.kind == "slide" and a.tiles.shape == (3, 256, 256, 3)
+    assert np.array_equal(a.tiles, b.tiles)
+    assert a.tiles.std() > 10  # tissue, not blank glass
+    assert 0 < a.source_bpp < 24
+
+
+@needs_shared
+def test_cli_bench_codecs(tmp_path):
+    from typer.testing import CliRunner
+
+    from slidepress.cli.bench import bench_app
+
+    runner = CliRunner()
+    src = str(TILES / "histoqc_template4.png")
+    out = tmp_path / "r"
+    res = runner.invoke(
+        bench_app,
+        ["codecs", src, "-o", str(out), "--codecs", "jpeg,jpegxl", "--qualities",
+         "jpeg=40,90;jpegxl=50,85", "--max-tiles", "1", "--tile", "192"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert (out / "report.md").exists() and "jpegxl" in res.output
+    bad = runner.invoke(bench_app, ["codecs", src, "-o", str(out), "--codecs", "jpeg,foo"])
+    assert bad.exit_code == 2
+    assert "unknown codec 'foo'" in bad.output and "Traceback" not in bad.output
