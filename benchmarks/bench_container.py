@@ -43,12 +43,19 @@ def run_compress(slide: Path, out: Path, codec: str, workers: int) -> dict:
         bench_encode.slidepress_exe(), "compress", str(slide), "-o", str(out), "--codec", codec,
         "--workers", str(workers), "--overwrite",
     ]  # fmt: skip
+    # Through a tiny launcher: a child's recorded peak RSS starts at its parent's peak, so
+    # wait4 from this (large) process would over-report.
+    launcher = (
+        "import os, subprocess, sys, json; p = subprocess.Popen(sys.argv[1:], "
+        "stderr=subprocess.PIPE, text=True); err = p.stderr.read(); "
+        "_, st, ru = os.wait4(p.pid, 0); "
+        "print(json.dumps([os.waitstatus_to_exitcode(st), ru.ru_maxrss, err]))"
+    )
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _, status, ru = os.wait4(proc.pid, 0)
+    res = subprocess.run([sys.executable, "-c", launcher, *cmd], capture_output=True, text=True)
     wall = time.perf_counter() - t0
-    err = proc.stderr.read() if proc.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
+    rc, maxrss_kib, err = json.loads(res.stdout)
+    if rc != 0:
         raise SystemExit(f"compress failed: {err}")
     with Container(out) as c:
         stored = c.manifest["tiles"]["stored"]
@@ -58,7 +65,7 @@ def run_compress(slide: Path, out: Path, codec: str, workers: int) -> dict:
         "wall_s": round(wall, 2),
         "tiles": stored,
         "tiles_per_s": stored / wall,
-        "peak_rss_mb": ru.ru_maxrss / 1024,
+        "peak_rss_mb": maxrss_kib / 1024,
         "container_mb": out.stat().st_size / 1e6,
         "summary": err.strip().splitlines()[-1] if err.strip() else "",
     }

@@ -96,6 +96,41 @@ class CpuMeter:
         self.foreign_cores = round(max(0.0, foreign / wall), 2)
 
 
+class CpuProbe:
+    """Single-thread JPEG decode rate of 200 fixed level-0 tiles (best of 3): a yardstick of
+    this machine's speed right now. A VM can slow down with no busy process in sight (host
+    contention), so each measurement records the probe taken just before it."""
+
+    def __init__(self, slide: Path, n: int = 200):
+        import tifffile
+
+        self.tf = tifffile.TiffFile(str(slide))
+        page = self.tf.pages[0]
+        ntx = -(-page.imagewidth // TILE)
+        nty = -(-page.imagelength // TILE)
+        self.page = page
+        self.items = []
+        fh = self.tf.filehandle
+        for k in range(n):  # a diagonal band through the middle: tissue and glass
+            ty = (nty // 3 + k // 20) % nty
+            tx = (ntx // 3 + k % 20 * 3) % ntx
+            i = ty * ntx + tx
+            fh.seek(page.dataoffsets[i])
+            self.items.append((i, fh.read(page.databytecounts[i])))
+        self.samples: list[float] = []
+
+    def __call__(self, passes: int = 3) -> float:
+        """Best of `passes` decodes of the tiles (robust to a short interruption)."""
+        best = 0.0
+        for _ in range(passes):
+            t0 = time.perf_counter()
+            for i, data in self.items:
+                self.page.decode(data, i, jpegtables=self.page.jpegtables)
+            best = max(best, len(self.items) / (time.perf_counter() - t0))
+        self.samples.append(best)
+        return round(best)
+
+
 def wait_quiet(max_wait: float, limit: float = 0.25) -> float:
     """Wait (up to max_wait s) until other processes use < `limit` cores; return their load."""
     deadline = time.perf_counter() + max_wait
@@ -609,13 +644,14 @@ def set_torch_threads(n: int | None) -> None:
 
 
 def measure_encoder(
-    name: str, slide: Path, args: argparse.Namespace, threads: int | None
+    name: str, slide: Path, args: argparse.Namespace, threads: int | None, probe: CpuProbe
 ) -> dict[str, Any]:
     from slidepress.encoders import get_encoder
 
     spec = encoder_spec(name, args.bench_dir)
     key = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
     wait_quiet(args.quiet_wait)
+    probes = {"end_to_end": probe()}
     log(f"[{name}] end-to-end: slidepress encode ...")
     e2e = run_end_to_end(slide, spec, args.bench_dir / f"out_{key}", args)
     grid = e2e.pop("_grid")
@@ -636,6 +672,7 @@ def measure_encoder(
 
     set_torch_threads(threads)
     wait_quiet(args.quiet_wait)
+    probes["pure_forward"] = probe()
     log(f"[{name}] pure forward on {len(pool)} preloaded patches ...")
     fwd = pure_forward(encoder, pool, args.forward_seconds)
     fwd1 = None
@@ -647,6 +684,7 @@ def measure_encoder(
     log(f"[{name}] naive loop on the first {len(naive_xy)} tissue cells ...")
     set_torch_threads(1)
     wait_quiet(args.quiet_wait)
+    probes["naive_1thread"] = probe()
     naive1 = naive_loop(slide, encoder, naive_xy, patch)
     naive_t = None
     if is_torch and threads != 1:
@@ -658,6 +696,7 @@ def measure_encoder(
         "encoder_spec": spec,
         "encoder": encoder.describe(),
         "torch_threads": threads if is_torch else None,
+        "cpu_probe_tiles_per_s": probes,
         "end_to_end": e2e,
         "pure_forward": fwd,
         "pure_forward_1thread": fwd1,
@@ -732,9 +771,11 @@ def main(argv: list[str] | None = None) -> int:
         f"mpp {slide_info['mpp'][0]:.3f}, reader {slide_info.get('slidepress_reader')}"
     )
     threads = args.threads or torch_threads()
+    probe = CpuProbe(slide)
     results = {}
     for name in [e.strip() for e in args.encoders.split(",") if e.strip()]:
-        results[name] = measure_encoder(name, slide, args, threads)
+        results[name] = measure_encoder(name, slide, args, threads, probe)
+    spread = (max(probe.samples) / min(probe.samples) - 1) if probe.samples else 0.0
 
     report = {
         "benchmark": "bench_encode",
@@ -753,6 +794,11 @@ def main(argv: list[str] | None = None) -> int:
         "slide": {**build, **slide_info},
         "targets": {"e2e_over_forward": 0.8, "e2e_over_naive": 1.8, "peak_rss_mb": 1536},
         "results": results,
+        "cpu_probe": {
+            "what": "single-thread JPEG decode of 200 fixed 256 px tiles, best of 3, tiles/s",
+            "samples": [round(x) for x in probe.samples],
+            "spread": round(spread, 3),
+        },
         "total_s": round(time.perf_counter() - t_start, 1),
     }
     json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -826,6 +872,12 @@ def print_report(rep: dict[str, Any]) -> None:
             f"decoded per kept cell/px, child CPU "
             f"{e['cpu_user_s']} s user + {e['cpu_sys_s']} s sys in {e['wall_s']} s wall"
         )
+    cp = rep["cpu_probe"]
+    print(
+        f"CPU probe ({cp['what']}): {cp['samples']}, spread {cp['spread']:.0%}"
+        + (" -- machine speed drifted during the run: compare ratios with care" if
+           cp["spread"] > 0.15 else "")
+    )  # fmt: skip
     print(f"total benchmark time {rep['total_s']} s")
 
 

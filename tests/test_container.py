@@ -202,3 +202,20 @@ def test_compress_refuses_bad_options(sample_svs_module, tmp_path):
         compress_slide(sample_svs_module, tmp_path / "x.spz", CompressOptions(codec="gif"))
     with pytest.raises(UsageError, match="refusing"):
         compress_slide(sample_svs_module, sample_svs_module, CompressOptions(overwrite=True))
+
+
+def test_deep_pyramid_past_100_um_per_px(tmp_path):
+    """A slide many tiles wide gets levels far coarser than any user target (> 100 um/px)."""
+    rng = np.random.default_rng(0)
+    img = np.full((600, 640, 3), 240, np.uint8)
+    img[100:500, 80:560] = rng.integers(60, 200, (400, 480, 3), dtype=np.uint8) * [1, 0.5, 1]
+    Image.fromarray(img).save(tmp_path / "wide.png")
+    out = tmp_path / "wide.spz"
+    compress_slide(
+        tmp_path / "wide.png", out, CompressOptions(codec="png", tile=16, mpp_override=10.0)
+    )
+    with Container(out) as c:
+        assert max(c.levels[-1].width, c.levels[-1].height) <= 16
+        assert c.levels[-1].mpp > 100
+        region = c.read_region(0, 0, 640, 600)
+    np.testing.assert_array_equal(region[100:500, 80:560], img[100:500, 80:560])

@@ -213,3 +213,10 @@ def test_hostile_torchscript_file(tmp_path):
     p.write_bytes(b"PK\x03\x04" + bytes(range(256)) * 8)
     with pytest.raises(EncoderError, match="not a loadable TorchScript"):
         get_encoder(f"torchscript:{p}")
+
+
+def test_batch_size_does_not_change_the_grid(sample_svs, tmp_path):
+    a = read_grid(_encode(sample_svs, tmp_path / "a", batch_size=64).outputs[0])
+    b = read_grid(_encode(sample_svs, tmp_path / "b", batch_size=7, workers=1).outputs[0])
+    np.testing.assert_array_equal(a.features, b.features)
+    np.testing.assert_array_equal(a.mask, b.mask)

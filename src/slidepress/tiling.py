@@ -28,6 +28,16 @@ from .slide.base import SlideReader
 SNAP_TOLERANCE = 0.025
 
 
+MPP_RANGE = (0.05, 100.0)  # what a user may ask for as a target resolution
+
+
+def check_target_mpp(mpp: float | None) -> None:
+    if mpp is not None and not (math.isfinite(mpp) and MPP_RANGE[0] <= mpp <= MPP_RANGE[1]):
+        raise UsageError(
+            f"target mpp must be within {MPP_RANGE[0]}-{MPP_RANGE[1]} um/px, got {mpp}"
+        )
+
+
 @dataclass(frozen=True)
 class GridSpec:
     """What the user asks for: cells of `patch_size` px every `stride` px at `mpp` um/px."""
@@ -41,8 +51,9 @@ class GridSpec:
             raise UsageError(f"patch size must be > 0, got {self.patch_size}")
         if self.stride <= 0:
             raise UsageError(f"stride must be > 0, got {self.stride}")
-        if not (math.isfinite(self.mpp) and 0.05 <= self.mpp <= 100):
-            raise UsageError(f"target mpp must be within 0.05-100 um/px, got {self.mpp}")
+        # any positive resolution: coarse pyramid levels of a container go far past 100 um/px
+        if not (math.isfinite(self.mpp) and self.mpp > 0):
+            raise UsageError(f"target mpp must be > 0, got {self.mpp}")
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,12 @@ from scipy import ndimage
 from .store.atomic import atomic_path
 
 
-def tissue_overlay(thumbnail: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Thumbnail with tissue tinted green and its outline drawn in dark green."""
+def tissue_overlay(thumbnail: np.ndarray, mask: np.ndarray, max_side: int = 2048) -> np.ndarray:
+    """Thumbnail (at most `max_side` px) with tissue tinted green and outlined in dark green."""
+    scale = max(thumbnail.shape[:2]) / max_side
+    if scale > 1:
+        size = (round(thumbnail.shape[1] / scale), round(thumbnail.shape[0] / scale))
+        thumbnail = np.asarray(Image.fromarray(thumbnail).resize(size, Image.Resampling.BOX))
     if mask.shape != thumbnail.shape[:2]:
         mask = (
             np.asarray(
@@ -22,12 +26,12 @@ def tissue_overlay(thumbnail: np.ndarray, mask: np.ndarray) -> np.ndarray:
             )
             > 0
         )
-    out = thumbnail.astype(np.float32)
-    green = np.array([40, 200, 60], np.float32)
-    out[mask] = 0.7 * out[mask] + 0.3 * green
+    out = thumbnail.copy()
+    tinted = out[mask].astype(np.uint16) * 7 + np.array([40, 200, 60], np.uint16) * 3
+    out[mask] = (tinted // 10).astype(np.uint8)
     edge = mask & ~ndimage.binary_erosion(mask, iterations=1)
     out[edge] = (0, 110, 0)
-    return out.astype(np.uint8)
+    return out
 
 
 def pca_rgb(features: np.ndarray, mask: np.ndarray, min_side: int = 512) -> np.ndarray:

@@ -36,7 +36,7 @@ from ..store.container import (
     check_background_policy,
     level_dict,
 )
-from ..tiling import GridSpec, TileGrid, plan_grid
+from ..tiling import GridSpec, TileGrid, check_target_mpp, plan_grid
 from .provenance import content_sha256, slide_record, stamp
 from .stream import iter_blocks
 
@@ -65,6 +65,7 @@ class CompressOptions:
             raise UsageError("give either --level or --mpp, not both")
         if self.workers < 1:
             raise UsageError("workers must be >= 1")
+        check_target_mpp(self.mpp)
 
 
 @dataclass
