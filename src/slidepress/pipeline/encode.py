@@ -151,16 +151,15 @@ def _encode_cells(
 
 @contextmanager
 def _cpu_share(encoder: Encoder, workers: int) -> Iterator[None]:
-    """Leave the reader threads their cores: torch's intra-op threads spin while they wait,
-    and on 2 cores 2 torch threads + 2 readers ran 2.5x slower than 1 torch thread (50k
-    benchmark: 510 vs 1251 tiles/s)."""
+    """Leave the reader threads their cores: torch's intra-op threads spin while they wait
+    (50k benchmark on 2 cores: 1020 -> 1251 tiles/s quiet, 409 -> 680 under outside load)."""
     if getattr(encoder, "device", "cpu") != "cpu" or not hasattr(encoder, "module"):
         yield
         return
     import torch
 
     before = torch.get_num_threads()
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) - workers))
     try:
         yield
     finally:
