@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -59,3 +60,15 @@ def save_png(image: np.ndarray, path: str | Path) -> Path:
     with atomic_path(path) as tmp:
         Image.fromarray(image).save(tmp, format="PNG")
     return path
+
+
+def save_patch_rows(panels: dict[str, Any], path: str | Path) -> Path:
+    """One row of patches per panel (e.g. real / reconstructed / generated), tensors in [-1, 1]
+    shaped (N, 3, P, P); rows of different P are left-aligned on white."""
+    rows = []
+    for t in panels.values():
+        a = ((t.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().byte()
+        rows.append(np.concatenate(list(a.permute(0, 2, 3, 1).numpy()), axis=1))
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 2), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
+    return save_png(np.concatenate(rows), path)

@@ -351,9 +351,13 @@ def list_encoders() -> None:
         typer.echo(name)
 
 
-from .bench import bench_app  # noqa: E402 (sub-app after the main commands)
+from .bench import bench_app  # noqa: E402 (sub-apps after the main commands)
+from .eval import app as eval_app  # noqa: E402
+from .train import train_app  # noqa: E402
 
 app.add_typer(bench_app, name="bench")
+app.add_typer(train_app, name="train")
+app.add_typer(eval_app, name="eval")
 
 
 def run() -> None:

@@ -1,0 +1,133 @@
+"""`slidepress train ...`: train NIC patch encoders (slide-level models come later)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .common import console, expand_slides, guarded, progress_bars
+
+METHOD_NAMES = ("vae", "contrastive", "bigan", "multitask", "supervised")
+DEFAULT_LR = {"bigan": 2e-4}
+
+train_app = typer.Typer(
+    help="Train models: NIC patch encoders.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@train_app.callback()
+def _train() -> None:
+    """Training commands; every run folder is self-describing (config.json, log.csv, PNGs)."""
+
+
+def _parse_options(items: list[str]) -> dict:
+    from ..errors import UsageError
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--option {item!r}: expected KEY=VALUE (VALUE as JSON)")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+@train_app.command("encoder")
+def encoder_cmd(
+    method: Annotated[str, typer.Option(help=f"One of: {', '.join(METHOD_NAMES)}.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Run folder to create.")],
+    data: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Patch folder (ImageFolder) as [NAME=]DIR@MPP; repeat for several. "
+            "DIR/train + DIR/valid are used when present."
+        ),
+    ] = None,
+    slides: Annotated[
+        list[str] | None,
+        typer.Option(help="Slides for contrastive pairs / the multitask tissue task; repeat."),
+    ] = None,
+    patch_size: Annotated[int, typer.Option(help="Patch side P in px.")] = 128,
+    mpp: Annotated[float, typer.Option(help="Resolution the encoder works at (um/px).")] = 0.5,
+    code_size: Annotated[int, typer.Option(help="Embedding size C.")] = 128,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 10,
+    batch_size: Annotated[int, typer.Option(help="Patches per batch (pairs: 2 per pair).")] = 64,
+    steps_per_epoch: Annotated[
+        int | None, typer.Option(help="Batches per epoch (default: one pass over the data).")
+    ] = None,
+    lr: Annotated[float | None, typer.Option(help="Adam LR (default 1e-3; BiGAN 2e-4).")] = None,
+    patience: Annotated[int, typer.Option(help="Early stop after N epochs w/o improvement.")] = 4,
+    seed: Annotated[int, typer.Option(help="Seed for data order, augmentation, init.")] = 0,
+    limit_per_class: Annotated[
+        int | None, typer.Option(help="Use at most N training images per class.")
+    ] = None,
+    val_limit_per_class: Annotated[int, typer.Option(help="Validation images per class.")] = 256,
+    slide_mpp: Annotated[
+        float | None, typer.Option(help="Level-0 um/px of --slides lacking a plausible one.")
+    ] = None,
+    augment: Annotated[float, typer.Option(help="Photometric augmentation strength.")] = 1.0,
+    option: Annotated[
+        list[str] | None, typer.Option(help="Method option KEY=JSON, e.g. gamma=5e-5; repeat.")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="cpu, cuda, cuda:1 (default: GPU if any).")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run saved in --output.")] = False,
+) -> None:
+    """Train a NIC encoder; the folder then works as `--encoder nic:FOLDER` in `encode`."""
+
+    def go() -> None:
+        from ..encoders.nic import NICConfig
+        from ..errors import UsageError
+        from ..train.data import DataSpec
+        from ..train.encoder import train_from_args
+        from ..train.loop import TrainSettings
+
+        if method not in METHOD_NAMES:
+            raise UsageError(f"--method {method!r}: choose one of {', '.join(METHOD_NAMES)}")
+        if patch_size < 16 or patch_size % 16:
+            raise UsageError(f"--patch-size {patch_size}: a multiple of 16, at least 16")
+        from ..tiling import check_target_mpp
+
+        check_target_mpp(mpp)
+        specs = [DataSpec.parse(d) for d in data or []]
+        slide_paths = expand_slides(slides or [])
+        for s in slide_paths:
+            if not s.exists():
+                raise UsageError(f"slide not found: {s}")
+        config = NICConfig(
+            method=method, patch_size=patch_size, mpp=mpp, code_size=code_size,
+            lr=lr or DEFAULT_LR.get(method, 1e-3), options=_parse_options(option or []),
+        )  # fmt: skip
+        settings = TrainSettings(
+            epochs=epochs, batch_size=batch_size, steps_per_epoch=steps_per_epoch,
+            patience=patience, seed=seed, device=device,
+        )  # fmt: skip
+        with progress_bars("steps") as start:
+            final = train_from_args(
+                config, output, settings, resume=resume, progress=start,
+                log=lambda m: console.print(m, highlight=False),
+                command=shlex.join(["slidepress", *sys.argv[1:]]),
+                data=specs, slides=slide_paths, slide_mpp=slide_mpp,
+                limit_per_class=limit_per_class, val_limit_per_class=val_limit_per_class,
+                augment_strength=augment,
+            )  # fmt: skip
+        t = final["training"]
+        console.print(
+            f"best epoch {t['best_epoch']}/{t['epochs_run']} in {t['seconds']:.0f} s: "
+            + ", ".join(f"{k}={v:.4g}" for k, v in t["best_val"].items())
+            + f"\nencoder ready: slidepress encode --encoder nic:{output} SLIDE"
+        )
+
+    guarded(go)

@@ -1,0 +1,65 @@
+"""Variational autoencoder encoder (Tellez et al. 2019, appendix A.1; Kingma & Welling 2014).
+
+Encoder: strided 3x3 convs (32..512) + BN + LeakyReLU, dense 512, linear mu and log-variance.
+Decoder mirrors it with nearest-neighbour upsampling. Loss = MSE + gamma * KL, gamma = 5e-5
+(pixel-mean MSE, KL summed over the code and averaged over the batch). The code is mu.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import NICMethod, register_method, single_step
+from .blocks import ConvDecoder, ConvEncoder
+
+
+class _Mu(nn.Module):
+    def __init__(self, encoder: ConvEncoder):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)[0]
+
+
+@register_method("vae")
+class VAE(NICMethod):
+    data_kind = "images"
+    defaults = {"widths": [32, 64, 128, 256, 512], "dense": 512, "gamma": 5e-5}
+
+    def __init__(self, config):
+        super().__init__(config)
+        p, c, o = config.patch_size, config.code_size, self.opt
+        self.encoder = ConvEncoder(p, c, o["widths"], dense=o["dense"], outputs=2)
+        self.decoder = ConvDecoder(p, c, o["widths"], dense=o["dense"])
+
+    def embedder(self) -> nn.Module:
+        return _Mu(self.encoder)
+
+    def _losses(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        mu, logvar = self.encoder(x)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
+        recon = self.decoder(z)
+        mse = F.mse_loss(recon, x)
+        kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)).mean()
+        loss = mse + self.opt["gamma"] * kl
+        return loss, {"loss": loss.item(), "mse": mse.item(), "kl": kl.item()}
+
+    def training_step(self, batch, optimizers):
+        loss, logs = self._losses(batch)
+        single_step(loss, optimizers[0])
+        return logs
+
+    @torch.no_grad()
+    def validation_step(self, batch):
+        _, logs = self._losses(batch)
+        # PSNR of the reconstruction on the [0, 1] scale: (x in [-1,1]) -> range 2
+        logs["psnr"] = float(10 * torch.log10(torch.tensor(4.0 / max(logs["mse"], 1e-12))))
+        return logs
+
+    @torch.no_grad()
+    def preview(self, images):
+        mu, _ = self.encoder(images)
+        return {"real": images, "reconstructed": self.decoder(mu)}

@@ -1,0 +1,83 @@
+"""NIC encoders from a run folder (`nic:DIR`) and the weights shipped with slidepress (`nic-*`).
+
+A run folder holds `config.json` (method config, patch size, mpp, normalisation, training
+record) and `model.safetensors` (the method's weights; fp16 ones are widened on load). Loading
+is offline and needs no class path: the method registry rebuilds the networks from the config.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+from pathlib import Path
+
+from ..errors import EncoderError
+from .base import Encoder, file_sha256
+from .registry import register_encoder, register_loader
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+SHIPPED = ("nic-vae", "nic-contrastive", "nic-bigan", "nic-multitask", "nic-supervised")
+
+
+def read_run_config(folder: Path) -> dict:
+    cfg_path = folder / "config.json"
+    if not (cfg_path.is_file() and (folder / "model.safetensors").is_file()):
+        raise EncoderError(
+            f"{folder}: not a NIC encoder folder (needs config.json + model.safetensors)"
+        )
+    try:
+        meta = json.loads(cfg_path.read_text())
+        meta["config"]["method"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise EncoderError(f"{cfg_path}: not a slidepress NIC config ({e})") from None
+    return meta
+
+
+def load_method(folder: str | Path, device: str = "cpu"):
+    """The full trained method (encoder + decoder/generator/heads), weights in float32."""
+    from safetensors.torch import load_file
+
+    from .nic import NICConfig, build_method
+
+    folder = Path(folder)
+    meta = read_run_config(folder)
+    try:
+        method = build_method(NICConfig.from_dict(meta["config"]))
+        state = load_file(str(folder / "model.safetensors"))
+        method.load_state_dict(
+            {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+        )
+    except Exception as e:  # corrupt or mismatched weights: one readable line
+        raise EncoderError(f"{folder}: cannot load NIC weights ({e})") from None
+    return method.to(device).eval(), meta
+
+
+def load_nic(folder: str | Path, name: str | None = None, device: str | None = None) -> Encoder:
+    from .torch_encoder import TorchEncoder, pick_device
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise EncoderError(f"NIC encoder folder not found: {folder}")
+    method, meta = load_method(folder, device=pick_device(device))
+    enc = meta["encoder"]
+    encoder = TorchEncoder(
+        method.embedder(),
+        name=name or f"nic-{meta['config']['method']}:{folder.name}",
+        version=str(meta.get("version", "1")),
+        patch_size=enc["patch_size"],
+        mpp=enc["mpp"],
+        normalization=enc["normalization"],
+        weights_hash=file_sha256(folder / "model.safetensors"),
+        device=device,
+    )
+    encoder.nic_method = method  # the whole model, for reconstructions / generated samples
+    return encoder
+
+
+@register_loader("nic")
+def _load_run(arg: str, device: str | None = None) -> Encoder:
+    return load_nic(arg, device=device)
+
+
+for _name in SHIPPED:
+    register_encoder(_name)(partial(load_nic, WEIGHTS_DIR / _name, _name))

@@ -1,0 +1,1 @@
+"""Training of NIC patch encoders: data sources, augmentation, feeds and the generic loop."""

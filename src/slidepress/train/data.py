@@ -1,0 +1,267 @@
+"""Patch sources for encoder training, all brought to the model's resolution first.
+
+A source is an in-memory stack of uint8 "context" images (S x S, S >= patch size): the
+augmentation rotates/scales the context and the patch is cropped from its centre region, so
+rotations never show padded corners. Images of every dataset are resampled from their own
+mpp to the model's mpp, so an encoder trained on PCam (0.97 um/px) and Kather (0.495 um/px)
+sees one physical scale.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UsageError
+from ..imagefolder import list_image_folder, prepare_image, read_rgb
+
+
+@dataclass
+class PatchSource:
+    """uint8 images (N, S, S, 3) at the model mpp, with optional integer labels."""
+
+    name: str
+    images: np.ndarray
+    labels: np.ndarray | None = None
+    classes: list[str] = field(default_factory=list)
+    origin: str = ""  # where the images came from, for the model card
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, idx: np.ndarray, name: str | None = None) -> PatchSource:
+        labels = None if self.labels is None else self.labels[idx]
+        return PatchSource(name or self.name, self.images[idx], labels, self.classes, self.origin)
+
+    def describe(self) -> dict:
+        d = {
+            "name": self.name,
+            "n": len(self),
+            "size": int(self.images.shape[1]),
+            "origin": self.origin,
+        }
+        if self.labels is not None:
+            d["classes"] = {c: int((self.labels == i).sum()) for i, c in enumerate(self.classes)}
+        return d
+
+
+@dataclass
+class DataSpec:
+    """`[NAME=]DIR@MPP` from the command line."""
+
+    name: str
+    path: Path
+    mpp: float
+
+    @classmethod
+    def parse(cls, spec: str) -> DataSpec:
+        name, sep, rest = spec.partition("=")
+        if not sep:
+            name, rest = "", spec
+        path_s, at, mpp_s = rest.rpartition("@")
+        if not at:
+            raise UsageError(f"--data {spec!r}: give the patches' resolution as DIR@MPP (um/px)")
+        try:
+            mpp = float(mpp_s)
+        except ValueError:
+            raise UsageError(f"--data {spec!r}: {mpp_s!r} is not a number (um/px)") from None
+        if not 0.05 <= mpp <= 100:
+            raise UsageError(f"--data {spec!r}: implausible resolution {mpp} um/px")
+        path = Path(path_s)
+        if not path.is_dir():
+            raise UsageError(f"--data {spec!r}: folder not found: {path}")
+        return cls(name or path.name, path, mpp)
+
+
+def context_size(patch_size: int) -> int:
+    """Side of the stored context: 1.5 x the patch (room for rotation and scale jitter)."""
+    return int(math.ceil(patch_size * 1.5 / 2) * 2)
+
+
+def splits_of(root: Path) -> tuple[Path, Path | None]:
+    """`root/train` + `root/valid` (or `val`) when present, else the folder itself."""
+    for val_name in ("valid", "val", "validation"):
+        if (root / "train").is_dir() and (root / val_name).is_dir():
+            return root / "train", root / val_name
+    return root, None
+
+
+def load_image_folder(
+    root: Path,
+    src_mpp: float,
+    dst_mpp: float,
+    patch: int,
+    *,
+    context: int | None = None,
+    name: str | None = None,
+    limit_per_class: int | None = None,
+    seed: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> PatchSource:
+    """An ImageFolder at `dst_mpp`, optional seeded subset per class.
+
+    Contexts are as large as the images allow, up to `context` (default 1.5 x patch), never
+    below the patch: smaller images are upsized to the patch, and the origin says so."""
+    files, labels, classes = list_image_folder(root, limit_per_class=limit_per_class, seed=seed)
+    context = context or context_size(patch)
+    first = read_rgb(files[0])
+    side = round(min(first.shape[:2]) * src_mpp / dst_mpp)
+    size = max(patch, min(context, side))
+    out = np.empty((len(files), size, size, 3), np.uint8)
+    for j, f in enumerate(files):
+        out[j] = prepare_image(read_rgb(f), src_mpp, dst_mpp, size)[0]
+        if progress:
+            progress(1)
+    origin = f"{root} ({src_mpp} um/px, {len(files)} images used)"
+    if side < patch:
+        origin += f" [upsized: {side} px at {dst_mpp} um/px < patch {patch}]"
+    return PatchSource(name or root.name, out, labels, classes, origin)
+
+
+def holdout(source: PatchSource, fraction: float, seed: int) -> tuple[PatchSource, PatchSource]:
+    """Seeded split, stratified when labelled; at least one validation image per class."""
+    rng = np.random.default_rng(seed)
+    groups = (
+        [np.arange(len(source))]
+        if source.labels is None
+        else [np.flatnonzero(source.labels == i) for i in range(len(source.classes))]
+    )
+    val = []
+    for g in groups:
+        g = rng.permutation(g)
+        k = max(1, round(len(g) * fraction)) if len(g) > 1 else 0
+        val.append(g[:k])
+    val_idx = np.sort(np.concatenate(val))
+    train_idx = np.setdiff1d(np.arange(len(source)), val_idx)
+    return source.subset(train_idx), source.subset(val_idx, source.name)
+
+
+# -- slides -------------------------------------------------------------------------------
+
+
+@dataclass
+class Canvas:
+    """A whole slide (capped) at the model mpp, with a per-pixel tissue test."""
+
+    name: str
+    rgb: np.ndarray
+    tissue: Callable[[np.ndarray], np.ndarray]  # boxes (N,4) in canvas px -> tissue fraction
+
+
+MAX_CANVAS_SIDE = 8192  # larger slides are read at this side (a documented training cap)
+
+
+def load_canvas(path: str | Path, dst_mpp: float, mpp_override: float | None = None) -> Canvas:
+    from ..slide import open_slide
+    from ..slide.mpp import resolve_mpp
+    from ..slide.tissue import detect_tissue
+
+    with open_slide(path) as reader:
+        mpp = resolve_mpp(reader.info, mpp_override)
+        w0, h0 = reader.info.dimensions
+        side = min(MAX_CANVAS_SIDE, round(max(w0, h0) * mpp / dst_mpp))
+        rgb, ds = reader.thumbnail(side)  # ds: level-0 px per canvas px
+        mask = detect_tissue(reader, mpp)
+
+    def tissue(boxes: np.ndarray) -> np.ndarray:
+        return mask.fraction_in_boxes(np.asarray(boxes, np.float64) * ds)
+
+    return Canvas(Path(path).name, rgb, tissue)
+
+
+def grid_boxes(canvas: Canvas, size: int, stride: int) -> np.ndarray:
+    h, w = canvas.rgb.shape[:2]
+    ys, xs = np.mgrid[0 : h - size + 1 : stride, 0 : w - size + 1 : stride]
+    n = xs.size
+    return np.stack([xs.ravel(), ys.ravel(), np.full(n, size), np.full(n, size)], 1)
+
+
+def crop(canvas: Canvas, box: np.ndarray) -> np.ndarray:
+    x, y, w, h = (int(v) for v in box)
+    return canvas.rgb[y : y + h, x : x + w]
+
+
+def tissue_task(canvases: list[Canvas], size: int, per_class: int, seed: int) -> PatchSource:
+    """Tissue (>= 60% tissue) vs background (<= 2%) contexts from slides, balanced."""
+    rng = np.random.default_rng(seed)
+    pools: dict[int, list[np.ndarray]] = {0: [], 1: []}
+    for c in canvases:
+        boxes = grid_boxes(c, size, max(8, size // 4))
+        frac = c.tissue(boxes)
+        for label, sel in ((0, frac <= 0.02), (1, frac >= 0.6)):
+            pools[label] += [crop(c, b) for b in boxes[sel]]
+    if min(len(pools[0]), len(pools[1])) < 4:
+        raise UsageError("tissue task: the slides give too few tissue or background patches")
+    images, labels = [], []
+    for label in (0, 1):
+        pick = rng.permutation(len(pools[label]))[:per_class]
+        images += [pools[label][i] for i in pick]
+        labels += [label] * len(pick)
+    origin = ", ".join(c.name for c in canvases)
+    return PatchSource(
+        "tissue", np.stack(images), np.asarray(labels, np.int64), ["background", "tissue"], origin
+    )
+
+
+class PairSampler:
+    """Contrastive pairs (Tellez et al. 2019, A.2): same location, or a different one.
+
+    `same`: one context from a slide (or from the other-image pool), both views augmented
+    independently later. `different`: 75% the location next to it (non-overlapping, any of
+    the 8 neighbours, still on tissue), 25% a context from another image.
+    """
+
+    def __init__(self, canvases: list[Canvas], others: PatchSource | None, size: int, patch: int):
+        self.canvases, self.others, self.size, self.patch = canvases, others, size, patch
+        self.anchors = []  # (canvas index, box) on tissue with a tissue neighbour
+        for ci, c in enumerate(canvases):
+            boxes = grid_boxes(c, size, max(8, patch // 4))
+            keep = c.tissue(boxes) >= 0.5
+            self.anchors += [(ci, b) for b in boxes[keep]]
+        if len(self.anchors) < 8:
+            raise UsageError("contrastive: the slides give fewer than 8 tissue locations")
+
+    def _neighbour(self, ci: int, box: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
+        c = self.canvases[ci]
+        h, w = c.rgb.shape[:2]
+        for k in rng.permutation(8):
+            dy, dx = divmod(int(k if k < 4 else k + 1), 3)  # skip the centre (4)
+            nb = box.copy()
+            nb[0] += (dx - 1) * self.patch
+            nb[1] += (dy - 1) * self.patch
+            if 0 <= nb[0] <= w - self.size and 0 <= nb[1] <= h - self.size:
+                if c.tissue(nb[None])[0] >= 0.5:
+                    return nb
+        return None
+
+    def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        a = np.empty((n, self.size, self.size, 3), np.uint8)
+        b = np.empty_like(a)
+        same = (np.arange(n) % 2 == 0).astype(np.int64)
+        rng.shuffle(same)
+        n_other = 0 if self.others is None else len(self.others)
+        for i in range(n):
+            ci, box = self.anchors[rng.integers(len(self.anchors))]
+            anchor_from_other = n_other and rng.random() < 0.25
+            anchor = (
+                self.others.images[rng.integers(n_other)]
+                if anchor_from_other
+                else crop(self.canvases[ci], box)
+            )
+            a[i] = anchor
+            if same[i]:
+                b[i] = anchor
+                continue
+            nb = None if anchor_from_other or rng.random() < 0.25 else self._neighbour(ci, box, rng)
+            if nb is not None:
+                b[i] = crop(self.canvases[ci], nb)
+            elif n_other:
+                b[i] = self.others.images[rng.integers(n_other)]
+            else:  # another slide's location
+                cj, box_j = self.anchors[rng.integers(len(self.anchors))]
+                b[i] = crop(self.canvases[cj], box_j)
+        return a, b, same

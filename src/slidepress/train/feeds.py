@@ -1,0 +1,165 @@
+"""What the training loop pulls batches from, one feed per `NICMethod.data_kind`.
+
+Feeds turn uint8 contexts into augmented [-1, 1] tensors. Training batches are drawn with the
+epoch's generator (so a resumed run continues exactly); validation batches are built once,
+unaugmented (pairs: augmented under a fixed seed, else "same" would be trivial).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from .augment import PatchAugmenter
+from .data import PairSampler, PatchSource
+
+
+class Feed(ABC):
+    steps_per_epoch: int
+
+    @abstractmethod
+    def train_batches(self, rng: np.random.Generator) -> Iterator[Any]: ...
+
+    @abstractmethod
+    def val_batches(self) -> list[Any]: ...
+
+    def preview_images(self, n: int = 16) -> torch.Tensor | None:
+        return None
+
+    @abstractmethod
+    def describe(self) -> dict: ...
+
+
+def _chunks(n: int, size: int) -> list[slice]:
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+class ImageFeed(Feed):
+    """Unlabelled images (VAE, BiGAN)."""
+
+    def __init__(
+        self,
+        train: PatchSource,
+        val: PatchSource,
+        aug: PatchAugmenter,
+        batch: int,
+        steps: int | None,
+    ):
+        self.train, self.val, self.aug, self.batch = train, val, aug, batch
+        self.steps_per_epoch = steps or max(1, len(train) // batch)
+        self._val = [aug(val.images[s], train=False) for s in _chunks(len(val), 256)]
+
+    def train_batches(self, rng):
+        order = np.concatenate(
+            [
+                rng.permutation(len(self.train))
+                for _ in range(-(-self.steps_per_epoch * self.batch // len(self.train)))
+            ]
+        )
+        for k in range(self.steps_per_epoch):
+            idx = np.sort(order[k * self.batch : (k + 1) * self.batch])
+            yield self.aug(self.train.images[idx], train=True)
+
+    def val_batches(self):
+        return self._val
+
+    def preview_images(self, n=16):
+        return self.aug(self.val.images[:n], train=False)
+
+    def describe(self):
+        return {"train": self.train.describe(), "val": self.val.describe()}
+
+
+class TaskFeed(Feed):
+    """Labelled tasks (multitask, supervised): every batch holds an equal share of each task."""
+
+    def __init__(
+        self,
+        train: dict[str, PatchSource],
+        val: dict[str, PatchSource],
+        aug: PatchAugmenter,
+        batch: int,
+        steps: int | None,
+    ):
+        self.train, self.val, self.aug = train, val, aug
+        self.per_task = max(2, batch // len(train))
+        largest = max(len(s) for s in train.values())
+        self.steps_per_epoch = steps or max(1, largest // self.per_task)
+        # every validation batch holds 1/K of every task, so batch means are task means
+        k = max(1, -(-max(len(s) for s in val.values()) // 256))
+        self._val = []
+        for i in range(k):
+            b = {}
+            for name, s in val.items():
+                part = np.array_split(np.arange(len(s)), k)[i]
+                if len(part):
+                    b[name] = (aug(s.images[part], train=False), torch.from_numpy(s.labels[part]))
+            self._val.append(b)
+
+    def train_batches(self, rng):
+        for _ in range(self.steps_per_epoch):
+            b = {}
+            for name, s in self.train.items():
+                # sampling with replacement lets small tasks (Kather) keep their share
+                idx = np.sort(rng.integers(0, len(s), self.per_task))
+                b[name] = (self.aug(s.images[idx], train=True), torch.from_numpy(s.labels[idx]))
+            yield b
+
+    def val_batches(self):
+        return self._val
+
+    def describe(self):
+        return {
+            "tasks": {
+                n: {"classes": s.classes, "train": s.describe(), "val": self.val[n].describe()}
+                for n, s in self.train.items()
+            },
+            "per_task_batch": self.per_task,
+        }
+
+
+class PairFeed(Feed):
+    """Contrastive pairs from slides (and another-image pool)."""
+
+    def __init__(
+        self,
+        sampler: PairSampler,
+        aug: PatchAugmenter,
+        batch: int,
+        steps: int | None,
+        val_pairs: int,
+        seed: int,
+    ):
+        self.sampler, self.aug = sampler, aug
+        self.pairs = max(2, batch // 2)
+        self.steps_per_epoch = steps or 100
+        rng = np.random.default_rng([seed, 10**6])
+        with torch.random.fork_rng():
+            torch.manual_seed(seed + 10**6)
+            self._val = []
+            for s in _chunks(val_pairs, 128):
+                a, b, same = sampler.sample(s.stop - s.start, rng)
+                self._val.append(self._views(a, b, same))
+
+    def _views(self, a, b, same):
+        return self.aug(a, train=True), self.aug(b, train=True), torch.from_numpy(same)
+
+    def train_batches(self, rng):
+        for _ in range(self.steps_per_epoch):
+            yield self._views(*self.sampler.sample(self.pairs, rng))
+
+    def val_batches(self):
+        return self._val
+
+    def describe(self):
+        s = self.sampler
+        return {
+            "slides": [c.name for c in s.canvases],
+            "tissue_locations": len(s.anchors),
+            "other_images": None if s.others is None else s.others.describe(),
+            "pairs_per_batch": self.pairs,
+        }

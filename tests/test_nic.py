@@ -1,0 +1,236 @@
+"""NIC encoders: methods learn on real patches, runs are self-describing and resumable,
+shipped weights load offline and work in `encode`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from slidepress.cli.main import app
+from slidepress.encoders import get_encoder
+from slidepress.encoders.nic_weights import SHIPPED, WEIGHTS_DIR
+
+from .conftest import SHARED
+
+torch = pytest.importorskip("torch")
+
+PCAM = SHARED / "patches" / "pcam"
+KATHER = SHARED / "patches" / "kather2016"
+SVS = SHARED / "slides" / "CMU-1-Small-Region.svs"
+needs_patches = pytest.mark.skipif(
+    not PCAM.is_dir(), reason=f"shared patches not found at {PCAM} (see README)"
+)
+runner = CliRunner()
+
+
+def _pcam_batch(n: int = 16, size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    from slidepress.train.data import load_image_folder
+
+    src = load_image_folder(PCAM / "train", 0.97, 0.97, size, limit_per_class=n // 2, seed=1)
+    o = (src.images.shape[1] - size) // 2
+    x = torch.from_numpy(src.images[:, o : o + size, o : o + size].copy())
+    x = x.permute(0, 3, 1, 2).float() / 127.5 - 1
+    return x, torch.from_numpy(src.labels)
+
+
+def _method(name: str, **options):
+    from slidepress.encoders.nic import NICConfig, build_method
+
+    torch.manual_seed(0)
+    lr = 2e-4 if name == "bigan" else 1e-3
+    return build_method(
+        NICConfig(name, patch_size=64, mpp=0.97, code_size=32, lr=lr, options=options)
+    )
+
+
+def _first_last(method, batch, key: str, steps: int) -> tuple[float, float]:
+    opts = method.make_optimizers()
+    method.train()
+    losses = [method.training_step(batch, opts)[key] for _ in range(steps)]
+    return float(np.mean(losses[:2])), float(np.mean(losses[-2:]))
+
+
+@needs_patches
+@pytest.mark.parametrize(
+    ("name", "key", "steps"),
+    [("vae", "loss", 12), ("bigan", "loss_d", 12), ("contrastive", "loss", 12),
+     ("multitask", "loss", 12), ("supervised", "loss", 12)],
+)  # fmt: skip
+def test_method_loss_decreases_on_real_patches(name, key, steps):
+    x, y = _pcam_batch()
+    tasks = [{"name": "pcam", "classes": ["0", "1"]}]
+    if name == "multitask":
+        tasks.append({"name": "pcam_flipped", "classes": ["1", "0"]})
+    method = _method(name, tasks=tasks) if name in ("multitask", "supervised") else _method(name)
+    if name in ("multitask", "supervised"):
+        batch = {t["name"]: (x, y if i == 0 else 1 - y) for i, t in enumerate(tasks)}
+    elif name == "contrastive":
+        same = torch.arange(len(x)) % 2
+        batch = (x, torch.where(same.bool()[:, None, None, None], x, x.flip(0)), same)
+    else:
+        batch = x
+    first, last = _first_last(method, batch, key, steps)
+    assert last < first, f"{name}: {key} {first:.4f} -> {last:.4f}"
+
+
+def test_hed_jitter_without_jitter_is_identity():
+    from slidepress.train.augment import HEDJitter
+
+    x = torch.rand(4, 3, 16, 16) * 0.9 + 0.05
+    out = HEDJitter(sigma=0.0, bias=0.0, p=1.0)(x)
+    assert torch.allclose(out, x, atol=1e-4)  # the stain matrices invert each other
+    torch.manual_seed(0)
+    assert (HEDJitter(sigma=0.2, bias=0.2, p=1.0)(x) - x).abs().max() > 0.01
+
+
+def test_augmenter_shapes_and_range():
+    from slidepress.train.augment import PatchAugmenter
+
+    ctx = np.random.default_rng(0).integers(0, 256, (6, 96, 96, 3), dtype=np.uint8)
+    aug = PatchAugmenter(64)
+    for train in (True, False):
+        x = aug(ctx, train=train)
+        assert x.shape == (6, 3, 64, 64) and x.min() >= -1 and x.max() <= 1
+    centre = aug(ctx, train=False)[0].permute(1, 2, 0).numpy()
+    np.testing.assert_allclose((centre + 1) * 127.5, ctx[0, 16:80, 16:80], atol=1e-3)
+
+
+@needs_patches
+def test_pair_sampler_neighbours_do_not_overlap():
+    from slidepress.train.data import PairSampler, load_canvas
+
+    canvas = load_canvas(SVS, 0.97)
+    sampler = PairSampler([canvas], None, 96, 64)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        ci, box = sampler.anchors[rng.integers(len(sampler.anchors))]
+        nb = sampler._neighbour(ci, box, rng)
+        if nb is None:
+            continue
+        dx, dy = abs(nb[0] - box[0]), abs(nb[1] - box[1])
+        assert max(dx, dy) == 64 and {dx, dy} <= {0, 64}  # adjacent, patches do not overlap
+        assert canvas.tissue(nb[None])[0] >= 0.5
+    a, b, same = sampler.sample(16, rng)
+    assert same.sum() == 8
+    assert all(np.array_equal(a[i], b[i]) for i in np.flatnonzero(same))
+    assert not any(np.array_equal(a[i], b[i]) for i in np.flatnonzero(same == 0))
+
+
+def _train(out: Path, *extra: str) -> object:
+    args = [
+        "train", "encoder", "--method", "supervised", "--data", f"pcam={PCAM}@0.97",
+        "--patch-size", "32", "--mpp", "1.94", "--code-size", "8", "--batch-size", "8",
+        "--steps-per-epoch", "2", "--limit-per-class", "8", "--val-limit-per-class", "8",
+        "--seed", "3", "-o", str(out), *extra,
+    ]  # fmt: skip
+    return runner.invoke(app, args)
+
+
+def _weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+@needs_patches
+def test_train_cli_is_deterministic_resumable_and_self_describing(tmp_path):
+    r = _train(tmp_path / "a", "--epochs", "3", "--patience", "9")
+    assert r.exit_code == 0, r.output
+    files = {p.name for p in (tmp_path / "a").iterdir()}
+    assert {"config.json", "model.safetensors", "checkpoint.pt", "log.csv", "curves.png"} <= files
+    meta = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert meta["encoder"] == {
+        "patch_size": 32, "mpp": 1.94, "dim": 8,
+        "normalization": {"mean": [0.5] * 3, "std": [0.5] * 3},
+    }  # fmt: skip
+    assert meta["config"]["options"]["tasks"] == [{"name": "pcam", "classes": ["0", "1"]}]
+    assert meta["training"]["epochs_run"] == 3 and meta["software"]["torch"]
+    assert len((tmp_path / "a" / "log.csv").read_text().splitlines()) == 4
+    # same seed, interrupted after 2 epochs and resumed: bit-identical to the straight run
+    assert _train(tmp_path / "b", "--epochs", "2", "--patience", "9").exit_code == 0
+    r = _train(tmp_path / "b", "--epochs", "3", "--patience", "9", "--resume")
+    assert r.exit_code == 0, r.output
+    ckpt_a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)["model"]
+    ckpt_b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["model"]
+    assert all(torch.equal(ckpt_a[k], ckpt_b[k]) for k in ckpt_a)
+    # the run folder is an encoder
+    enc = get_encoder(f"nic:{tmp_path / 'a'}")
+    assert (enc.patch_size, enc.mpp, enc.dim) == (32, 1.94, 8)
+    assert len(enc.weights_hash) == 64
+
+
+@needs_patches
+def test_train_cli_refuses_to_overwrite_a_run_and_bad_specs(tmp_path):
+    assert _train(tmp_path / "a", "--epochs", "1").exit_code == 0
+    before = (tmp_path / "a" / "model.safetensors").read_bytes()
+    r = _train(tmp_path / "a", "--epochs", "1")
+    assert r.exit_code == 2 and "--resume" in r.output
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == before
+    for bad, msg in [
+        (["--data", str(PCAM)], "DIR@MPP"),
+        (["--data", f"{PCAM}@abc"], "not a number"),
+        (["--data", "/nonexistent@0.5"], "not found"),
+        (["--method", "gan"], "choose one of"),
+        (["--patch-size", "30"], "multiple of 16"),
+    ]:
+        args = ["train", "encoder", "--method", "vae", "-o", str(tmp_path / "x"), *bad]
+        r = runner.invoke(app, args)
+        assert r.exit_code == 2, r.output
+        assert msg in r.output and "Traceback" not in r.output
+        assert len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()
+
+
+def test_nic_loader_rejects_foreign_folders(tmp_path):
+    from slidepress.errors import EncoderError
+
+    with pytest.raises(EncoderError, match="not found"):
+        get_encoder(f"nic:{tmp_path / 'missing'}")
+    with pytest.raises(EncoderError, match="not a NIC encoder folder"):
+        get_encoder(f"nic:{tmp_path}")
+    (tmp_path / "config.json").write_text("{nope")
+    (tmp_path / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(EncoderError, match="not a slidepress NIC config"):
+        get_encoder(f"nic:{tmp_path}")
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_weights_load_and_embed_deterministically(name):
+    assert (WEIGHTS_DIR / name / "MODEL_CARD.md").is_file()
+    enc = get_encoder(name, device="cpu")
+    assert (enc.patch_size, enc.mpp, enc.dim) == (64, 0.97, 128)
+    assert enc.name == name and len(enc.weights_hash) == 64
+    rng = np.random.default_rng(0)
+    patches = rng.integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)
+    a, b = enc.encode(patches), get_encoder(name, device="cpu").encode(patches)
+    assert a.shape == (5, 128) and a.dtype == np.float32 and np.isfinite(a).all()
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a[0] - a[1]).max() > 1e-4  # different patches, different codes
+    np.testing.assert_array_equal(enc.encode(patches[2:3]), a[2:3])  # batch-independent (eval BN)
+
+
+def test_encode_with_shipped_multitask_encoder(tmp_path, sample_svs):
+    from slidepress.store import read_grid
+
+    r = runner.invoke(
+        app, ["encode", str(sample_svs), "--encoder", "nic-multitask", "-o", str(tmp_path)]
+    )
+    assert r.exit_code == 0, r.output
+    grid = read_grid(next(tmp_path.glob("*.zarr")))
+    assert grid.features.shape[2] == 128
+    assert grid.metadata["encoder"]["name"] == "nic-multitask"
+    assert grid.metadata["encoder"]["mpp"] == 0.97
+    assert grid.features[grid.mask].std() > 0 and not grid.features[~grid.mask].any()
+
+
+@needs_patches
+def test_probe_with_a_shipped_encoder_beats_chance():
+    from slidepress.eval import probe_pcam
+
+    res = probe_pcam(get_encoder("nic-multitask", device="cpu"), PCAM, train_limit_per_class=100,
+                     test_limit_per_class=100, epochs=10)  # fmt: skip
+    assert res.auc > 0.6 and res.accuracy > 0.55
