@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Test models are tiny: one OpenMP thread is as fast, and on a busy machine two spinning
+# threads made a 6-step CNN fit 100x slower (9.5 s vs 0.07 s). Set before torch loads.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SLIDEPRESS_SHARED_DATA", REPO.parent / "shared" / "data"))

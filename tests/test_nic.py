@@ -210,7 +210,8 @@ def test_shipped_weights_load_and_embed_deterministically(name):
     assert a.shape == (5, 128) and a.dtype == np.float32 and np.isfinite(a).all()
     np.testing.assert_array_equal(a, b)
     assert np.abs(a[0] - a[1]).max() > 1e-4  # different patches, different codes
-    np.testing.assert_array_equal(enc.encode(patches[2:3]), a[2:3])  # batch-independent (eval BN)
+    # batch-independent (BN in eval mode); kernels may differ by batch size in the last bits
+    np.testing.assert_allclose(enc.encode(patches[2:3]), a[2:3], rtol=1e-4, atol=1e-4)
 
 
 def test_encode_with_shipped_multitask_encoder(tmp_path, sample_svs):

@@ -72,3 +72,23 @@ def save_patch_rows(panels: dict[str, Any], path: str | Path) -> Path:
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 2), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
     return save_png(np.concatenate(rows), path)
+
+
+def heatmap_overlay(
+    background: np.ndarray, heat: np.ndarray, mask: np.ndarray, alpha: float = 0.55
+) -> np.ndarray:
+    """`heat` (rows, cols) in [0, 1] coloured (matplotlib 'jet') over `background`, which
+    covers exactly the grid's extent; cells outside `mask` show the background only."""
+    from matplotlib import colormaps
+
+    h, w = background.shape[:2]
+    rows, cols = heat.shape
+    # nearest cell for every background pixel: cells stay square-edged, as the grid is
+    ry = np.minimum((np.arange(h) * rows) // h, rows - 1)
+    rx = np.minimum((np.arange(w) * cols) // w, cols - 1)
+    cell_heat = heat[ry[:, None], rx[None, :]]
+    cell_mask = mask[ry[:, None], rx[None, :]]
+    colour = (colormaps["jet"](cell_heat)[..., :3] * 255).astype(np.float32)
+    out = background.astype(np.float32)
+    out[cell_mask] = (1 - alpha) * out[cell_mask] + alpha * colour[cell_mask]
+    return out.round().astype(np.uint8)

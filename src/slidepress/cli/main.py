@@ -353,11 +353,15 @@ def list_encoders() -> None:
 
 from .bench import bench_app  # noqa: E402 (sub-apps after the main commands)
 from .eval import app as eval_app  # noqa: E402
+from .slidemodel import heatmap, predict, train_slide_model  # noqa: E402
 from .train import train_app  # noqa: E402
 
 app.add_typer(bench_app, name="bench")
 app.add_typer(train_app, name="train")
 app.add_typer(eval_app, name="eval")
+train_app.command("slide-model")(train_slide_model)
+app.command("predict")(predict)
+app.command("heatmap")(heatmap)
 
 
 def run() -> None:

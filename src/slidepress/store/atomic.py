@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 def _remove(path: Path) -> None:
@@ -35,3 +38,43 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     except BaseException:
         _remove(tmp)
         raise
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    """Indented JSON; numpy scalars/arrays become plain numbers/lists, other objects str()."""
+
+    def plain(v: Any) -> Any:
+        if hasattr(v, "tolist"):
+            return v.tolist()
+        return str(v)
+
+    return write_text(path, json.dumps(data, indent=2, default=plain) + "\n")
+
+
+def write_csv(path: str | Path, rows: list[dict]) -> Path:
+    """Rows of dicts; the header is the union of their keys in first-seen order."""
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    return Path(path)
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
+    """A matplotlib figure as PNG, then closed (figures otherwise pile up in pyplot)."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    try:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    except Exception:  # a bare matplotlib.figure.Figure is not registered with pyplot
+        pass
+    return Path(path)

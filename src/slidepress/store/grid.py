@@ -28,6 +28,31 @@ class EmbeddingGrid:
                 f"mask {self.mask.shape}, coords {self.coords.shape}"
             )
 
+    @classmethod
+    def from_features(
+        cls,
+        features: np.ndarray,
+        mask: np.ndarray | None = None,
+        cell: int = 1,
+        metadata: dict[str, Any] | None = None,
+    ) -> EmbeddingGrid:
+        """A grid made in memory (synthetic benchmarks, tests): cells of `cell` level-0 px,
+        mask = any non-zero feature unless given."""
+        features = np.asarray(features)
+        if mask is None:
+            mask = np.abs(features).sum(axis=2) > 0
+        rows, cols = mask.shape
+        ys, xs = np.mgrid[0:rows, 0:cols]
+        coords = np.stack([xs * cell, ys * cell], axis=2).astype(np.int64)
+        return cls(
+            features=features,
+            mask=mask.astype(bool),
+            coords=coords,
+            tissue_fraction=mask.astype(np.float32),
+            tissue_mask=mask.astype(bool),
+            metadata=dict(metadata or {}),
+        )
+
     @property
     def shape(self) -> tuple[int, int, int]:
         return tuple(self.features.shape)  # type: ignore[return-value]

@@ -24,6 +24,7 @@ def export_run(run_dir: Path, dest: Path, name: str, *, fp16: bool = True, notes
     with atomic_path(dest) as tmp:
         tmp.mkdir(parents=True)
         save_file(state, str(tmp / "model.safetensors"), metadata={"name": name})
+        (tmp / "model.safetensors").chmod(0o644)  # package data: readable by every user
         (tmp / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
         for extra in ("curves.png", "preview.png", "log.csv"):
             if (run_dir / extra).exists():

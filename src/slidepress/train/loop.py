@@ -7,8 +7,6 @@ checkpoint.pt (last epoch, for --resume), log.csv, curves.png, preview.png (VAE/
 
 from __future__ import annotations
 
-import csv
-import json
 import platform
 import time
 from collections import defaultdict
@@ -23,7 +21,7 @@ import torch
 from .. import __version__
 from ..encoders.nic import NORMALIZATION, NICConfig, NICMethod, build_method
 from ..errors import UsageError
-from ..store.atomic import atomic_path
+from ..store.atomic import atomic_path, save_figure, write_csv, write_json
 from ..viz import save_patch_rows
 from .feeds import Feed
 
@@ -57,11 +55,6 @@ def _mean_logs(rows: list[dict]) -> dict[str, float]:
         for k, v in r.items():
             sums[k] += float(v)
     return {k: v / len(rows) for k, v in sums.items()}
-
-
-def _write_json(path: Path, data: dict) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
 
 
 def save_weights(method: NICMethod, path: Path, fp16: bool = False) -> None:
@@ -121,9 +114,7 @@ def save_curves(rows: list[dict], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def train_encoder(
@@ -206,9 +197,9 @@ def train_encoder(
             save_weights(method, out_dir / "model.safetensors")
         else:
             state["bad"] += 1
-        _write_log(state["rows"], out_dir / "log.csv")
+        write_csv(out_dir / "log.csv", state["rows"])
         summary = _summary(state, stopped_early=False)
-        _write_json(
+        write_json(
             out_dir / "config.json",
             run_config(method, feed, settings, {**extra, "training": summary}),
         )
@@ -249,7 +240,7 @@ def train_encoder(
     final = run_config(
         method, feed, settings, {**extra, "training": _summary(state, stopped_early)}
     )
-    _write_json(out_dir / "config.json", final)
+    write_json(out_dir / "config.json", final)
     return final
 
 
@@ -262,11 +253,3 @@ def _summary(state: dict, stopped_early: bool) -> dict:
         "seconds": round(state["seconds"], 1),
         "stopped_early": stopped_early,
     }
-
-
-def _write_log(rows: list[dict], path: Path) -> None:
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)

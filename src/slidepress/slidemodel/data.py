@@ -1,0 +1,244 @@
+"""Embedding grids + slide labels, and the crops the slide-level models train on.
+
+Tellez et al. (TPAMI 2019, sec. 3): the CNN sees R x R crops of the (H, W, C) grid, sampled
+at random during training, favouring cells deep inside the tissue (probability proportional
+to the distance to background), each in one of the 8 dihedral variants. At test time T crops
+spread over the tissue x the variants are predicted and averaged. Grids smaller than R are
+zero-padded (zero = background, as in the grids themselves).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from .. import dihedral
+from ..errors import UsageError
+
+GRID_SUFFIXES = (".zarr", ".npz", ".mha", ".h5")
+
+
+@dataclass
+class Labels:
+    """Slide-level targets from a CSV: `slide` + `label` | `value` | `time`,`event` [+ `fold`]."""
+
+    task: str
+    slides: list[str]
+    targets: np.ndarray  # classify: int (N,); regress: float (N,); survival: float (N, 2)
+    classes: list[str] = field(default_factory=list)
+    folds: np.ndarray | None = None  # int (N,) or None
+
+    def subset(self, idx: np.ndarray) -> Labels:
+        folds = None if self.folds is None else self.folds[idx]
+        return Labels(
+            self.task, [self.slides[i] for i in idx], self.targets[idx], self.classes, folds
+        )
+
+
+REQUIRED = {"classify": ("label",), "regress": ("value",), "survival": ("time", "event")}
+
+
+def read_labels(path: str | Path, task: str) -> Labels:
+    path = Path(path)
+    if task not in REQUIRED:
+        raise UsageError(f"unknown task {task!r}; choose classify, regress or survival")
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise UsageError(f"{path}: cannot read labels CSV ({e})") from None
+    if not rows:
+        raise UsageError(f"{path}: no rows")
+    cols = set(rows[0])
+    missing = [c for c in ("slide", *REQUIRED[task]) if c not in cols]
+    if missing:
+        raise UsageError(f"{path}: task {task} needs column(s) {', '.join(missing)}")
+    slides = [r["slide"].strip() for r in rows]
+    dup = sorted({s for s in slides if slides.count(s) > 1})
+    if dup:
+        raise UsageError(f"{path}: slide(s) listed twice: {', '.join(dup[:5])}")
+
+    def num(r: dict, c: str, i: int) -> float:
+        try:
+            v = float(r[c])
+        except (TypeError, ValueError):
+            raise UsageError(f"{path}: row {i + 2}: {c}={r[c]!r} is not a number") from None
+        if not math.isfinite(v):
+            raise UsageError(f"{path}: row {i + 2}: {c} is not finite")
+        return v
+
+    classes: list[str] = []
+    if task == "classify":
+        names = [r["label"].strip() for r in rows]
+        classes = sorted(set(names), key=lambda s: (len(s), s))  # "2" < "10"
+        if len(classes) < 2:
+            raise UsageError(f"{path}: classification needs at least 2 classes")
+        targets = np.array([classes.index(n) for n in names], np.int64)
+    elif task == "regress":
+        targets = np.array([num(r, "value", i) for i, r in enumerate(rows)], np.float32)
+    else:
+        t = np.array([num(r, "time", i) for i, r in enumerate(rows)], np.float32)
+        e = np.array([num(r, "event", i) for i, r in enumerate(rows)], np.float32)
+        if (t <= 0).any():
+            raise UsageError(f"{path}: survival times must be > 0")
+        if not np.isin(e, (0, 1)).all():
+            raise UsageError(f"{path}: event must be 0 (censored) or 1")
+        if e.sum() < 2:
+            raise UsageError(f"{path}: fewer than 2 events; a Cox model cannot learn")
+        targets = np.stack([t, e], 1)
+    folds = None
+    if "fold" in cols and all(r["fold"].strip() for r in rows):
+        folds = np.array([int(num(r, "fold", i)) for i, r in enumerate(rows)], np.int64)
+    return Labels(task, slides, targets, classes, folds)
+
+
+@dataclass
+class GridItem:
+    slide: str
+    features: np.ndarray  # (H, W, C) float32
+    mask: np.ndarray  # (H, W) bool
+    path: Path
+    metadata: dict
+    coords: np.ndarray | None = None  # (H, W, 2) level-0 (x, y) of each cell
+
+    @property
+    def depth(self) -> np.ndarray:
+        """Distance of each tissue cell to background (cells), the crop-centre weight."""
+        padded = np.pad(self.mask, 1)
+        return ndimage.distance_transform_edt(padded)[1:-1, 1:-1].astype(np.float32)
+
+    @property
+    def cell_level0(self) -> float:
+        """Side of one cell in level-0 slide pixels (from the stored coordinates)."""
+        c = self.coords
+        if c is None or c.shape[0] * c.shape[1] < 2:
+            return 1.0
+        return float(c[0, 1, 0] - c[0, 0, 0]) if c.shape[1] > 1 else float(c[1, 0, 1] - c[0, 0, 1])
+
+
+def slide_id(path: Path) -> str:
+    name = path.name
+    for suf in GRID_SUFFIXES:
+        if name.endswith(suf):
+            return name[: -len(suf)]
+    return path.stem
+
+
+def find_grids(inputs: list[str | Path]) -> list[Path]:
+    """Grid files/folders named, or found inside the folders named."""
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.name.endswith(GRID_SUFFIXES) and p.exists():
+            out.append(p)
+        elif p.is_dir():
+            found = sorted(c for c in p.iterdir() if c.name.endswith(GRID_SUFFIXES))
+            if not found:
+                raise UsageError(f"{p}: holds no grids ({', '.join(GRID_SUFFIXES)})")
+            out += found
+        else:
+            raise UsageError(f"grid not found: {p}")
+    return out
+
+
+def load_grid_item(path: Path) -> GridItem:
+    from ..store import read_grid
+
+    g = read_grid(path)
+    feats = np.nan_to_num(g.features.astype(np.float32, copy=False))
+    return GridItem(slide_id(path), feats, g.mask.astype(bool), path, g.metadata, g.coords)
+
+
+def load_grids(paths: list[Path], labels: Labels | None = None) -> list[GridItem]:
+    """Grids in the order of `labels.slides` (all must exist), or in the order given."""
+    by_id = {}
+    for p in paths:
+        sid = slide_id(p)
+        if sid in by_id:
+            raise UsageError(f"two grids for slide {sid!r}: {by_id[sid]} and {p}")
+        by_id[sid] = p
+    wanted = labels.slides if labels is not None else list(by_id)
+    missing = [s for s in wanted if s not in by_id]
+    if missing:
+        more = f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""
+        raise UsageError(f"no grid for slide(s) {', '.join(missing[:5])}{more}")
+    items = [load_grid_item(by_id[s]) for s in wanted]
+    dims = {it.features.shape[2] for it in items}
+    if len(dims) > 1:
+        raise UsageError(f"grids have different embedding sizes {sorted(dims)}; one encoder only")
+    return items
+
+
+# -- crops ---------------------------------------------------------------------------------
+
+
+def crop_at(item: GridItem, cy: int, cx: int, size: int, variant: int = 0) -> np.ndarray:
+    """(C, size, size) crop centred on cell (cy, cx), zero outside the grid, in D_variant."""
+    h, w, c = item.features.shape
+    out = np.zeros((size, size, c), np.float32)
+    y0, x0 = cy - size // 2, cx - size // 2
+    sy0, sx0 = max(y0, 0), max(x0, 0)
+    sy1, sx1 = min(y0 + size, h), min(x0 + size, w)
+    if sy1 > sy0 and sx1 > sx0:
+        out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = item.features[sy0:sy1, sx0:sx1]
+    if variant:
+        out = dihedral.apply(out, variant)
+    return np.ascontiguousarray(out.transpose(2, 0, 1))
+
+
+def _centre_of(item: GridItem) -> tuple[int, int]:
+    h, w = item.mask.shape
+    return h // 2, w // 2
+
+
+def random_crop(item: GridItem, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A training crop: centre drawn with probability ~ depth in tissue, random variant."""
+    h, w = item.mask.shape
+    if h <= size and w <= size:
+        cy, cx = _centre_of(item)
+    else:
+        depth = item.depth.ravel()
+        if depth.sum() <= 0:
+            cy, cx = int(rng.integers(h)), int(rng.integers(w))
+        else:
+            k = int(rng.choice(depth.size, p=depth / depth.sum()))
+            cy, cx = divmod(k, w)
+    return crop_at(item, cy, cx, size, int(rng.integers(8)))
+
+
+def spread_centres(item: GridItem, size: int, n: int) -> list[tuple[int, int]]:
+    """`n` crop centres spread over the tissue: the deepest cell first, then farthest-point
+    sampling (deterministic), so test-time crops cover different parts of the slide."""
+    h, w = item.mask.shape
+    if h <= size and w <= size:
+        return [_centre_of(item)]
+    ys, xs = np.nonzero(item.mask)
+    if len(ys) == 0:
+        return [_centre_of(item)]
+    depth = item.depth[ys, xs]
+    chosen = [int(np.argmax(depth))]
+    dist = np.hypot(ys - ys[chosen[0]], xs - xs[chosen[0]])
+    while len(chosen) < min(n, len(ys)):
+        nxt = int(np.argmax(dist))
+        if dist[nxt] < size / 4:  # everything already covered
+            break
+        chosen.append(nxt)
+        dist = np.minimum(dist, np.hypot(ys - ys[nxt], xs - xs[nxt]))
+    return [(int(ys[i]), int(xs[i])) for i in chosen]
+
+
+def tta_crops(item: GridItem, size: int, n_crops: int, variants: int) -> np.ndarray:
+    """(n_centres * variants, C, size, size): the test-time augmentation set of one slide."""
+    ks = list(range(min(max(variants, 1), 8)))
+    return np.stack(
+        [
+            crop_at(item, cy, cx, size, k)
+            for cy, cx in spread_centres(item, size, n_crops)
+            for k in ks
+        ]
+    )
