@@ -123,14 +123,25 @@ def test_comparison_sentence_claims_wins_only_outside_the_ci():
         _res("close", 0.82, 0.79, 0.85),
         _res("bad", 0.60, 0.55, 0.65),
     ]
-    s = comparison_sentence(rows, "pcam")
-    assert "big beats mean-rgb outside the 95 % CI (AUC 0.900 vs 0.800)." in s
-    assert "close is within the CI of mean-rgb (AUC 0.820 vs 0.800), so no win is claimed." in s
-    assert "bad does worse than mean-rgb outside the CI (AUC 0.600 vs 0.800)." in s
+    s = comparison_sentence(rows, "pcam")  # no paired resamples: non-overlapping CIs decide
+    assert "big beats mean-rgb (AUC 0.900 vs 0.800; unpaired CIs)." in s
+    assert "close is not distinguishable from mean-rgb (AUC 0.820 vs 0.800; unpaired CIs)" in s
+    assert "bad does worse than mean-rgb (AUC 0.600 vs 0.800; unpaired CIs)." in s
     assert "No encoder beats" not in s
     s = comparison_sentence([rows[0], rows[2]], "pcam")
-    assert "within the CI" in s and s.endswith("No encoder beats mean-rgb outside the CI.")
+    assert "not distinguishable" in s and s.endswith("No encoder beats mean-rgb.")
     assert "close beats" not in s
+    # paired: overlapping CIs, but the same resamples show a consistent gain -> a win
+    rng = np.random.default_rng(0)
+    base_boot = 0.80 + rng.normal(0, 0.015, 1000)
+    paired = [
+        _res("mean-rgb", 0.80, 0.77, 0.83, base_boot),
+        _res("close", 0.82, 0.79, 0.85, base_boot + 0.02 + rng.normal(0, 0.003, 1000)),
+        _res("noisy", 0.81, 0.78, 0.84, base_boot + rng.normal(0.01, 0.03, 1000)),
+    ]
+    s = comparison_sentence(paired, "pcam")
+    assert "close beats mean-rgb (AUC 0.820 vs 0.800; paired bootstrap difference +0.020" in s
+    assert "noisy is not distinguishable" in s
     assert "no baseline" in comparison_sentence(rows[1:], "pcam")
     assert "only mean-rgb" in comparison_sentence(rows[:1], "pcam")
     boot = np.linspace(0.77, 0.83, 50)

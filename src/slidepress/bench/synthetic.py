@@ -238,6 +238,13 @@ def make_images(
 # -- patches and grids ---------------------------------------------------------------------
 
 
+def digit_cells(pool: DigitPool) -> np.ndarray:
+    """(N, 9, 9) uint8: each pool digit as it appears in a cell of a rendered image."""
+    cells = np.zeros((len(pool), CELL, CELL), np.uint8)
+    cells[:, :DIGIT, :DIGIT] = pool.images
+    return cells
+
+
 def cut_cells(image: np.ndarray, cell: int = CELL) -> np.ndarray:
     """(n*n, cell, cell) uint8: the cells of a (n*cell, n*cell) image in row-major order."""
     h, w = image.shape
@@ -281,9 +288,7 @@ def torch_embed_fn(
 
 def mean_intensity_embed(cells: np.ndarray) -> np.ndarray:
     """A floor encoder: (N, 1) mean intensity of each cell in [-1, 1]."""
-    return (cells.reshape(len(cells), -1).mean(1, keepdims=True) * (2 / 255) - 1).astype(
-        np.float32
-    )
+    return (cells.reshape(len(cells), -1).mean(1, keepdims=True) * (2 / 255) - 1).astype(np.float32)
 
 
 def compress_images(

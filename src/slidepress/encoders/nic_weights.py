@@ -44,9 +44,11 @@ def load_method(folder: str | Path, device: str = "cpu"):
     try:
         method = build_method(NICConfig.from_dict(meta["config"]))
         state = load_file(str(folder / "model.safetensors"))
-        method.load_state_dict(
-            {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-        )
+        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+        missing, unexpected = method.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith(method.training_only or ("\0",))]
+        if missing or unexpected:
+            raise ValueError(f"missing {missing[:3]}, unexpected {unexpected[:3]}")
     except Exception as e:  # corrupt or mismatched weights: one readable line
         raise EncoderError(f"{folder}: cannot load NIC weights ({e})") from None
     return method.to(device).eval(), meta

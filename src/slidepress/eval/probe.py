@@ -4,7 +4,8 @@ An encoder is only worth its bits if its embedding keeps what pathologists look 
 protocol: embed labelled patches with the frozen encoder, train a small MLP on the features,
 and report accuracy and ROC AUC on held-out patches. PCam (tumour vs not) has a fixed
 train/valid split; the tiny Kather 2016 sample is cross-validated. `mean-rgb` is the floor
-every learned encoder has to clear, and the report only claims a win outside the CI.
+every learned encoder has to clear; the report claims a win only when the paired bootstrap
+interval of the AUC difference excludes zero.
 
 torch (for the MLP) is imported lazily, inside functions.
 """
@@ -641,9 +642,10 @@ def _fmt(v: float, signed: bool = False) -> str:
 def comparison_sentence(results: Sequence[ProbeResult], dataset: str) -> str:
     """Plain sentences, one per encoder, on whether it beats mean-rgb's AUC on `dataset`.
 
-    A win is claimed only when the 95 % CIs do not overlap; otherwise the encoder is "within
-    the CI" of mean-rgb whatever its point estimate. The paired bootstrap difference is given
-    for context.
+    The test is paired (both encoders scored on the same bootstrap resamples of the same test
+    patches): a win needs the 95 % interval of the AUC difference to lie above 0, a loss below
+    0; otherwise no difference is claimed. Without paired resamples, only non-overlapping
+    95 % CIs count.
     """
     rows = [r for r in results if r.dataset == dataset]
     base = next((r for r in rows if r.encoder == BASELINE), None)
@@ -654,25 +656,31 @@ def comparison_sentence(results: Sequence[ProbeResult], dataset: str) -> str:
         return f"{dataset}: only {BASELINE} was run (AUC {_fmt(base.auc)}); nothing to compare."
     sentences, wins = [], 0
     for r in others:
-        diff = ""
+        lo = hi = None
         if r.boot_auc is not None and base.boot_auc is not None:
             d = r.boot_auc - base.boot_auc
             if np.isfinite(d).any():
-                lo, hi = np.nanpercentile(d, [2.5, 97.5])
-                diff = f"; paired bootstrap difference {_fmt(r.auc - base.auc, True)} "
-                diff += f"[{_fmt(float(lo), True)}, {_fmt(float(hi), True)}]"
-        nums = f"(AUC {_fmt(r.auc)} vs {_fmt(base.auc)}{diff})"
-        if r.auc_ci_low > base.auc_ci_high:
+                lo, hi = (float(v) for v in np.nanpercentile(d, [2.5, 97.5]))
+        if lo is not None and hi is not None:
+            nums = (
+                f"(AUC {_fmt(r.auc)} vs {_fmt(base.auc)}; paired bootstrap difference "
+                f"{_fmt(r.auc - base.auc, True)} [{_fmt(lo, True)}, {_fmt(hi, True)}])"
+            )
+            better, worse = lo > 0, hi < 0
+        else:
+            nums = f"(AUC {_fmt(r.auc)} vs {_fmt(base.auc)}; unpaired CIs)"
+            better, worse = r.auc_ci_low > base.auc_ci_high, r.auc_ci_high < base.auc_ci_low
+        if better:
             wins += 1
-            sentences.append(f"{r.encoder} beats {BASELINE} outside the 95 % CI {nums}.")
-        elif r.auc_ci_high < base.auc_ci_low:
-            sentences.append(f"{r.encoder} does worse than {BASELINE} outside the CI {nums}.")
-        else:  # overlapping or missing CIs: no claim either way
+            sentences.append(f"{r.encoder} beats {BASELINE} {nums}.")
+        elif worse:
+            sentences.append(f"{r.encoder} does worse than {BASELINE} {nums}.")
+        else:
             sentences.append(
-                f"{r.encoder} is within the CI of {BASELINE} {nums}, so no win is claimed."
+                f"{r.encoder} is not distinguishable from {BASELINE} {nums}; no win is claimed."
             )
     if not wins:
-        sentences.append(f"No encoder beats {BASELINE} outside the CI.")
+        sentences.append(f"No encoder beats {BASELINE}.")
     return f"{dataset}: " + " ".join(sentences)
 
 

@@ -10,15 +10,21 @@ from ..store.atomic import atomic_path
 
 
 def export_run(run_dir: Path, dest: Path, name: str, *, fp16: bool = True, notes: str = "") -> Path:
-    """Copy a run's best weights (fp16 halves the size; embeddings change < 1e-3 relative),
+    """Copy a run's best weights (fp16 halves the size; training-only parts such as a GAN's
+    discriminator are left out),
     its config (with `name` added), curves and preview into `dest`, and write MODEL_CARD.md."""
     from safetensors.torch import load_file, save_file
+
+    from ..encoders.nic import METHODS
 
     run_dir, dest = Path(run_dir), Path(dest)
     meta = json.loads((run_dir / "config.json").read_text())
     meta["name"] = name
     meta["version"] = "1"
     state = load_file(str(run_dir / "model.safetensors"))
+    skip = METHODS[meta["config"]["method"]].training_only
+    if skip:
+        state = {k: v for k, v in state.items() if not k.startswith(skip)}
     if fp16:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     with atomic_path(dest) as tmp:

@@ -45,6 +45,8 @@ class NICMethod(nn.Module):
     # what the loop must feed: "images" (unlabelled), "labelled", "pairs" or "tasks"
     data_kind: ClassVar[str] = "images"
     defaults: ClassVar[dict[str, Any]] = {}
+    # weight prefixes only training needs (e.g. a GAN's discriminator): left out of shipped files
+    training_only: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: NICConfig):
         super().__init__()

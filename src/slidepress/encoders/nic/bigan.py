@@ -54,6 +54,7 @@ class Discriminator(nn.Module):
 class BiGAN(NICMethod):
     data_kind = "images"
     defaults = {"widths": [64, 128, 256], "downscale": 2, "dropout": 0.2, "betas": [0.5, 0.999]}
+    training_only = ("D.",)
 
     def __init__(self, config):
         super().__init__(config)

@@ -1,0 +1,645 @@
+"""NIC synthetic benchmark (Tellez et al., TPAMI 2019, section 4.1.1), scaled to 2 CPU cores.
+
+Images of n x n cells of 9 x 9 px digits (scikit-learn's 8x8 digits, `slidepress.bench.
+synthetic`) hold a tilted rectangle whose digits all share the image label and an axis-aligned
+distractor rectangle of another class. Each encoder (patch = stride = one cell, padded to
+16 px, code C = 16) compresses every image into an (n, n, C) grid; the NIC slide-level CNN
+(`slidemodel`, 8 separable conv layers) learns the label from the grids alone. Reported per
+encoder: test accuracy overall and by tilted-rectangle area (the shape of the paper's Fig. 6a:
+near the oracle for large lesions, degrading for small ones), the Grad-CAM Jaccard index
+with the true tilted rectangle, and the time of every stage.
+
+Encoders: `oracle` (the NIC "supervised" method trained on digit labels + a blank class),
+`vae` (unsupervised), optionally `bigan`, and `mean` (a floor: the cell's mean intensity,
+C = 1). Writes .bench/nic_synthetic/{results.json,results.md,accuracy_by_size.png,
+example.png}.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_nic_synthetic.py --quick   # smoke test, < 2 min
+    OMP_NUM_THREADS=1 python benchmarks/bench_nic_synthetic.py           # the reference run
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / ".bench" / "nic_synthetic"
+
+CLASSES = [str(k) for k in range(10)]
+# tilted-rectangle area fraction bins (log spaced: the sizes are drawn log-uniform)
+BIN_EDGES = (0.0, 0.02, 0.04, 0.08, 0.16, 1.0)
+BIN_NAMES = ("<2%", "2-4%", "4-8%", "8-16%", ">=16%")
+
+DEFAULTS: dict[str, Any] = dict(
+    n_cells=48, density=0.5, min_area=0.01, max_area=0.30,
+    n_train=1200, n_val=200, n_test=500,
+    encoders="oracle,vae,mean", encoder_steps=3000, encoder_batch=64,
+    cnn_width=64, cnn_batch=32, cnn_steps=100, cnn_epochs=30, cnn_patience=8, cnn_lr=1e-3,
+    tta_variants=8,
+)  # fmt: skip
+QUICK: dict[str, Any] = dict(
+    n_cells=16, min_area=0.03, n_train=160, n_val=40, n_test=80,
+    encoder_steps=150, cnn_width=32, cnn_batch=16, cnn_steps=20, cnn_epochs=4, cnn_patience=4,
+    tta_variants=2,
+)  # fmt: skip
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Encoders
+# ----------------------------------------------------------------------------------------------
+
+
+def encoder_config(name: str, code_size: int):
+    from slidepress.bench.synthetic import PATCH
+    from slidepress.encoders.nic import NICConfig
+
+    if name == "oracle":
+        tasks = [{"name": "digit", "classes": [*CLASSES, "blank"]}]
+        opts = {"tasks": tasks, "widths": [32, 64, 64, 64]}
+        return NICConfig("supervised", PATCH, 1.0, code_size, 1e-3, opts)
+    if name == "vae":
+        return NICConfig("vae", PATCH, 1.0, code_size, 1e-3, {"widths": [32, 64, 128, 128], "dense": 256})
+    if name == "bigan":  # full resolution: a 16 px digit patch has no detail to spare
+        opts = {"widths": [32, 64, 128], "downscale": 1}
+        return NICConfig("bigan", PATCH, 1.0, code_size, 2e-4, opts)
+    raise ValueError(f"unknown encoder {name!r}")
+
+
+def encoder_data(train_pool, test_pool) -> dict[str, Any]:
+    """Patches of the train-pool digits + blank cells (class 10, ~1/11 of the data) to train
+    on, and the test-pool digits + one blank to validate on."""
+    import torch
+
+    from slidepress.bench.synthetic import cells_to_patches, digit_cells
+
+    def build(pool, n_blank):
+        cells = np.concatenate([digit_cells(pool), np.zeros((n_blank, 9, 9), np.uint8)])
+        y = np.concatenate([pool.labels, np.full(n_blank, 10)])
+        return torch.from_numpy(cells_to_patches(cells)), torch.from_numpy(y.astype(np.int64))
+
+    x_tr, y_tr = build(train_pool, max(1, len(train_pool) // 10))
+    x_te, y_te = build(test_pool, 1)
+    return {"x_train": x_tr, "y_train": y_tr, "x_test": x_te, "y_test": y_te}
+
+
+def train_encoder(name: str, data: dict[str, Any], steps: int, batch: int, seed: int, code: int):
+    """Train one NIC method with Adam + cosine LR decay; returns (method, info)."""
+    import torch
+
+    from slidepress.encoders.nic import build_method
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    cfg = encoder_config(name, code)
+    method = build_method(cfg)
+    opts = method.make_optimizers()
+    base = [[g["lr"] for g in o.param_groups] for o in opts]
+    x, y = data["x_train"], data["y_train"]
+    t0 = time.perf_counter()
+    method.train()
+    last: dict = {}
+    for step in range(steps):
+        scale = 0.5 * (1 + math.cos(math.pi * step / steps))
+        for o, lrs in zip(opts, base, strict=True):
+            for g, lr in zip(o.param_groups, lrs, strict=True):
+                g["lr"] = lr * scale
+        idx = torch.from_numpy(rng.integers(0, len(x), batch))
+        b = {"digit": (x[idx], y[idx])} if cfg.method == "supervised" else x[idx]
+        last = method.training_step(b, opts)
+        if (step + 1) % max(1, steps // 5) == 0:
+            log(f"  {name} step {step + 1}/{steps} " + _fmt_logs(last))
+    train_s = time.perf_counter() - t0
+    method.eval()
+    xt, yt = data["x_test"], data["y_test"]
+    with torch.no_grad():
+        b = {"digit": (xt, yt)} if cfg.method == "supervised" else xt
+        val = method.validation_step(b)
+        if cfg.method == "supervised":
+            pred = method.heads["digit"](method.encoder(xt)).argmax(1)
+            digit = yt < 10
+            val["digit_accuracy"] = float((pred[digit] == yt[digit]).float().mean())
+    info = {
+        "method": cfg.method,
+        "config": cfg.to_dict(),
+        "steps": steps,
+        "batch": batch,
+        "train_s": round(train_s, 1),
+        "last_train": last,
+        "held_out": {k: float(v) for k, v in val.items()},
+        "parameters": sum(p.numel() for p in method.embedder().parameters()),
+    }
+    return method, info
+
+
+def linear_probe(embed, train_pool, test_pool) -> float:
+    """Held-out digit accuracy of a logistic regression on the codes (how much class
+    information an encoder keeps)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from slidepress.bench.synthetic import digit_cells
+
+    a, b = embed(digit_cells(train_pool)), embed(digit_cells(test_pool))
+    sc = StandardScaler().fit(a)
+    clf = LogisticRegression(max_iter=3000).fit(sc.transform(a), train_pool.labels)
+    return float((clf.predict(sc.transform(b)) == test_pool.labels).mean())
+
+
+# ----------------------------------------------------------------------------------------------
+# Slide-level CNN, metrics
+# ----------------------------------------------------------------------------------------------
+
+
+def grid_items(grids: np.ndarray, prefix: str) -> list:
+    from slidepress.slidemodel.data import GridItem
+
+    mask = np.ones(grids.shape[1:3], bool)
+    return [
+        GridItem(slide=f"{prefix}{i}", features=g, mask=mask, path=None, metadata={}, coords=None)
+        for i, g in enumerate(grids)
+    ]
+
+
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    union = (a | b).sum()
+    return float((a & b).sum() / union) if union else 1.0
+
+
+def cam_jaccards(cam: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """(IoU of cam >= 0.5, IoU of the top-k cells with k = the true rectangle's size)."""
+    k = int(truth.sum())
+    order = np.argsort(-cam.ravel(), kind="stable")[:k]
+    top = np.zeros(cam.size, bool)
+    top[order] = True
+    return jaccard(cam >= 0.5, truth), jaccard(top.reshape(cam.shape), truth)
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    if n == 0:
+        return math.nan, math.nan
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return c - h, c + h
+
+
+def size_bin(area: np.ndarray) -> np.ndarray:
+    return np.digitize(area, BIN_EDGES[1:-1])
+
+
+def summarise(pred: np.ndarray, test, jac05: np.ndarray, jactop: np.ndarray) -> dict[str, Any]:
+    y = np.array([t.label for t in test])
+    axis = np.array([t.axis_class for t in test])
+    area = np.array([t.area_fraction for t in test])
+    ok = pred == y
+    bins = size_bin(area)
+    out: dict[str, Any] = {
+        "accuracy": float(ok.mean()),
+        "accuracy_ci95": wilson(int(ok.sum()), len(ok)),
+        "wrong_is_distractor": float((pred[~ok] == axis[~ok]).mean()) if (~ok).any() else 0.0,
+        "jaccard_cam05": float(jac05.mean()),
+        "jaccard_topk": float(jactop.mean()),
+        "jaccard_topk_correct": float(jactop[ok].mean()) if ok.any() else math.nan,
+        "by_size": [],
+    }
+    for b, name in enumerate(BIN_NAMES):
+        sel = bins == b
+        n = int(sel.sum())
+        out["by_size"].append(
+            {
+                "bin": name,
+                "lo": BIN_EDGES[b],
+                "hi": BIN_EDGES[b + 1],
+                "n": n,
+                "mean_area": float(area[sel].mean()) if n else math.nan,
+                "accuracy": float(ok[sel].mean()) if n else math.nan,
+                "accuracy_ci95": wilson(int(ok[sel].sum()), n),
+                "jaccard_cam05": float(jac05[sel].mean()) if n else math.nan,
+                "jaccard_topk": float(jactop[sel].mean()) if n else math.nan,
+            }
+        )
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Report
+# ----------------------------------------------------------------------------------------------
+
+
+def _f(v: float, spec: str = ".3f") -> str:
+    return format(v, spec) if isinstance(v, (int, float)) and math.isfinite(v) else "n/a"
+
+
+def markdown(rep: dict[str, Any]) -> str:
+    cfg, res, enc = rep["config"], rep["results"], rep["encoders"]
+    names = list(res)
+    lines = [
+        "# NIC synthetic benchmark (Tellez et al., TPAMI 2019, sec. 4.1.1)",
+        "",
+        f"{cfg['n_cells']}x{cfg['n_cells']} cells of 9 px ({9 * cfg['n_cells']} px images), "
+        f"digit density {cfg['density']}, tilted-rectangle area {cfg['min_area']:.0%}.."
+        f"{cfg['max_area']:.0%} (log-uniform); {cfg['n_train']} train / {cfg['n_val']} val / "
+        f"{cfg['n_test']} test images (test digits from a disjoint pool). Encoders: patch = "
+        f"stride = 1 cell (padded to 16 px), C = {cfg['code_size']}. Slide CNN: nic-cnn width "
+        f"{cfg['cnn_width']}, crop = whole grid, batch {cfg['cnn_batch']}, <= "
+        f"{cfg['cnn_epochs']} x {cfg['cnn_steps']} steps, TTA {cfg['tta_variants']} dihedral "
+        f"variants. Chance = 0.100. Wall time {rep['wall_s'] / 60:.1f} min.",
+        "",
+        "## Encoders",
+        "",
+        "| encoder | method | C | steps | train s | held-out digit acc. (probe) | other |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for n in names:
+        e = enc[n]
+        ho = e.get("held_out", {})
+        other = ", ".join(
+            f"{k} {_f(v, '.4g')}" for k, v in ho.items() if k in ("digit_accuracy", "psnr", "mse")
+        )
+        lines.append(
+            f"| {n} | {e.get('method', '-')} | {e['code_size']} | {e.get('steps', '-')} | "
+            f"{e.get('train_s', 0):.1f} | {_f(e['probe_accuracy'])} | {other} |"
+        )
+    lines += [
+        "",
+        "## Test accuracy by tilted-rectangle area (n per bin in the header)",
+        "",
+    ]
+    bins = res[names[0]]["by_size"]
+    head = " | ".join(f"{b['bin']} (n={b['n']})" for b in bins)
+    lines += [
+        f"| encoder | overall (95% CI) | {head} | wrong = distractor |",
+        "|---|---|" + "---|" * len(bins) + "---|",
+    ]
+    for n in names:
+        r = res[n]
+        lo, hi = r["accuracy_ci95"]
+        cells = " | ".join(_f(b["accuracy"]) for b in r["by_size"])
+        lines.append(
+            f"| {n} | {_f(r['accuracy'])} ({_f(lo, '.2f')}-{_f(hi, '.2f')}) | {cells} | "
+            f"{_f(r['wrong_is_distractor'], '.2f')} |"
+        )
+    lines += [
+        "",
+        "## Grad-CAM Jaccard with the true tilted rectangle (test set, predicted class)",
+        "",
+        "top-k: the k highest-CAM cells, k = true rectangle size (threshold-free); "
+        "cam>=0.5: the CAM (max-normalised) thresholded at 0.5.",
+        "",
+        f"| encoder | top-k | top-k (correct only) | cam>=0.5 | top-k by size: "
+        f"{' / '.join(b['bin'] for b in bins)} |",
+        "|---|---|---|---|---|",
+    ]
+    for n in names:
+        r = res[n]
+        per = " / ".join(_f(b["jaccard_topk"], ".2f") for b in r["by_size"])
+        lines.append(
+            f"| {n} | {_f(r['jaccard_topk'])} | {_f(r['jaccard_topk_correct'])} | "
+            f"{_f(r['jaccard_cam05'])} | {per} |"
+        )
+    lines += ["", "## Timing (seconds)", "", "| stage | s |", "|---|---|"]
+    lines += [f"| {k} | {v:.1f} |" for k, v in rep["timing_s"].items()]
+    lines += ["", f"Settings: `{json.dumps(rep['fit_settings'])}`", ""]
+    return "\n".join(lines)
+
+
+def plot_accuracy(rep: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, r in rep["results"].items():
+        bins = [b for b in r["by_size"] if b["n"]]
+        x = [b["mean_area"] * 100 for b in bins]
+        acc = np.array([b["accuracy"] for b in bins])
+        ci = np.array([b["accuracy_ci95"] for b in bins])
+        err = np.abs(np.stack([acc - ci[:, 0], ci[:, 1] - acc]))
+        axes[0].errorbar(x, acc, yerr=err, marker="o", capsize=3, label=name)
+        axes[1].plot(x, [b["jaccard_topk"] for b in bins], marker="o", label=name)
+    axes[0].axhline(0.1, color="grey", ls="--", lw=1, label="chance")
+    axes[0].set(ylabel="test accuracy", ylim=(0, 1.02), title="Accuracy vs lesion size")
+    axes[1].set(ylabel="Grad-CAM Jaccard (top-k)", ylim=(0, 1.02), title="Localisation")
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_xlabel("tilted rectangle area (% of image, bin mean)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_example(img, panels: list[tuple[str, np.ndarray, str]], title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 1 + len(panels), figsize=(3.3 * (1 + len(panels)), 3.6))
+    axes[0].imshow(img.image, cmap="gray", interpolation="nearest")
+    axes[0].set_title(f"image (label {img.label})", fontsize=9)
+    for ax, (name, a, kind) in zip(axes[1:], panels, strict=True):
+        if kind == "classes":
+            from matplotlib.colors import ListedColormap
+
+            cmap = ListedColormap(["black", *plt.get_cmap("tab10").colors])
+            ax.imshow(a + 1, cmap=cmap, vmin=0, vmax=10, interpolation="nearest")
+        elif kind == "rgb":
+            ax.imshow(a, interpolation="nearest")
+        else:
+            ax.imshow(a, cmap="magma", vmin=0, vmax=1, interpolation="nearest")
+            ax.contour(img.tilted_mask, levels=[0.5], colors="cyan", linewidths=0.8)
+        ax.set_title(name, fontsize=9)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def truth_rgb(img) -> np.ndarray:
+    rgb = np.zeros((*img.tilted_mask.shape, 3), np.float32)
+    rgb[img.cell_classes >= 0] = 0.25
+    rgb[img.axis_mask & (img.cell_classes >= 0)] = (0.2, 0.4, 1.0)
+    rgb[img.tilted_mask & (img.cell_classes >= 0)] = (1.0, 0.3, 0.2)
+    return rgb
+
+
+# ----------------------------------------------------------------------------------------------
+# Main
+# ----------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=OUT, help=f"report folder (default {OUT})")
+    ap.add_argument("--quick", action="store_true", help="tiny smoke configuration (< 2 min)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    ap.add_argument("--code-size", type=int, default=16)
+    ap.add_argument("--n-cells", type=int, help="canvas side in cells")
+    ap.add_argument("--density", type=float, help="fraction of cells holding a digit")
+    ap.add_argument("--min-area", type=float, help="smallest tilted-rectangle area fraction")
+    ap.add_argument("--max-area", type=float, help="largest tilted-rectangle area fraction")
+    ap.add_argument("--n-train", type=int, help="training images")
+    ap.add_argument("--n-val", type=int, help="validation images (early stopping)")
+    ap.add_argument("--n-test", type=int, help="test images (unseen digit instances)")
+    ap.add_argument("--encoders", help="comma list of oracle, vae, bigan, mean")
+    ap.add_argument("--encoder-steps", type=int, help="training steps per encoder")
+    ap.add_argument("--encoder-batch", type=int)
+    ap.add_argument("--cnn-width", type=int, help="filters per nic-cnn layer")
+    ap.add_argument("--cnn-batch", type=int)
+    ap.add_argument("--cnn-steps", type=int, help="steps per epoch")
+    ap.add_argument("--cnn-epochs", type=int, help="epochs at most")
+    ap.add_argument("--cnn-patience", type=int, help="early stopping patience (epochs)")
+    ap.add_argument("--cnn-lr", type=float)
+    ap.add_argument("--tta-variants", type=int, help="dihedral variants averaged at test time")
+    args = ap.parse_args(argv)
+    preset = {**DEFAULTS, **(QUICK if args.quick else {})}
+    for k, v in preset.items():
+        if getattr(args, k, None) is None:
+            setattr(args, k, v)
+    if args.quick and args.out == OUT:
+        args.out = OUT.parent / "nic_synthetic_quick"
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    from slidepress.bench import synthetic as syn
+    from slidepress.slidemodel import build_task, grad_cam
+    from slidepress.slidemodel.fit import FitSettings, fit_model, predict_items
+
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    names = [e.strip() for e in args.encoders.split(",") if e.strip()]
+    timing: dict[str, float] = {}
+    t_all = time.perf_counter()
+
+    # -- data
+    t0 = time.perf_counter()
+    scfg = syn.SyntheticConfig(args.n_cells, args.density, args.min_area, args.max_area)
+    train_pool, test_pool = syn.load_digit_pools(seed=args.seed)
+    s = 1000 * args.seed
+    train = syn.make_images(train_pool, args.n_train, s + 1, scfg)
+    val = syn.make_images(train_pool, args.n_val, s + 2, scfg)
+    test = syn.make_images(test_pool, args.n_test, s + 3, scfg)
+    timing["generate images"] = time.perf_counter() - t0
+    area = np.array([t.area_fraction for t in test])
+    log(
+        f"{len(train)}/{len(val)}/{len(test)} images of {9 * args.n_cells} px "
+        f"({timing['generate images']:.1f} s); test area fraction "
+        f"{area.min():.3f}..{area.max():.3f}, per bin {np.bincount(size_bin(area), minlength=5)}"
+    )
+    enc_data = encoder_data(train_pool, test_pool)
+
+    task = build_task("classify")
+    y = {k: np.array([t.label for t in v]) for k, v in (("train", train), ("val", val))}
+    settings = FitSettings(
+        model="nic-cnn",
+        model_options={"width": args.cnn_width},
+        crop=args.n_cells,  # the whole grid is one crop, as the paper's fixed-size input
+        batch_size=args.cnn_batch,
+        steps_per_epoch=args.cnn_steps,
+        epochs=args.cnn_epochs,
+        lr=args.cnn_lr,
+        patience=args.cnn_patience,
+        tta_crops=1,
+        tta_variants=args.tta_variants,
+        seed=args.seed,
+        device="cpu",
+    )
+    encoders: dict[str, dict] = {}
+    results: dict[str, dict] = {}
+    per_image: dict[str, dict] = {}
+    example_panels: dict[str, Any] = {}
+    example_idx = None
+
+    for name in names:
+        # -- encoder
+        t0 = time.perf_counter()
+        method = None
+        if name == "mean":
+            embed = syn.mean_intensity_embed
+            info: dict[str, Any] = {"method": "mean intensity", "code_size": 1}
+        else:
+            log(f"[{name}] training the encoder ({args.encoder_steps} steps)")
+            method, info = train_encoder(
+                name, enc_data, args.encoder_steps, args.encoder_batch, args.seed, args.code_size
+            )
+            info["code_size"] = args.code_size
+            embed = syn.torch_embed_fn(method.embedder())
+        info["probe_accuracy"] = linear_probe(embed, train_pool, test_pool)
+        timing[f"{name}: train encoder"] = time.perf_counter() - t0
+        log(f"[{name}] held-out {info.get('held_out', {})} probe {info['probe_accuracy']:.3f}")
+        encoders[name] = info
+
+        # -- compress
+        t0 = time.perf_counter()
+        grids = {
+            k: syn.compress_images([t.image for t in v], embed)
+            for k, v in (("train", train), ("val", val), ("test", test))
+        }
+        mu = grids["train"].mean((0, 1, 2))
+        sd = grids["train"].std((0, 1, 2)) + 1e-6
+        items = {k: grid_items(((g - mu) / sd).astype(np.float32), k) for k, g in grids.items()}
+        timing[f"{name}: compress"] = time.perf_counter() - t0
+        n_cells_total = sum(g.shape[0] * g.shape[1] * g.shape[2] for g in grids.values())
+        log(f"[{name}] compressed {n_cells_total} cells in {timing[f'{name}: compress']:.1f} s")
+
+        # -- slide CNN
+        t0 = time.perf_counter()
+        model, rows = fit_model(
+            task,
+            "classify",
+            (items["train"], y["train"]),
+            (items["val"], y["val"]),
+            n_outputs=10,
+            settings=settings,
+            log=lambda m, name=name: log(f"  [{name}] {m}"),
+        )
+        timing[f"{name}: train CNN"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        out = predict_items(model, "classify", items["test"], settings)
+        pred = out.argmax(1)
+        timing[f"{name}: predict"] = time.perf_counter() - t0
+
+        # -- Grad-CAM
+        t0 = time.perf_counter()
+        cams, j05, jtop = [], [], []
+        for it, img in zip(items["test"], test, strict=True):
+            x = torch.from_numpy(np.ascontiguousarray(it.features.transpose(2, 0, 1)))[None]
+            cam = grad_cam(model, x)
+            a, b = cam_jaccards(cam, img.tilted_mask)
+            cams.append(cam)
+            j05.append(a)
+            jtop.append(b)
+        timing[f"{name}: Grad-CAM"] = time.perf_counter() - t0
+        r = summarise(pred, test, np.array(j05), np.array(jtop))
+        r["epochs"] = len(rows)
+        r["best_epoch"] = int(np.argmax([row["val_auc"] for row in rows])) + 1
+        r["log"] = rows
+        results[name] = r
+        per_image[name] = {"pred": pred.tolist(), "jaccard_topk": [round(v, 4) for v in jtop]}
+        log(
+            f"[{name}] test accuracy {r['accuracy']:.3f} by size "
+            + " ".join(f"{b['bin']}:{_f(b['accuracy'], '.2f')}" for b in r["by_size"])
+            + f"  Jaccard top-k {r['jaccard_topk']:.3f} cam>=0.5 {r['jaccard_cam05']:.3f}"
+        )
+
+        # -- example panels (one mid-size test image, correct under the first encoder if any)
+        if example_idx is None:
+            mid = np.argsort(np.abs(np.log(area / 0.06)))
+            good = [i for i in mid[:20] if pred[i] == test[i].label]
+            example_idx = int(good[0] if good else mid[0])
+        if method is not None and name == "oracle":
+            g = torch.from_numpy(grids["test"][example_idx].reshape(-1, args.code_size))
+            with torch.no_grad():
+                cls = method.heads["digit"](g).argmax(1).numpy().reshape(args.n_cells, -1)
+            example_panels["grid"] = ("oracle grid (argmax)", np.where(cls == 10, -1, cls), "classes")
+        elif "grid" not in example_panels and grids["test"].shape[3] >= 3:
+            from sklearn.decomposition import PCA
+
+            g = grids["test"][example_idx].reshape(-1, grids["test"].shape[3])
+            p = PCA(3).fit_transform(g)
+            p = (p - p.min(0)) / (np.ptp(p, 0) + 1e-9)
+            example_panels["grid"] = (f"{name} grid (PCA)", p.reshape(args.n_cells, -1, 3), "rgb")
+        example_panels[f"cam {name}"] = (
+            f"Grad-CAM {name} (pred {pred[example_idx]})",
+            cams[example_idx],
+            "cam",
+        )
+        del model, grids, items
+
+    wall = time.perf_counter() - t_all
+    img = test[example_idx]
+    panels = []
+    if "grid" in example_panels:
+        panels.append(example_panels.pop("grid"))
+    panels.append(("truth: tilted (red), axis (blue)", truth_rgb(img), "rgb"))
+    panels += list(example_panels.values())
+    plot_example(
+        img,
+        panels,
+        f"test image {example_idx}: label {img.label} (tilted {img.angle} deg, "
+        f"{img.area_fraction:.1%} of the image), distractor class {img.axis_class}",
+        args.out / "example.png",
+    )
+
+    rep = {
+        "benchmark": "nic_synthetic",
+        "config": {
+            k: getattr(args, k)
+            for k in (*DEFAULTS, "seed", "threads", "code_size", "quick")
+            if k in vars(args)
+        },
+        "synthetic_config": dataclasses.asdict(scfg),
+        "digit_pools": {"train": len(train_pool), "test": len(test_pool)},
+        "bins": {"edges": list(BIN_EDGES), "names": list(BIN_NAMES)},
+        "fit_settings": settings.to_dict(),
+        "encoders": encoders,
+        "results": results,
+        "timing_s": {k: round(v, 2) for k, v in timing.items()},
+        "wall_s": round(wall, 1),
+        "test_images": {
+            "label": [t.label for t in test],
+            "axis_class": [t.axis_class for t in test],
+            "area_fraction": [round(t.area_fraction, 5) for t in test],
+            "per_encoder": per_image,
+        },
+        "example_index": example_idx,
+        "platform": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "machine": platform.machine(),
+            "commit": git_commit(),
+        },
+    }
+    (args.out / "results.json").write_text(json.dumps(rep, indent=1, default=float))
+    md = markdown(rep)
+    (args.out / "results.md").write_text(md)
+    plot_accuracy(rep, args.out / "accuracy_by_size.png")
+    print(md)
+    print(f"wrote {args.out}/results.json, results.md, accuracy_by_size.png, example.png")
+    return 0
+
+
+def _fmt_logs(d: dict) -> str:
+    return " ".join(f"{k}={v:.4g}" for k, v in d.items() if isinstance(v, float))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
