@@ -24,6 +24,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import platform
 import subprocess
 import sys
@@ -45,8 +46,8 @@ DEFAULTS: dict[str, Any] = dict(
     n_cells=48, density=0.5, min_area=0.01, max_area=0.30,
     n_train=1200, n_val=200, n_test=500,
     encoders="oracle,vae,mean", encoder_steps=3000, encoder_batch=64,
-    cnn_width=64, cnn_batch=32, cnn_steps=100, cnn_epochs=30, cnn_patience=8, cnn_lr=1e-3,
-    tta_variants=8,
+    cnn_width=64, cnn_dropout=0.0, cnn_batch=32, cnn_steps=100, cnn_epochs=30, cnn_patience=8,
+    cnn_lr=1e-3, tta_variants=8,
 )  # fmt: skip
 QUICK: dict[str, Any] = dict(
     n_cells=16, min_area=0.03, n_train=160, n_val=40, n_test=80,
@@ -83,7 +84,8 @@ def encoder_config(name: str, code_size: int):
         opts = {"tasks": tasks, "widths": [32, 64, 64, 64]}
         return NICConfig("supervised", PATCH, 1.0, code_size, 1e-3, opts)
     if name == "vae":
-        return NICConfig("vae", PATCH, 1.0, code_size, 1e-3, {"widths": [32, 64, 128, 128], "dense": 256})
+        opts = {"widths": [32, 64, 128, 128], "dense": 256}
+        return NICConfig("vae", PATCH, 1.0, code_size, 1e-3, opts)
     if name == "bigan":  # full resolution: a 16 px digit patch has no detail to spare
         opts = {"widths": [32, 64, 128], "downscale": 1}
         return NICConfig("bigan", PATCH, 1.0, code_size, 2e-4, opts)
@@ -349,6 +351,8 @@ def plot_accuracy(rep: dict[str, Any], path: Path) -> None:
     axes[1].set(ylabel="Grad-CAM Jaccard (top-k)", ylim=(0, 1.02), title="Localisation")
     for ax in axes:
         ax.set_xscale("log")
+        ax.set_xticks([1, 2, 4, 8, 16, 32], ["1", "2", "4", "8", "16", "32"])
+        ax.minorticks_off()
         ax.set_xlabel("tilted rectangle area (% of image, bin mean)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -418,6 +422,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--encoder-steps", type=int, help="training steps per encoder")
     ap.add_argument("--encoder-batch", type=int)
     ap.add_argument("--cnn-width", type=int, help="filters per nic-cnn layer")
+    ap.add_argument("--cnn-dropout", type=float, help="nic-cnn feature-wise dropout")
     ap.add_argument("--cnn-batch", type=int)
     ap.add_argument("--cnn-steps", type=int, help="steps per epoch")
     ap.add_argument("--cnn-epochs", type=int, help="epochs at most")
@@ -434,43 +439,145 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def compress_set(ims: list, pool, embed, chunk: int = 128) -> np.ndarray:
+    """(N, n, n, C) grids of images rendered chunk by chunk (the pixels are not kept)."""
+    from slidepress.bench import synthetic as syn
+
+    out = []
+    for i in range(0, len(ims), chunk):
+        block = [t.image if t.image is not None else syn.render(t.cell_digits, pool)
+                 for t in ims[i : i + chunk]]  # fmt: skip
+        out.append(syn.compress_images(block, embed))
+    return np.concatenate(out)
+
+
+def run_encoder(name: str, args: argparse.Namespace, data: dict[str, Any], settings) -> dict:
+    """Train (or build) one encoder, compress every set, fit the slide CNN, test, Grad-CAM.
+    Returns encoder info, results, timings and what the example figure needs."""
+    import torch
+
+    from slidepress.bench import synthetic as syn
+    from slidepress.slidemodel import build_task, grad_cam
+    from slidepress.slidemodel.fit import fit_model, predict_items
+
+    timing: dict[str, float] = {}
+    pools, sets = data["pools"], data["sets"]
+    t0 = time.perf_counter()
+    method = None
+    if name == "mean":
+        embed = syn.mean_intensity_embed
+        info: dict[str, Any] = {"method": "mean intensity", "code_size": 1}
+    else:
+        log(f"[{name}] training the encoder ({args.encoder_steps} steps)")
+        method, info = train_encoder(
+            name, data["encoder"], args.encoder_steps, args.encoder_batch, args.seed,
+            args.code_size,
+        )  # fmt: skip
+        info["code_size"] = args.code_size
+        embed = syn.torch_embed_fn(method.embedder())
+    timing["train encoder"] = time.perf_counter() - t0
+    info["probe_accuracy"] = linear_probe(embed, pools["train"], pools["test"])
+    log(f"[{name}] held-out {_fmt_logs(info.get('held_out', {}))} probe "
+        f"{info['probe_accuracy']:.3f}")  # fmt: skip
+
+    t0 = time.perf_counter()
+    grids = {k: compress_set(v, pools[data["pool_of"][k]], embed) for k, v in sets.items()}
+    mu = grids["train"].mean((0, 1, 2), dtype=np.float64).astype(np.float32)
+    sd = grids["train"].std((0, 1, 2), dtype=np.float64).astype(np.float32) + 1e-6
+    for g in grids.values():  # per-channel standardisation (train statistics), in place
+        g -= mu
+        g /= sd
+    items = {k: grid_items(g, k) for k, g in grids.items()}
+    timing["compress"] = time.perf_counter() - t0
+    n_cells = sum(g.shape[0] * g.shape[1] * g.shape[2] for g in grids.values())
+    log(f"[{name}] compressed {n_cells} cells in {timing['compress']:.1f} s")
+
+    t0 = time.perf_counter()
+    labels = {k: np.array([t.label for t in v]) for k, v in sets.items()}
+    model, rows = fit_model(
+        build_task("classify"), "classify", (items["train"], labels["train"]),
+        (items["val"], labels["val"]), n_outputs=10, settings=settings,
+        log=lambda m: log(f"  [{name}] {m}"),
+    )  # fmt: skip
+    timing["train CNN"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    pred = predict_items(model, "classify", items["test"], settings).argmax(1)
+    timing["predict"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    cams, j05, jtop = [], [], []
+    for it, img in zip(items["test"], sets["test"], strict=True):
+        x = torch.from_numpy(np.ascontiguousarray(it.features.transpose(2, 0, 1)))[None]
+        cam = grad_cam(model, x)  # explains the predicted class
+        a, b = cam_jaccards(cam, img.tilted_mask)
+        cams.append(cam)
+        j05.append(a)
+        jtop.append(b)
+    timing["Grad-CAM"] = time.perf_counter() - t0
+    res = summarise(pred, sets["test"], np.array(j05), np.array(jtop))
+    res["epochs"] = len(rows)
+    res["best_epoch"] = int(np.argmax([r["val_auc"] for r in rows])) + 1
+    res["log"] = rows
+    log(
+        f"[{name}] test accuracy {res['accuracy']:.3f} by size "
+        + " ".join(f"{b['bin']}:{_f(b['accuracy'], '.2f')}" for b in res["by_size"])
+        + f"  Jaccard top-k {res['jaccard_topk']:.3f} cam>=0.5 {res['jaccard_cam05']:.3f}"
+    )
+    classes = None
+    if method is not None and name == "oracle":  # the oracle's reading of every test cell
+        with torch.no_grad():
+            flat = torch.from_numpy(grids["test"] * sd + mu).reshape(-1, args.code_size)
+            classes = method.heads["digit"](flat).argmax(1).numpy().reshape(grids["test"].shape[:3])
+    return {
+        "info": info, "results": res, "timing": timing, "pred": pred, "jtop": np.array(jtop),
+        "cams": np.stack(cams), "test_grids": grids["test"] if classes is None else None,
+        "classes": classes,
+    }  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
 
     from slidepress.bench import synthetic as syn
-    from slidepress.slidemodel import build_task, grad_cam
-    from slidepress.slidemodel.fit import FitSettings, fit_model, predict_items
+    from slidepress.slidemodel.fit import FitSettings
 
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     names = [e.strip() for e in args.encoders.split(",") if e.strip()]
+    unknown = sorted(set(names) - {"oracle", "vae", "bigan", "mean"})
+    if unknown:
+        raise SystemExit(f"unknown encoder(s) {', '.join(unknown)}")
     timing: dict[str, float] = {}
     t_all = time.perf_counter()
 
-    # -- data
     t0 = time.perf_counter()
     scfg = syn.SyntheticConfig(args.n_cells, args.density, args.min_area, args.max_area)
     train_pool, test_pool = syn.load_digit_pools(seed=args.seed)
     s = 1000 * args.seed
-    train = syn.make_images(train_pool, args.n_train, s + 1, scfg)
-    val = syn.make_images(train_pool, args.n_val, s + 2, scfg)
-    test = syn.make_images(test_pool, args.n_test, s + 3, scfg)
+    sets = {  # ground truth only: pixels are rendered again when compressed (saves memory)
+        "train": syn.make_images(train_pool, args.n_train, s + 1, scfg, render_image=False),
+        "val": syn.make_images(train_pool, args.n_val, s + 2, scfg, render_image=False),
+        "test": syn.make_images(test_pool, args.n_test, s + 3, scfg, render_image=False),
+    }
     timing["generate images"] = time.perf_counter() - t0
+    test = sets["test"]
     area = np.array([t.area_fraction for t in test])
     log(
-        f"{len(train)}/{len(val)}/{len(test)} images of {9 * args.n_cells} px "
-        f"({timing['generate images']:.1f} s); test area fraction "
-        f"{area.min():.3f}..{area.max():.3f}, per bin {np.bincount(size_bin(area), minlength=5)}"
+        f"{args.n_train}/{args.n_val}/{args.n_test} images of {9 * args.n_cells} px "
+        f"({timing['generate images']:.1f} s); test area fraction {area.min():.3f}.."
+        f"{area.max():.3f}, per bin {np.bincount(size_bin(area), minlength=len(BIN_NAMES))}"
     )
-    enc_data = encoder_data(train_pool, test_pool)
-
-    task = build_task("classify")
-    y = {k: np.array([t.label for t in v]) for k, v in (("train", train), ("val", val))}
+    data = {
+        "pools": {"train": train_pool, "test": test_pool},
+        "pool_of": {"train": "train", "val": "train", "test": "test"},
+        "sets": sets,
+        "encoder": encoder_data(train_pool, test_pool),
+    }
     settings = FitSettings(
         model="nic-cnn",
-        model_options={"width": args.cnn_width},
-        crop=args.n_cells,  # the whole grid is one crop, as the paper's fixed-size input
+        model_options={"width": args.cnn_width, "dropout": args.cnn_dropout},
+        crop=args.n_cells,  # the whole grid is one crop: the paper's fixed-size input
         batch_size=args.cnn_batch,
         steps_per_epoch=args.cnn_steps,
         epochs=args.cnn_epochs,
@@ -481,119 +588,38 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         device="cpu",
     )
-    encoders: dict[str, dict] = {}
-    results: dict[str, dict] = {}
-    per_image: dict[str, dict] = {}
-    example_panels: dict[str, Any] = {}
-    example_idx = None
-
+    runs = {}
     for name in names:
-        # -- encoder
-        t0 = time.perf_counter()
-        method = None
-        if name == "mean":
-            embed = syn.mean_intensity_embed
-            info: dict[str, Any] = {"method": "mean intensity", "code_size": 1}
-        else:
-            log(f"[{name}] training the encoder ({args.encoder_steps} steps)")
-            method, info = train_encoder(
-                name, enc_data, args.encoder_steps, args.encoder_batch, args.seed, args.code_size
-            )
-            info["code_size"] = args.code_size
-            embed = syn.torch_embed_fn(method.embedder())
-        info["probe_accuracy"] = linear_probe(embed, train_pool, test_pool)
-        timing[f"{name}: train encoder"] = time.perf_counter() - t0
-        log(f"[{name}] held-out {info.get('held_out', {})} probe {info['probe_accuracy']:.3f}")
-        encoders[name] = info
+        runs[name] = run_encoder(name, args, data, settings)
+        for k, v in runs[name]["timing"].items():
+            timing[f"{name}: {k}"] = v
+    wall = time.perf_counter() - t_all
 
-        # -- compress
-        t0 = time.perf_counter()
-        grids = {
-            k: syn.compress_images([t.image for t in v], embed)
-            for k, v in (("train", train), ("val", val), ("test", test))
-        }
-        mu = grids["train"].mean((0, 1, 2))
-        sd = grids["train"].std((0, 1, 2)) + 1e-6
-        items = {k: grid_items(((g - mu) / sd).astype(np.float32), k) for k, g in grids.items()}
-        timing[f"{name}: compress"] = time.perf_counter() - t0
-        n_cells_total = sum(g.shape[0] * g.shape[1] * g.shape[2] for g in grids.values())
-        log(f"[{name}] compressed {n_cells_total} cells in {timing[f'{name}: compress']:.1f} s")
-
-        # -- slide CNN
-        t0 = time.perf_counter()
-        model, rows = fit_model(
-            task,
-            "classify",
-            (items["train"], y["train"]),
-            (items["val"], y["val"]),
-            n_outputs=10,
-            settings=settings,
-            log=lambda m, name=name: log(f"  [{name}] {m}"),
-        )
-        timing[f"{name}: train CNN"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        out = predict_items(model, "classify", items["test"], settings)
-        pred = out.argmax(1)
-        timing[f"{name}: predict"] = time.perf_counter() - t0
-
-        # -- Grad-CAM
-        t0 = time.perf_counter()
-        cams, j05, jtop = [], [], []
-        for it, img in zip(items["test"], test, strict=True):
-            x = torch.from_numpy(np.ascontiguousarray(it.features.transpose(2, 0, 1)))[None]
-            cam = grad_cam(model, x)
-            a, b = cam_jaccards(cam, img.tilted_mask)
-            cams.append(cam)
-            j05.append(a)
-            jtop.append(b)
-        timing[f"{name}: Grad-CAM"] = time.perf_counter() - t0
-        r = summarise(pred, test, np.array(j05), np.array(jtop))
-        r["epochs"] = len(rows)
-        r["best_epoch"] = int(np.argmax([row["val_auc"] for row in rows])) + 1
-        r["log"] = rows
-        results[name] = r
-        per_image[name] = {"pred": pred.tolist(), "jaccard_topk": [round(v, 4) for v in jtop]}
-        log(
-            f"[{name}] test accuracy {r['accuracy']:.3f} by size "
-            + " ".join(f"{b['bin']}:{_f(b['accuracy'], '.2f')}" for b in r["by_size"])
-            + f"  Jaccard top-k {r['jaccard_topk']:.3f} cam>=0.5 {r['jaccard_cam05']:.3f}"
-        )
-
-        # -- example panels (one mid-size test image, correct under the first encoder if any)
-        if example_idx is None:
-            mid = np.argsort(np.abs(np.log(area / 0.06)))
-            good = [i for i in mid[:20] if pred[i] == test[i].label]
-            example_idx = int(good[0] if good else mid[0])
-        if method is not None and name == "oracle":
-            g = torch.from_numpy(grids["test"][example_idx].reshape(-1, args.code_size))
-            with torch.no_grad():
-                cls = method.heads["digit"](g).argmax(1).numpy().reshape(args.n_cells, -1)
-            example_panels["grid"] = ("oracle grid (argmax)", np.where(cls == 10, -1, cls), "classes")
-        elif "grid" not in example_panels and grids["test"].shape[3] >= 3:
+    # the example: a mid-size test image (~6 % of the area), correct under the first encoder
+    first = runs[names[0]]
+    mid = np.argsort(np.abs(np.log(area / 0.06)))
+    good = [i for i in mid[:20] if first["pred"][i] == test[i].label]
+    ex = int(good[0] if good else mid[0])
+    img = dataclasses.replace(test[ex], image=syn.render(test[ex].cell_digits, test_pool))
+    panels = []
+    if "oracle" in runs:
+        cls = runs["oracle"]["classes"][ex]
+        panels.append(("oracle grid (argmax)", np.where(cls == 10, -1, cls), "classes"))
+    else:
+        g = next(r["test_grids"] for r in runs.values() if r["test_grids"] is not None)[ex]
+        if g.shape[2] >= 3:
             from sklearn.decomposition import PCA
 
-            g = grids["test"][example_idx].reshape(-1, grids["test"].shape[3])
-            p = PCA(3).fit_transform(g)
+            p = PCA(3).fit_transform(g.reshape(-1, g.shape[2]))
             p = (p - p.min(0)) / (np.ptp(p, 0) + 1e-9)
-            example_panels["grid"] = (f"{name} grid (PCA)", p.reshape(args.n_cells, -1, 3), "rgb")
-        example_panels[f"cam {name}"] = (
-            f"Grad-CAM {name} (pred {pred[example_idx]})",
-            cams[example_idx],
-            "cam",
-        )
-        del model, grids, items
-
-    wall = time.perf_counter() - t_all
-    img = test[example_idx]
-    panels = []
-    if "grid" in example_panels:
-        panels.append(example_panels.pop("grid"))
+            panels.append((f"{names[0]} grid (PCA)", p.reshape(*g.shape[:2], 3), "rgb"))
     panels.append(("truth: tilted (red), axis (blue)", truth_rgb(img), "rgb"))
-    panels += list(example_panels.values())
+    for name, r in runs.items():
+        panels.append((f"Grad-CAM {name} (pred {r['pred'][ex]})", r["cams"][ex], "cam"))
     plot_example(
         img,
         panels,
-        f"test image {example_idx}: label {img.label} (tilted {img.angle} deg, "
+        f"test image {ex}: label {img.label} (tilted {img.angle} deg, "
         f"{img.area_fraction:.1%} of the image), distractor class {img.axis_class}",
         args.out / "example.png",
     )
@@ -601,30 +627,32 @@ def main(argv: list[str] | None = None) -> int:
     rep = {
         "benchmark": "nic_synthetic",
         "config": {
-            k: getattr(args, k)
-            for k in (*DEFAULTS, "seed", "threads", "code_size", "quick")
-            if k in vars(args)
+            k: getattr(args, k) for k in (*DEFAULTS, "seed", "threads", "code_size", "quick")
         },
         "synthetic_config": dataclasses.asdict(scfg),
         "digit_pools": {"train": len(train_pool), "test": len(test_pool)},
         "bins": {"edges": list(BIN_EDGES), "names": list(BIN_NAMES)},
         "fit_settings": settings.to_dict(),
-        "encoders": encoders,
-        "results": results,
+        "encoders": {k: r["info"] for k, r in runs.items()},
+        "results": {k: r["results"] for k, r in runs.items()},
         "timing_s": {k: round(v, 2) for k, v in timing.items()},
         "wall_s": round(wall, 1),
         "test_images": {
             "label": [t.label for t in test],
             "axis_class": [t.axis_class for t in test],
+            "angle": [t.angle for t in test],
             "area_fraction": [round(t.area_fraction, 5) for t in test],
-            "per_encoder": per_image,
+            "pred": {k: r["pred"].tolist() for k, r in runs.items()},
+            "jaccard_topk": {k: np.round(r["jtop"], 4).tolist() for k, r in runs.items()},
         },
-        "example_index": example_idx,
+        "example_index": ex,
         "platform": {
             "python": platform.python_version(),
             "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),
             "machine": platform.machine(),
+            "cpus": os.cpu_count(),
+            "load_avg_end": os.getloadavg(),
             "commit": git_commit(),
         },
     }

@@ -115,7 +115,7 @@ class SyntheticConfig:
 class SyntheticImage:
     """One synthetic image and its ground truth."""
 
-    image: np.ndarray  # (9n, 9n) uint8
+    image: np.ndarray | None  # (9n, 9n) uint8; None if not rendered (see `render`)
     label: int  # == tilted_class
     cell_classes: np.ndarray  # (n, n) int64, digit class per cell, -1 = blank
     cell_digits: np.ndarray  # (n, n) int64, row in the digit pool, -1 = blank
@@ -194,9 +194,16 @@ def render(cell_digits: np.ndarray, pool: DigitPool) -> np.ndarray:
 
 
 def make_image(
-    pool: DigitPool, rng: np.random.Generator, cfg: SyntheticConfig | None = None
+    pool: DigitPool,
+    rng: np.random.Generator,
+    cfg: SyntheticConfig | None = None,
+    render_image: bool = True,
 ) -> SyntheticImage:
-    """Draw one image (see the module docstring) with digits from `pool`."""
+    """Draw one image (see the module docstring) with digits from `pool`.
+
+    With ``render_image=False`` only the ground truth is kept (``image`` is None; the pixels
+    are ``render(cell_digits, pool)``), which saves memory for large sets.
+    """
     cfg = cfg or SyntheticConfig()
     n = cfg.n_cells
     tilted, angle = _draw_tilted(rng, cfg)
@@ -215,7 +222,7 @@ def make_image(
         rows = pool.by_class[k]
         digits[where] = rows[rng.integers(0, len(rows), size=int(where.sum()))]
     return SyntheticImage(
-        image=render(digits, pool),
+        image=render(digits, pool) if render_image else None,
         label=tilted_class,
         cell_classes=classes.astype(np.int64),
         cell_digits=digits,
@@ -229,10 +236,17 @@ def make_image(
 
 
 def make_images(
-    pool: DigitPool, count: int, seed: int, cfg: SyntheticConfig | None = None
+    pool: DigitPool,
+    count: int,
+    seed: int,
+    cfg: SyntheticConfig | None = None,
+    render_image: bool = True,
 ) -> list[SyntheticImage]:
     """`count` images; image i depends only on (seed, i), not on `count`."""
-    return [make_image(pool, np.random.default_rng([seed, i]), cfg) for i in range(count)]
+    return [
+        make_image(pool, np.random.default_rng([seed, i]), cfg, render_image)
+        for i in range(count)
+    ]
 
 
 # -- patches and grids ---------------------------------------------------------------------
