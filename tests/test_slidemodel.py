@@ -177,3 +177,41 @@ def test_cli_bad_inputs_one_line(tmp_path):
         assert r.exit_code == 2, (args, r.output)
         assert msg in r.output and "Traceback" not in r.output, r.output
     assert not (tmp_path / "r" / "config.json").exists()
+
+
+def test_cli_regression_and_heatmap_on_a_real_slide_thumbnail(tmp_path, sample_svs):
+    """Grids from `encode` (mean-rgb) carry the slide path: the heatmap overlays its thumbnail."""
+    from PIL import Image
+
+    from slidepress.store import read_grid
+
+    r = runner.invoke(app, ["encode", str(sample_svs), "-o", str(tmp_path / "enc")])
+    assert r.exit_code == 0, r.output
+    real = next((tmp_path / "enc").glob("*.zarr"))
+    grid = read_grid(real)
+    gdir = tmp_path / "grids"
+    gdir.mkdir()
+    rng = np.random.default_rng(0)
+    rows = ["slide,value"]
+    for i in range(9):  # the same tissue, brightness-shifted codes; value = the shift
+        g = EmbeddingGrid.from_features(grid.features * (1 + 0.1 * i) * grid.mask[..., None],
+                                        grid.mask, metadata=grid.metadata)  # fmt: skip
+        write_grid(g, gdir / f"r{i}.npz")
+        rows.append(f"r{i},{i + rng.normal(0, 0.1):.3f}")
+    (tmp_path / "v.csv").write_text("\n".join(rows) + "\n")
+    run = tmp_path / "run"
+    r = runner.invoke(app, ["train", "slide-model", str(gdir), str(tmp_path / "v.csv"),
+                            "--task", "regress", "-o", str(run), *FAST])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    m = json.loads((run / "metrics.json").read_text())
+    assert "spearman" in m["out_of_fold"] and "mse" in m["out_of_fold"]
+    png = tmp_path / "heat.png"
+    r = runner.invoke(app, ["heatmap", str(run), str(real), "-o", str(png)])
+    assert r.exit_code == 0, r.output
+    assert np.load(png.with_suffix(".npy")).shape == grid.mask.shape
+    # background = the slide thumbnail over the grid's extent (aspect of rows x cols), not PCA
+    w, h = Image.open(png).size
+    rows_, cols_ = grid.mask.shape
+    assert abs(h / w - rows_ / cols_) < 0.05
+    img = np.asarray(Image.open(png).convert("RGB"))
+    assert img[~np.isin(img, [255]).all(axis=2)].std() > 10  # real pixels, not a flat fill
