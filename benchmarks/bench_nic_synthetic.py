@@ -15,7 +15,7 @@ C = 1). Writes .bench/nic_synthetic/{results.json,results.md,accuracy_by_size.pn
 example.png}.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_nic_synthetic.py --quick   # smoke test, < 1 min
-    OMP_NUM_THREADS=1 python benchmarks/bench_nic_synthetic.py           # reference, ~17 min
+    OMP_NUM_THREADS=1 python benchmarks/bench_nic_synthetic.py           # reference, ~16 min
 
 Choices (scaled to 2 CPU cores; one torch thread, which is the robust choice on a shared
 machine):
