@@ -1,4 +1,4 @@
-"""`slidepress train ...`: train NIC patch encoders (slide-level models come later)."""
+"""`slidepress train ...`: NIC patch encoders (here) and slide-level models (cli/slidemodel.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ METHOD_NAMES = ("vae", "contrastive", "bigan", "multitask", "supervised")
 DEFAULT_LR = {"bigan": 2e-4}
 
 train_app = typer.Typer(
-    help="Train models: NIC patch encoders.",
+    help="Train models: NIC patch encoders and slide-level models on grids.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
