@@ -36,7 +36,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_weak_label import (  # noqa: E402
     BENCH,
-    PCAM,
     _plain,
     add_common_args,
     apply_quick,
@@ -49,6 +48,7 @@ from bench_weak_label import (  # noqa: E402
     make_items,
     pcam_tables,
     run_cv,
+    start_run,
     used_ids,
 )
 
@@ -91,20 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         apply_quick(args)
         args.slides, args.test_slides = 40, 20
-        if args.out == OUT:
-            args.out = OUT.with_name(OUT.name + "_quick")
-    if not PCAM.is_dir():
-        log(f"PCam patches not found under {PCAM} (see README)")
+    if not start_run(args, OUT):
         return 2
-    import torch
-
     from slidepress.bench import mosaic as M
     from slidepress.slidemodel.cv import predict_run
     from slidepress.slidemodel.data import Labels
 
-    torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
-    args.out.mkdir(parents=True, exist_ok=True)
     train, valid = pcam_tables(args.encoder)
     cfg, cv, test = build_cohorts(args, train, valid, args.positive_fraction)
     scfg = M.SurvivalConfig(args.beta, args.base_rate, args.censor_rate, args.follow_up)

@@ -91,6 +91,21 @@ def apply_quick(args: argparse.Namespace) -> None:
     args.floor = ""
 
 
+def start_run(args: argparse.Namespace, default_out: Path) -> bool:
+    """Shared start of the mosaic benchmarks: quick runs write beside the reference results,
+    the data must be there, torch gets `--threads`, the output folder exists."""
+    if args.quick and args.out == default_out:
+        args.out = default_out.with_name(default_out.name + "_quick")
+    if not PCAM.is_dir():
+        log(f"PCam patches not found under {PCAM} (see README)")
+        return False
+    import torch
+
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    return True
+
+
 def pcam_tables(encoder_name: str):
     """(train table, valid table): PCam minus the files the encoder saw (for a shipped nic-*
     encoder or a nic:DIR run) and always minus those the shipped nic-multitask saw, so every
@@ -421,19 +436,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         apply_quick(args)
-        if args.out == OUT:
-            args.out = OUT.with_name(OUT.name + "_quick")
-    if not PCAM.is_dir():
-        log(f"PCam patches not found under {PCAM} (see README)")
+    if not start_run(args, OUT):
         return 2
-    import torch
-
     from slidepress.slidemodel.cv import predict_run
     from slidepress.slidemodel.data import Labels
 
-    torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
-    args.out.mkdir(parents=True, exist_ok=True)
     train, valid = pcam_tables(args.encoder)
     cfg, cv, test = build_cohorts(args, train, valid)
     log(f"cohorts: {len(cv)} CV slides (PCam train, {args.folds} folds, disjoint patch pools), "
