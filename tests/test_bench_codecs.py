@@ -179,6 +179,10 @@ def test_cli_bench_codecs(tmp_path):
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     assert (out / "report.md").exists() and "jpegxl" in res.output
-    bad = runner.invoke(bench_app, ["codecs", src, "-o", str(out), "--codecs", "jpeg,foo"])
+    again = runner.invoke(bench_app, ["codecs", src, "-o", str(out), "--codecs", "jpeg"])
+    assert again.exit_code == 2 and "--overwrite" in again.output  # the report stays
+    bad = runner.invoke(
+        bench_app, ["codecs", src, "-o", str(out), "--codecs", "jpeg,foo", "--overwrite"]
+    )
     assert bad.exit_code == 2
     assert "unknown codec 'foo'" in bad.output and "Traceback" not in bad.output

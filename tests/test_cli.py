@@ -147,9 +147,10 @@ def test_help_lists_commands():
 @pytest.fixture(scope="module")
 def cli_container(tmp_path_factory):
     out = tmp_path_factory.mktemp("spz") / "s.spz"
-    r = run("compress", "@sample", "-o", out, "--codec", "webp", "--quality", "80")
+    r = run("compress", "@sample", "-o", out, "--codec", "webp", "--quality", "80", "--ms-ssim")
     assert r.returncode == 0, r.stderr
     assert "bpp" in r.stderr and "PSNR" in r.stderr and "MS-SSIM" in r.stderr
+    assert "whole slide" in r.stderr and "left out as glass" in r.stderr
     return out
 
 

@@ -91,10 +91,14 @@ def prepare_image(
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    from PIL import Image
+    """One patch as RGB; a size over `limits.max_image_pixels` is refused before decoding."""
+    from .errors import SlideError
+    from .slide.image_reader import open_image
 
     try:
-        with Image.open(path) as im:
+        with open_image(Path(path)) as im:
             return np.asarray(im.convert("RGB"))
+    except SlideError:
+        raise
     except Exception as e:
         raise UsageError(f"{path}: cannot read image ({e})") from None

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from .bounds import MAX_PATCH, check_range
 from .errors import UsageError
 from .slide.base import SlideReader
 
@@ -47,10 +48,8 @@ class GridSpec:
     mpp: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.patch_size <= 0:
-            raise UsageError(f"patch size must be > 0, got {self.patch_size}")
-        if self.stride <= 0:
-            raise UsageError(f"stride must be > 0, got {self.stride}")
+        check_range("patch size", self.patch_size, 1, MAX_PATCH)
+        check_range("stride", self.stride, 1, MAX_PATCH)
         # any positive resolution: coarse pyramid levels of a container go far past 100 um/px
         if not (math.isfinite(self.mpp) and self.mpp > 0):
             raise UsageError(f"target mpp must be > 0, got {self.mpp}")

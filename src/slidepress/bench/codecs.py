@@ -165,19 +165,9 @@ def _pick(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _load_image(path: Path, tile: int, max_tiles: int, seed: int) -> BenchInput:
-    from PIL import Image
+    from ..slide.image_reader import load_image_rgb
 
-    try:
-        with Image.open(path) as im:
-            if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
-                rgba = im.convert("RGBA")  # transparent = no scan: white, as for slides
-                rgb = Image.new("RGB", rgba.size, (255, 255, 255))
-                rgb.paste(rgba, mask=rgba.getchannel("A"))
-            else:
-                rgb = im.convert("RGB")
-            pixels = np.asarray(rgb)
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise SlideError(f"{path.name}: not a readable image ({e})") from None
+    pixels, _ = load_image_rgb(path)  # bounded by limits.max_image_pixels before decoding
     h, w = pixels.shape[:2]
     ys, xs = range(0, h - tile + 1, tile), range(0, w - tile + 1, tile)
     if not len(ys) or not len(xs):

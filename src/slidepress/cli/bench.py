@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .common import console, expand_slides, guarded
+from .common import check_report_folder, console, expand_slides, guarded
 
 if TYPE_CHECKING:
     from ..bench.codecs import BenchmarkResult
@@ -56,12 +56,19 @@ def codecs_cmd(
     mpp_override: Annotated[
         float | None, typer.Option(help="Level-0 um/px for slides whose file lacks it.")
     ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a report already in --output.")] = False,
 ) -> None:
     """Rate, PSNR/SSIM/MS-SSIM and speed of each codec and quality on tiles of the inputs;
     writes results.csv/.json, RD and timing plots, BD-rates vs JPEG and report.md."""
 
     def body() -> None:
         from ..bench.codecs import parse_qualities, run_codec_benchmark
+        from ..bounds import MAX_PATCH, check_range, check_workers
+
+        check_range("--tile", tile, 16, MAX_PATCH)
+        check_workers(threads, "--threads")
+        check_range("--max-tiles", max_tiles, 1, 100_000)
+        check_report_folder(output, "results.json", overwrite)
 
         names = [c.strip() for c in codecs.split(",") if c.strip()]
         paths = expand_slides(inputs)

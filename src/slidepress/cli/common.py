@@ -22,6 +22,13 @@ from ..errors import SlidepressError, UsageError
 
 T = TypeVar("T")
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT / SIGTERM, as shells report them
+
+
+class Terminated(BaseException):  # noqa: N818 - a signal, like KeyboardInterrupt
+    """SIGTERM, raised in the main thread so that cleanup runs as for Ctrl-C."""
+
+
 console = Console(stderr=True, highlight=False)
 SLIDE_SUFFIXES = {
     ".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide",
@@ -45,7 +52,9 @@ def guarded(fn: Callable[[], T]) -> T:
     except SlidepressError as e:
         fail(str(e), EXIT_BAD_INPUT)
     except KeyboardInterrupt:
-        fail("interrupted", 130)
+        fail("interrupted; partial outputs removed", EXIT_INTERRUPTED)
+    except Terminated:
+        fail("terminated; partial outputs removed", EXIT_TERMINATED)
     except (SystemExit, Exception) as e:
         if isinstance(e, SystemExit):
             raise
@@ -55,6 +64,15 @@ def guarded(fn: Callable[[], T]) -> T:
             f"internal error: {type(e).__name__}: {e} (set SLIDEPRESS_DEBUG=1 for a traceback)",
             EXIT_INTERNAL,
         )
+
+
+def check_report_folder(folder: Path, marker: str, overwrite: bool) -> None:
+    """A report folder may exist, but an earlier report in it is replaced only on request."""
+    from ..store.atomic import check_output
+
+    check_output(folder, folder=True)
+    if (folder / marker).exists() and not overwrite:
+        raise UsageError(f"{folder} already holds a report ({marker}); use --overwrite")
 
 
 def expand_slides(inputs: list[str]) -> list[Path]:

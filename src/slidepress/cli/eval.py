@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ..errors import UsageError
-from .common import console, guarded, progress_bars
+from .common import check_report_folder, console, guarded, progress_bars
 
 if TYPE_CHECKING:
     from ..eval.probe import ProbeReport
@@ -59,6 +59,7 @@ def probe_cmd(
     device: Annotated[
         str | None, typer.Option(help="Device of torch encoders: cpu or cuda (default: auto).")
     ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a report already in --output.")] = False,
 ) -> None:
     """Embed PCam and/or Kather patches with each encoder, train an MLP probe on the features,
     report accuracy and ROC AUC (95 % CI) against the mean-rgb baseline."""
@@ -68,6 +69,15 @@ def probe_cmd(
             raise UsageError("give at least one dataset: --pcam DIR and/or --kather DIR")
         if device is not None and device != "cpu" and not device.startswith("cuda"):
             raise UsageError(f"--device must be cpu or cuda[:N], got {device!r}")
+        from ..bounds import MAX_BATCH, check_range
+
+        check_range("--batch-size", batch_size, 1, MAX_BATCH)
+        check_range("--epochs", epochs, 1, 10_000)
+        check_range("--folds", folds, 2, 100)
+        check_range("--bootstrap", bootstrap, 0, 100_000)
+        check_range("--train-limit", train_limit, 1, 10_000_000)
+        check_range("--test-limit", test_limit, 1, 10_000_000)
+        check_report_folder(output, "probe.json", overwrite)
         from ..eval.probe import ResampleWarning, run_probe
 
         with warnings.catch_warnings(record=True) as caught:

@@ -14,6 +14,9 @@ from ..errors import SlidepressError, UsageError
 from .common import (
     EXIT_BAD_INPUT,
     EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    Terminated,
     console,
     error_line,
     expand_slides,
@@ -41,8 +44,20 @@ def _root(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print version.")
     ] = False,
+    limit: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Raise a safety limit on input files, NAME=VALUE, e.g. max_pixels=1e11; "
+            "repeatable. Names: max_pixels, max_side, max_levels, max_pages, max_tile_side, "
+            "max_image_pixels, max_pixels_per_byte, max_entry_bytes."
+        ),
+    ] = None,
 ) -> None:
     """Slide in, compressed slide out. Use '@sample' as SLIDE for the bundled CMU-1 crop."""
+    if limit:
+        from .. import limits
+
+        guarded(lambda: limits.configure(**limits.parse_assignments(limit)))
 
 
 @app.command()
@@ -51,20 +66,24 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     thumbnail: Annotated[Path | None, typer.Option(help="Also save a thumbnail PNG here.")] = None,
     reader: Annotated[str | None, typer.Option(help="Force a reader backend.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing thumbnail.")] = False,
 ) -> None:
     """Show a slide's size, pyramid levels, resolution and the reader that opens it."""
 
     def body() -> None:
         from ..slide import open_slide, plausible_mpp, resolve_slide_path
+        from ..store.atomic import check_output
         from ..viz import save_png
 
         path = resolve_slide_path(slide)
+        if thumbnail is not None:
+            check_output(thumbnail, overwrite=overwrite, inputs=[path])
+            _check_png(thumbnail)
         with open_slide(path, reader=reader) as r:
             d = r.info.to_dict()
             mpp_ok = bool(r.info.mpp) and all(plausible_mpp(m) for m in r.info.mpp)
             d["mpp_plausible"] = mpp_ok
             if thumbnail is not None:
-                _refuse_input(thumbnail, path)
                 img, _ = r.thumbnail(1024)
                 save_png(img, thumbnail)
         if as_json:
@@ -99,10 +118,9 @@ def info(
     guarded(body)
 
 
-def _refuse_input(output: Path, *inputs: Path) -> None:
-    for i in inputs:
-        if output.exists() and i.exists() and output.resolve() == i.resolve():
-            raise UsageError(f"refusing to overwrite the input {i}")
+def _check_png(output: Path) -> None:
+    if output.suffix.lower() != ".png":
+        raise UsageError(f"{output}: the picture is written as PNG; name it .png")
 
 
 @app.command()
@@ -155,12 +173,9 @@ def encode(
     def prepare():
         if mpp_override is not None and mpp_csv is not None:
             raise UsageError("give either --mpp-override or --mpp-csv, not both")
-        if output.exists() and not output.is_dir():
-            raise UsageError(f"output {output} exists and is not a folder")
-        if (patch_size is not None and patch_size <= 0) or (stride is not None and stride <= 0):
-            raise UsageError("patch size and stride must be > 0")
         from ..encoders import get_encoder
         from ..slide.mpp import load_mpp_csv
+        from ..store.atomic import check_output
 
         table = load_mpp_csv(mpp_csv) if mpp_csv else {}
         opts = EncodeOptions(
@@ -171,37 +186,42 @@ def encode(
         paths = expand_slides(slides)
         enc = get_encoder(encoder, device=device)
         opts.grid_spec(enc)  # validates patch size / stride / mpp
+        check_output(output, folder=True)
         return enc, opts, table, paths
 
     enc, opts, table, paths = guarded(prepare)
     from ..slide.mpp import lookup_override
 
-    code = 0
-    with progress_bars() as start:
-        for path in paths:
-            t0 = time.perf_counter()
-            if table:
-                opts.mpp_override = lookup_override(path, table)
-            try:
-                res = encode_slide(path, output, enc, opts, progress_start=start)
-            except SlidepressError as e:
-                error_line(str(e))
-                code = code or EXIT_BAD_INPUT
-                continue
-            except Exception as e:  # a bug must not stop the other slides
-                error_line(f"{path.name}: internal error: {type(e).__name__}: {e}")
-                code = EXIT_INTERNAL
-                continue
-            dt = time.perf_counter() - t0
-            if res.skipped:
-                console.print(f"{path.name}: up to date, skipped ({res.outputs[0]})")
-                continue
-            r, c, ch = res.grid_shape or (0, 0, 0)
-            extra = f" (+{len(res.outputs) - 1} variants)" if len(res.outputs) > 1 else ""
-            console.print(
-                f"{path.name} -> {res.outputs[0]}{extra}: grid {r}x{c}x{ch}, "
-                f"{res.cells_kept} tissue cells, {dt:.1f} s"
-            )
+    def encode_all() -> int:
+        code = 0
+        with progress_bars() as start:
+            for path in paths:
+                t0 = time.perf_counter()
+                if table:
+                    opts.mpp_override = lookup_override(path, table)
+                try:
+                    res = encode_slide(path, output, enc, opts, progress_start=start)
+                except SlidepressError as e:
+                    error_line(str(e))
+                    code = code or EXIT_BAD_INPUT
+                    continue
+                except Exception as e:  # a bug must not stop the other slides
+                    error_line(f"{path.name}: internal error: {type(e).__name__}: {e}")
+                    code = EXIT_INTERNAL
+                    continue
+                dt = time.perf_counter() - t0
+                if res.skipped:
+                    console.print(f"{path.name}: up to date, skipped ({res.outputs[0]})")
+                    continue
+                r, c, ch = res.grid_shape or (0, 0, 0)
+                extra = f" (+{len(res.outputs) - 1} variants)" if len(res.outputs) > 1 else ""
+                console.print(
+                    f"{path.name} -> {res.outputs[0]}{extra}: grid {r}x{c}x{ch}, "
+                    f"{res.cells_kept} tissue cells, {dt:.1f} s"
+                )
+        return code
+
+    code = guarded(encode_all)  # Ctrl-C: one line, exit 130
     raise SystemExit(code)
 
 
@@ -216,11 +236,10 @@ def convert(
 
     def body() -> None:
         from ..store import format_for, read_grid, write_grid
+        from ..store.atomic import check_output
 
         format_for(output)
-        _refuse_input(output, grid)
-        if output.exists() and not overwrite:
-            raise UsageError(f"{output} exists; use --overwrite")
+        check_output(output, overwrite=overwrite, inputs=[grid])
         g = read_grid(grid)
         write_grid(g, output, float16=float16)
         console.print(f"{grid} -> {output} ({'x'.join(map(str, g.shape))})")
@@ -251,11 +270,17 @@ def compress(
     background: Annotated[
         str, typer.Option(help="skip (read back white) | constant (one tile) | keep (store all).")
     ] = "skip",
-    workers: Annotated[int, typer.Option(help="Threads for reading and for coding.")] = 2,
+    workers: Annotated[int, typer.Option(help="Threads reading, testing and coding tiles.")] = 2,
+    ms_ssim: Annotated[
+        bool, typer.Option(help="Also MS-SSIM over every stored level-0 tile (loads torch).")
+    ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
     reader: Annotated[str | None, typer.Option(help="Force a reader backend.")] = None,
 ) -> None:
-    """Compress a slide into a container of coded tiles (with a pyramid), then report quality."""
+    """Compress a slide into a container of coded tiles (with a pyramid).
+
+    Every level-0 tile is tested on its own pixels; only empty glass is left out. Reports the
+    PSNR over every tissue pixel of the slide, decoded back from the container."""
 
     def body() -> None:
         from ..pipeline import CompressOptions, compress_slide
@@ -263,17 +288,24 @@ def compress(
         opts = CompressOptions(
             codec=codec, quality=quality, tile=tile, level=level, mpp=mpp,
             mpp_override=mpp_override, background=background, workers=workers,
-            overwrite=overwrite, reader=reader,
+            overwrite=overwrite, reader=reader, ms_ssim=ms_ssim,
         )  # fmt: skip
         with progress_bars(unit="tiles") as start:
             r = compress_slide(slide, output, opts, progress_start=start)
         c = r.manifest["codec"]
+        f = r.fidelity
+        glass = r.manifest["background"]["glass"]
+        ms = f", MS-SSIM {r.ms_ssim:.4f}" if r.ms_ssim is not None else ""
         console.print(
             f"{r.manifest['source']['name']} -> {r.path}: {c['name']} q{c['quality']:g}, "
             f"{r.tiles_stored}/{r.tiles_total} tiles stored, {r.container_bytes / 1e6:.2f} MB, "
             f"{r.bpp:.3f} bpp, {r.ratio_raw:.1f}x vs raw 24 bpp, {r.ratio_source:.2f}x vs source "
-            f"file; sampled tissue tiles ({r.scored_tiles}): PSNR {r.psnr:.2f} dB, "
-            f"MS-SSIM {r.ms_ssim:.4f}; {r.seconds:.1f} s"
+            f"file; {r.seconds:.1f} s\n"
+            f"  whole slide, all {f.tissue_pixels / 1e6:.2f} Mpx of tissue: PSNR {r.psnr:.2f} dB"
+            f"{ms}\n"
+            f"  left out as glass: {f.tiles_dropped} of {f.tiles_dropped + f.tiles_stored} "
+            f"level-0 tiles (largest deviation from glass in any: {f.max_dropped_deviation}, "
+            f"threshold {glass['threshold']})"
         )
 
     guarded(body)
@@ -292,8 +324,10 @@ def decompress(
     """Write a standard tiled pyramidal TIFF (OpenSlide/tiffslide open it, mpp included)."""
 
     def body() -> None:
+        from ..bounds import check_workers
         from ..pipeline import decompress_container
 
+        check_workers(workers)
         with progress_bars(unit="tiles") as start:
             out = decompress_container(
                 container, output, codec=codec, quality=quality, lossless=lossless,
@@ -313,14 +347,22 @@ def read_region_cmd(
     h: Annotated[int, typer.Option("--h", help="Height in px at --level.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="PNG to write.")],
     level: Annotated[int, typer.Option(help="Container pyramid level.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
 ) -> None:
     """Decode one region (only the tiles it touches) to a PNG."""
 
     def body() -> None:
+        from ..bounds import MAX_REGION_PIXELS
+        from ..store.atomic import check_output
         from ..store.container import Container
         from ..viz import save_png
 
-        _refuse_input(output, container)
+        check_output(output, overwrite=overwrite, inputs=[container])
+        _check_png(output)
+        if w > 0 and h > 0 and w * h > MAX_REGION_PIXELS:
+            raise UsageError(
+                f"region {w} x {h} px is larger than {MAX_REGION_PIXELS} px; read it in parts"
+            )
         with Container(container) as c:
             ds = c.levels[level].downsample if 0 <= level < len(c.levels) else 1.0
             pixels = c.read_region(round(x / ds), round(y / ds), w, h, level=level)
@@ -364,11 +406,26 @@ app.command("predict")(predict)
 app.command("heatmap")(heatmap)
 
 
+def _terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def run() -> None:
+    """Entry point. Ctrl-C and SIGTERM unwind normally (workers joined, slides closed,
+    partial outputs removed), then print one line: exit 130 / 143."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         app()
     except SystemExit:
         raise
+    except KeyboardInterrupt:
+        error_line("interrupted; partial outputs removed")
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    except Terminated:
+        error_line("terminated; partial outputs removed")
+        raise SystemExit(EXIT_TERMINATED) from None
     except Exception as e:  # last resort: never a traceback for the user
         error_line(f"internal error: {type(e).__name__}: {e}")
         raise SystemExit(EXIT_INTERNAL) from None

@@ -46,8 +46,17 @@ def train_slide_model(
             raise UsageError(f"--task {task!r}: choose one of {', '.join(TASKS)}")
         if model not in MODELS:
             raise UsageError(f"--model {model!r}: choose one of {', '.join(MODELS)}")
-        if crop < 1 or epochs < 1 or steps_per_epoch < 1 or batch_size < 2:
-            raise UsageError("--crop, --epochs, --steps-per-epoch >= 1 and --batch-size >= 2")
+        from ..bounds import MAX_BATCH, MAX_PATCH, check_range
+
+        check_range("--crop", crop, 1, MAX_PATCH)
+        check_range("--epochs", epochs, 1, 100_000)
+        check_range("--steps-per-epoch", steps_per_epoch, 1, 1_000_000)
+        check_range("--batch-size", batch_size, 2, MAX_BATCH)
+        check_range("--tta-crops", tta_crops, 1, 1024)
+        check_range("--folds", folds, 3, 100)
+        from ..store.atomic import check_output
+
+        check_output(output, folder=True)
         lab = read_labels(labels, task)
         items = load_grids(find_grids([grids]), lab)
         settings = FitSettings(
@@ -77,6 +86,7 @@ def predict(
         "predictions.csv"
     ),
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
 ) -> None:
     """Predict slides with a trained run (ensemble of its fold models, test-time crops)."""
 
@@ -84,8 +94,9 @@ def predict(
         from ..slidemodel.cv import predict_run, prediction_rows
         from ..slidemodel.data import find_grids, load_grids
         from ..slidemodel.tasks import build_task
-        from ..store.atomic import write_csv
+        from ..store.atomic import check_output, write_csv
 
+        check_output(output, overwrite=overwrite, inputs=[run, *grids])
         items = load_grids(find_grids(grids))
         out, config = predict_run(run, items, device)
         task = build_task(config["task"])
@@ -105,6 +116,7 @@ def heatmap(
         typer.Option(help="Slide for the background (default: the path stored in the grid)."),
     ] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
 ) -> None:
     """Grad-CAM heatmap (first conv layer) over the whole grid: PNG overlay + .npy array."""
 
@@ -112,11 +124,14 @@ def heatmap(
         from ..errors import UsageError
         from ..slidemodel.cv import heatmap_run
         from ..slidemodel.data import load_grid_item
-        from ..store.atomic import atomic_path
+        from ..store.atomic import atomic_path, check_output
         from ..viz import heatmap_overlay, pca_rgb, save_png
 
         if output.suffix.lower() != ".png":
             raise UsageError(f"--output {output}: must end in .png")
+        inputs = [run, grid, *([slide] if slide else [])]
+        check_output(output, overwrite=overwrite, inputs=inputs)
+        check_output(output.with_suffix(".npy"), overwrite=overwrite, inputs=inputs)
         item = load_grid_item(grid)
         heat = heatmap_run(run, item, device)
         background = _slide_background(item, slide)

@@ -88,24 +88,37 @@ def encoder_cmd(
     """Train a NIC encoder; the folder then works as `--encoder nic:FOLDER` in `encode`."""
 
     def go() -> None:
-        from ..encoders.nic import NICConfig
+        from ..bounds import MAX_BATCH, MAX_PATCH, check_range
         from ..errors import UsageError
-        from ..train.data import DataSpec
-        from ..train.encoder import train_from_args
-        from ..train.loop import TrainSettings
+        from ..slide import open_slide
+        from ..store.atomic import check_output
+        from ..tiling import check_target_mpp
 
+        # everything a user can get wrong is checked before torch loads (seconds)
         if method not in METHOD_NAMES:
             raise UsageError(f"--method {method!r}: choose one of {', '.join(METHOD_NAMES)}")
         if patch_size < 16 or patch_size % 16:
             raise UsageError(f"--patch-size {patch_size}: a multiple of 16, at least 16")
-        from ..tiling import check_target_mpp
-
+        check_range("--patch-size", patch_size, 16, MAX_PATCH)
+        check_range("--code-size", code_size, 1, 65_536)
+        check_range("--epochs", epochs, 1, 100_000)
+        check_range("--batch-size", batch_size, 1, MAX_BATCH)
+        check_range("--steps-per-epoch", steps_per_epoch, 1, 10_000_000)
+        check_range("--val-limit-per-class", val_limit_per_class, 1, 10_000_000)
+        check_output(output, folder=True)
         check_target_mpp(mpp)
-        specs = [DataSpec.parse(d) for d in data or []]
         slide_paths = expand_slides(slides or [])
         for s in slide_paths:
             if not s.exists():
                 raise UsageError(f"slide not found: {s}")
+            open_slide(s).close()  # a hostile or unreadable slide fails here, not mid-training
+
+        from ..encoders.nic import NICConfig
+        from ..train.data import DataSpec
+        from ..train.encoder import train_from_args
+        from ..train.loop import TrainSettings
+
+        specs = [DataSpec.parse(d) for d in data or []]
         config = NICConfig(
             method=method, patch_size=patch_size, mpp=mpp, code_size=code_size,
             lr=lr or DEFAULT_LR.get(method, 1e-3), options=_parse_options(option or []),

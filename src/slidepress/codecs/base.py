@@ -37,8 +37,9 @@ class Codec(ABC):
         """(H, W, 3) uint8 -> coded bytes."""
 
     @abstractmethod
-    def decode(self, data: bytes) -> np.ndarray:
-        """Coded bytes -> (H, W, 3) uint8."""
+    def decode(self, data: bytes, shape: tuple[int, int, int] | None = None) -> np.ndarray:
+        """Coded bytes -> (H, W, 3) uint8. With `shape`, a tile declaring any other size is
+        refused before its pixels are allocated (a few KB can declare 65535^2 pixels)."""
 
     def library_version(self) -> str:
         return ""

@@ -13,21 +13,28 @@ from .registry import register_codec
 
 class _ImagecodecsCodec(Codec):
     _lib_key = ""  # key in imagecodecs.version(dict)
+    _decoded_dtype: type = np.uint8  # what the library decodes our tiles to
 
     def library_version(self) -> str:
         versions = imagecodecs.version(dict)
         return f"imagecodecs {versions['imagecodecs']}, {self._lib_key} {versions[self._lib_key]}"
 
-    def decode(self, data: bytes) -> np.ndarray:
+    def decode(self, data: bytes, shape: tuple[int, int, int] | None = None) -> np.ndarray:
+        # imagecodecs checks `out` against the header before decoding anything
+        out = None if shape is None else np.empty(shape, self._decoded_dtype)
         try:
-            out = self._decode(data)
+            tile = self._decode(data, out)
         except Exception as e:  # every imagecodecs error type
+            if out is not None and "out.shape" in str(e):
+                raise CodecError(
+                    f"{self.name}: tile is not {' x '.join(map(str, shape))} ({e})"
+                ) from None
             raise CodecError(f"{self.name}: cannot decode tile ({e})") from None
-        if out.ndim == 2:
-            out = np.repeat(out[..., None], 3, axis=2)
-        return out[..., :3]
+        if tile.ndim == 2:
+            tile = np.repeat(tile[..., None], 3, axis=2)
+        return tile[..., :3]
 
-    def _decode(self, data: bytes) -> np.ndarray:
+    def _decode(self, data: bytes, out: np.ndarray | None) -> np.ndarray:
         raise NotImplementedError
 
 
@@ -40,8 +47,8 @@ class Jpeg(_ImagecodecsCodec):
     def encode(self, tile: np.ndarray) -> bytes:
         return imagecodecs.jpeg8_encode(check_tile(tile), level=int(self.quality), **self.params)
 
-    def _decode(self, data: bytes) -> np.ndarray:
-        return imagecodecs.jpeg8_decode(data)
+    def _decode(self, data: bytes, out: np.ndarray | None) -> np.ndarray:
+        return imagecodecs.jpeg8_decode(data, out=out)
 
 
 @register_codec("jpegxl")
@@ -57,8 +64,8 @@ class JpegXL(_ImagecodecsCodec):
     def encode(self, tile: np.ndarray) -> bytes:
         return imagecodecs.jpegxl_encode(check_tile(tile), level=self.quality, **self.params)
 
-    def _decode(self, data: bytes) -> np.ndarray:
-        return imagecodecs.jpegxl_decode(data)
+    def _decode(self, data: bytes, out: np.ndarray | None) -> np.ndarray:
+        return imagecodecs.jpegxl_decode(data, out=out)
 
 
 @register_codec("webp")
@@ -73,8 +80,8 @@ class WebP(_ImagecodecsCodec):
             check_tile(tile), level=self.quality, lossless=False, **self.params
         )
 
-    def _decode(self, data: bytes) -> np.ndarray:
-        return imagecodecs.webp_decode(data)
+    def _decode(self, data: bytes, out: np.ndarray | None) -> np.ndarray:
+        return imagecodecs.webp_decode(data, out=out)
 
 
 @register_codec("avif")
@@ -90,8 +97,8 @@ class Avif(_ImagecodecsCodec):
     def encode(self, tile: np.ndarray) -> bytes:
         return imagecodecs.avif_encode(check_tile(tile), level=int(self.quality), **self.params)
 
-    def _decode(self, data: bytes) -> np.ndarray:
-        return imagecodecs.avif_decode(data)
+    def _decode(self, data: bytes, out: np.ndarray | None) -> np.ndarray:
+        return imagecodecs.avif_decode(data, out=out)
 
 
 @register_codec("jpeg2000")
@@ -104,8 +111,8 @@ class Jpeg2000(_ImagecodecsCodec):
     def encode(self, tile: np.ndarray) -> bytes:
         return imagecodecs.jpeg2k_encode(check_tile(tile), level=self.quality, **self.params)
 
-    def _decode(self, data: bytes) -> np.ndarray:
-        return imagecodecs.jpeg2k_decode(data)
+    def _decode(self, data: bytes, out: np.ndarray | None) -> np.ndarray:
+        return imagecodecs.jpeg2k_decode(data, out=out)
 
 
 @register_codec("htj2k")
@@ -119,13 +126,14 @@ class HTJ2K(_ImagecodecsCodec):
 
     suffix, quality_range, default_quality, _lib_key = ".j2c", (0.001, 1.0), 0.01, "openjph"
     higher_is_better = False
+    _decoded_dtype = np.int16
 
     def encode(self, tile: np.ndarray) -> bytes:
         data = check_tile(tile).astype(np.int16)
         return imagecodecs.htj2k_encode(data, level=self.quality / 256, **self.params)
 
-    def _decode(self, data: bytes) -> np.ndarray:
-        return np.clip(imagecodecs.htj2k_decode(data), 0, 255).astype(np.uint8)
+    def _decode(self, data: bytes, out: np.ndarray | None) -> np.ndarray:
+        return np.clip(imagecodecs.htj2k_decode(data, out=out), 0, 255).astype(np.uint8)
 
 
 @register_codec("png")
@@ -138,5 +146,5 @@ class Png(_ImagecodecsCodec):
     def encode(self, tile: np.ndarray) -> bytes:
         return imagecodecs.png_encode(check_tile(tile), level=int(self.quality), **self.params)
 
-    def _decode(self, data: bytes) -> np.ndarray:
-        return imagecodecs.png_decode(data)
+    def _decode(self, data: bytes, out: np.ndarray | None) -> np.ndarray:
+        return imagecodecs.png_decode(data, out=out)

@@ -2,9 +2,18 @@
 
 Each pyramid level is read from the source slide at its own resolution (through the same
 tiling code as `encode`, so the source's own pyramid is used where it matches), not from
-re-decoded tiles: lower levels are not coded twice. Reading runs in worker threads
-(stream.py); tiles are coded in a second thread pool (imagecodecs releases the GIL); the
-calling thread writes entries in order. In-flight work is bounded.
+re-decoded tiles: lower levels are not coded twice.
+
+Nothing is lost: every level-0 tile is read and tested on its own pixels (slide/glass.py);
+only tiles of empty glass may be left out (policy `skip` / `constant`), and a coarser tile is
+stored whenever one of the finer tiles under it is. Every stored level-0 tile is decoded
+again and compared with the original, so the reported fidelity covers all tissue pixels of
+the slide (metrics/fidelity.py), not a sample.
+
+Work is split by blocks of tiles: a worker thread reads a block, tests, codes and re-decodes
+its tiles (imagecodecs, Pillow and OpenSlide release the GIL); the calling thread only writes
+the entries in order. In-flight blocks are bounded (stream.py), so memory does not grow with
+the slide.
 """
 
 from __future__ import annotations
@@ -12,25 +21,26 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..codecs import get_codec
-from ..errors import UsageError
+from ..bounds import check_workers
+from ..codecs import Codec, get_codec
+from ..errors import TissueError, UsageError
+from ..metrics.fidelity import SlideFidelity, squared_error
 from ..slide import open_slide, resolve_slide_path
+from ..slide.glass import Glass, box_deviation, box_factor, estimate_glass
 from ..slide.mpp import resolve_mpp
-from ..slide.tissue import detect_tissue
-from ..store.atomic import atomic_path
+from ..store.atomic import atomic_path, check_output
 from ..store.container import (
     FORMAT_NAME,
     FORMAT_VERSION,
-    Container,
     ContainerLevel,
     ContainerWriter,
     check_background_policy,
@@ -41,6 +51,12 @@ from .provenance import content_sha256, slide_record, stamp
 from .stream import iter_blocks
 
 ProgressStart = Callable[[str, int], Callable[[int], None]]
+BLOCK_TILES = 4  # blocks of up to 4 x 4 tiles per worker task
+MS_SSIM_BATCH = 32
+BACKGROUND_RULE = (
+    "a level-0 tile is glass when no 2 um box of it deviates from the glass colour by more "
+    "than the threshold (max over channels); a coarser tile is stored when any tile under it is"
+)
 
 
 @dataclass
@@ -55,7 +71,7 @@ class CompressOptions:
     workers: int = 2
     overwrite: bool = False
     reader: str | None = None
-    sample_tiles: int = 32  # tissue tiles scored for PSNR / MS-SSIM after compressing
+    ms_ssim: bool = False  # also MS-SSIM over every stored level-0 tile (needs torch)
 
     def __post_init__(self) -> None:
         check_background_policy(self.background)
@@ -63,8 +79,7 @@ class CompressOptions:
             raise UsageError(f"tile size must be a multiple of 16 in 16-4096, got {self.tile}")
         if self.level is not None and self.mpp is not None:
             raise UsageError("give either --level or --mpp, not both")
-        if self.workers < 1:
-            raise UsageError("workers must be >= 1")
+        check_workers(self.workers)
         check_target_mpp(self.mpp)
 
 
@@ -78,10 +93,17 @@ class CompressResult:
     tiles_total: int
     seconds: float
     manifest: dict[str, Any]
-    psnr: float | None = None
-    ms_ssim: float | None = None
-    scored_tiles: int = 0
+    fidelity: SlideFidelity = field(default_factory=SlideFidelity)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def psnr(self) -> float:
+        """PSNR over every tissue pixel of level 0 (dB)."""
+        return self.fidelity.psnr
+
+    @property
+    def ms_ssim(self) -> float | None:
+        return self.fidelity.ms_ssim
 
     @property
     def bpp(self) -> float:
@@ -95,6 +117,20 @@ class CompressResult:
     @property
     def ratio_source(self) -> float:
         return self.source_bytes / self.container_bytes
+
+
+@dataclass
+class _Tile:
+    """What a worker reports for one tile: coded bytes (None: left out as glass) and scores."""
+
+    row: int
+    col: int
+    data: bytes | None
+    deviation: int = 0
+    sse: float = 0.0
+    values: int = 0
+    original: np.ndarray | None = None  # kept only when MS-SSIM is wanted
+    decoded: np.ndarray | None = None
 
 
 def _full_grid(grid: TileGrid) -> tuple[TileGrid, int, int]:
@@ -121,22 +157,119 @@ def _plan_levels(reader, slide_mpp: float, base_mpp: float, tile: int) -> list[t
     return levels
 
 
+def _children_kept(keep: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """Tiles of the next (2x coarser) level that cover at least one kept tile."""
+    out = np.zeros((rows, cols), bool)
+    r, c = np.nonzero(keep)
+    out[np.minimum(r // 2, rows - 1), np.minimum(c // 2, cols - 1)] = True
+    return out
+
+
+class _LevelCoder:
+    """Runs in the worker threads: tests, codes and checks the tiles of one block."""
+
+    def __init__(
+        self,
+        grid: TileGrid,
+        width: int,
+        height: int,
+        codec: Codec,
+        keep: np.ndarray | None,
+        glass: Glass,
+        policy: str,
+        ms_ssim: bool,
+    ):
+        self.grid, self.width, self.height = grid, width, height
+        self.codec, self.keep, self.glass, self.policy = codec, keep, glass, policy
+        self.ms_ssim = ms_ssim
+        self.factor = box_factor(grid.effective_mpp)
+
+    def __call__(self, block: tuple[int, int, int, int], pixels: np.ndarray) -> list[_Tile]:
+        r0, r1, c0, c1 = block
+        t = self.grid.spec.patch_size
+        tiles = self.grid.cut_patches(pixels, r0, r1, c0, c1)
+        out = []
+        for i in range(r1 - r0):
+            for j in range(c1 - c0):
+                r, c = r0 + i, c0 + j
+                if self.keep is not None:  # a coarser level: decided by the finer one
+                    if self.keep[r, c]:
+                        out.append(
+                            _Tile(r, c, self.codec.encode(np.ascontiguousarray(tiles[i, j])))
+                        )
+                    continue
+                out.append(self._level0_tile(r, c, tiles[i, j], t))
+        return out
+
+    def _level0_tile(self, r: int, c: int, tile: np.ndarray, t: int) -> _Tile:
+        tile = np.ascontiguousarray(tile)  # one copy out of the block, used for everything
+        vh, vw = min(t, self.height - r * t), min(t, self.width - c * t)
+        valid = tile[:vh, :vw] if (vh, vw) != (t, t) else tile
+        boxes = box_deviation(valid, self.glass, self.factor)
+        deviation = int(boxes.max())
+        if self.policy != "keep" and deviation <= self.glass.threshold:
+            return _Tile(r, c, None, deviation)
+        data = self.codec.encode(tile)
+        decoded = self.codec.decode(data, shape=tile.shape)  # checks the codec's round trip
+        restored = decoded[:vh, :vw]
+        sse, values = squared_error(valid, restored, boxes > self.glass.threshold, self.factor)
+        if not self.ms_ssim:
+            return _Tile(r, c, data, deviation, sse, values)
+        return _Tile(r, c, data, deviation, sse, values, valid.copy(), restored)
+
+
+class _MsSsimScorer:
+    """Batches stored tiles through torch's MS-SSIM (imported only when asked for)."""
+
+    def __init__(self, fidelity: SlideFidelity):
+        import torch
+
+        self.fidelity = fidelity
+        self.batch: list[_Tile] = []
+        torch.set_num_threads(1)  # small convolutions: 2 threads were ~5x slower when busy
+
+    def add(self, tile: _Tile) -> None:
+        if tile.original is None:
+            return
+        self.batch.append(tile)
+        if len(self.batch) >= MS_SSIM_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.batch:
+            return
+        from ..metrics import score_tiles
+
+        scores = score_tiles([t.original for t in self.batch], [t.decoded for t in self.batch])
+        weights = np.array([t.values / 3 for t in self.batch])
+        self.fidelity.add_ms_ssim(scores.ms_ssim, weights)
+        self.batch = []
+
+
+def _check_torch() -> None:
+    try:
+        import pytorch_msssim  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError:
+        raise UsageError(
+            "--ms-ssim needs the torch extra: pip install 'slidepress[torch]'"
+        ) from None
+
+
 def compress_slide(
     slide: str | Path,
     out: str | Path,
     opts: CompressOptions,
     progress_start: ProgressStart | None = None,
 ) -> CompressResult:
+    """Compress one slide into a container at `out` (written under a temporary name)."""
     t0 = time.perf_counter()
     path = resolve_slide_path(slide)
     out = Path(out)
-    if out.exists() and path.exists() and out.resolve() == path.resolve():
-        raise UsageError(f"refusing to overwrite the input {path}")
-    if out.exists() and not opts.overwrite:
-        raise UsageError(f"{out} exists; use --overwrite")
-    if out.exists() and out.is_dir():
-        raise UsageError(f"{out} is a folder; give a file name like out.spz")
+    check_output(out, overwrite=opts.overwrite, inputs=[path])
     codec = get_codec(opts.codec, opts.quality)
+    if opts.ms_ssim:
+        _check_torch()
 
     with open_slide(path, reader=opts.reader) as reader:
         info = reader.info
@@ -151,103 +284,87 @@ def compress_slide(
                 )
             base_mpp = slide_mpp * info.level_downsamples[level]
         levels = _plan_levels(reader, slide_mpp, base_mpp, opts.tile)
-        tissue = detect_tissue(reader, slide_mpp)
+        thumbnail, _ = reader.thumbnail(1024)
+        glass = estimate_glass(thumbnail)
+        del thumbnail
         reader_name = info.reader
-        background_colour = _background_colour(tissue.thumbnail, tissue.mask)
-    sha = content_sha256(path)
 
-    keeps = []
-    for grid, _, _ in levels:
-        frac = tissue.fraction_in_boxes(grid.boxes()).reshape(grid.rows, grid.cols)
-        keeps.append(frac > 0 if opts.background != "keep" else np.ones_like(frac, bool))
-    if not keeps[0].any():
-        raise UsageError(f"{path.name}: no tissue found; use --background keep to store it all")
-    total = int(sum(k.sum() for k in keeps))
+    total = int(sum(g.rows * g.cols for g, _, _ in levels))
     advance = progress_start(path.name, total) if progress_start else None
+    fidelity = SlideFidelity()
+    scorer = _MsSsimScorer(fidelity) if opts.ms_ssim else None
+    hashing = ThreadPoolExecutor(1, thread_name_prefix="sha256")
+    sha_future = hashing.submit(content_sha256, path)  # overlaps the coding (GIL released)
 
-    base_scale = levels[0][0].scale
-    rng = np.random.default_rng(0)
-    tissue_cells = np.argwhere(keeps[0])
-    pick = rng.choice(len(tissue_cells), min(opts.sample_tiles, len(tissue_cells)), replace=False)
-    samples = {tuple(tissue_cells[i]) for i in pick}
-    originals: dict[tuple[int, int], np.ndarray] = {}
-
-    with atomic_path(out) as tmp:
-        writer = ContainerWriter(tmp, codec)
-        try:
-            if opts.background == "constant":
-                writer.add_background(
-                    codec.encode(np.full((opts.tile, opts.tile, 3), background_colour, np.uint8))
+    try:
+        with atomic_path(out) as tmp:
+            writer = ContainerWriter(tmp, codec)
+            try:
+                if opts.background == "constant":
+                    flat = np.full((opts.tile, opts.tile, 3), glass.colour, np.uint8)
+                    writer.add_background(codec.encode(flat))
+                keep: np.ndarray | None = None
+                for lv, (grid, width, height) in enumerate(levels):
+                    if lv == 0:
+                        todo = np.ones((grid.rows, grid.cols), bool)
+                        coder_keep = None
+                    else:
+                        todo = (
+                            np.ones((grid.rows, grid.cols), bool)
+                            if opts.background == "keep"
+                            else _children_kept(keep, grid.rows, grid.cols)
+                        )
+                        coder_keep = todo
+                    coder = _LevelCoder(
+                        grid, width, height, codec, coder_keep, glass, opts.background,
+                        opts.ms_ssim,
+                    )  # fmt: skip
+                    stored = np.zeros((grid.rows, grid.cols), bool)
+                    blocks = iter_blocks(
+                        path, reader_name, grid, todo, opts.workers, BLOCK_TILES, process=coder
+                    )
+                    with closing(blocks):
+                        for (r0, r1, c0, c1), tiles in blocks:
+                            for tile in tiles:
+                                if tile.data is not None:
+                                    writer.add_tile(lv, tile.row, tile.col, tile.data)
+                                    stored[tile.row, tile.col] = True
+                                if lv == 0:
+                                    if tile.data is None:
+                                        fidelity.add_dropped(tile.deviation)
+                                    else:
+                                        fidelity.add_stored(tile.sse, tile.values)
+                                        if scorer:
+                                            scorer.add(tile)
+                            if advance and lv == 0:
+                                advance((r1 - r0) * (c1 - c0))
+                            elif advance:
+                                advance(int(todo[r0:r1, c0:c1].sum()))
+                    if advance and lv > 0:  # tiles of this level not covering tissue
+                        advance(int((~todo).sum()))
+                    if lv == 0:
+                        if scorer:
+                            scorer.flush()
+                        if not stored.any():
+                            raise TissueError(
+                                f"{path.name}: nothing but glass found (no tile deviates from "
+                                f"the glass colour {glass.colour} by more than "
+                                f"{glass.threshold}); use --background keep to store it all"
+                            )
+                    keep = stored
+                sha = sha_future.result()
+                manifest = _manifest(
+                    path, info, sha, slide_mpp, opts, levels, codec, glass, writer, fidelity
                 )
-            with ThreadPoolExecutor(opts.workers, thread_name_prefix="tile-code") as pool:
-                inflight: deque[tuple[int, int, int, Future]] = deque()
+                writer.close(manifest)
+            except BaseException:
+                writer.abort()
+                raise
+    finally:
+        sha_future.cancel()
+        hashing.shutdown(wait=True)
 
-                def drain(limit: int) -> None:
-                    while len(inflight) > limit:
-                        lv, r, c, fut = inflight.popleft()
-                        writer.add_tile(lv, r, c, fut.result())
-                        if advance:
-                            advance(1)
-
-                for lv, (grid, _, _) in enumerate(levels):
-                    keep = keeps[lv]
-                    for (r0, r1, c0, c1), pixels in iter_blocks(
-                        path, reader_name, grid, keep, opts.workers, block_cells=4
-                    ):
-                        tiles = grid.cut_patches(pixels, r0, r1, c0, c1)
-                        for i, j in zip(*np.nonzero(keep[r0:r1, c0:c1]), strict=True):
-                            tile = np.ascontiguousarray(tiles[i, j])
-                            if lv == 0 and (r0 + i, c0 + j) in samples:
-                                originals[(r0 + i, c0 + j)] = tile
-                            inflight.append((lv, r0 + i, c0 + j, pool.submit(codec.encode, tile)))
-                        drain(4 * opts.workers)
-                drain(0)
-            container_levels = [
-                ContainerLevel(
-                    index=lv,
-                    width=w,
-                    height=h,
-                    rows=g.rows,
-                    cols=g.cols,
-                    downsample=g.scale / base_scale,
-                    mpp=g.effective_mpp,
-                )  # fmt: skip
-                for lv, (g, w, h) in enumerate(levels)
-            ]
-            manifest = {
-                "format": FORMAT_NAME,
-                "format_version": FORMAT_VERSION,
-                **stamp(),
-                "source": {
-                    **slide_record(path, info, sha, slide_mpp, opts.mpp_override is not None),
-                    "level0_px_per_px": base_scale,
-                    "source_level": levels[0][0].level,
-                    "resampled": levels[0][0].resample,
-                },
-                "tile_size": opts.tile,
-                "mpp": levels[0][0].effective_mpp,
-                "levels": [level_dict(lv) for lv in container_levels],
-                "codec": codec.describe(),
-                "background": {
-                    "policy": opts.background,
-                    "colour": [int(v) for v in background_colour],
-                    "rule": "a tile is background when no tissue-mask pixel falls inside it",
-                },
-                "tiles": {
-                    "stored": writer.tile_count,
-                    "total": int(sum(g.rows * g.cols for g, _, _ in levels)),
-                },
-                "tissue": {
-                    "method": "otsu-saturation+morphology",
-                    "mask_downsample": tissue.downsample,
-                },
-            }
-            writer.close(manifest)
-        except BaseException:
-            writer.abort()
-            raise
-
-    result = CompressResult(
+    return CompressResult(
         path=out,
         container_bytes=out.stat().st_size,
         source_bytes=manifest["source"]["bytes"],
@@ -256,37 +373,58 @@ def compress_slide(
         tiles_total=manifest["tiles"]["total"],
         seconds=time.perf_counter() - t0,
         manifest=manifest,
+        fidelity=fidelity,
     )
-    _score(result, originals)
-    return result
 
 
-def _score(result: CompressResult, originals: dict[tuple[int, int], np.ndarray]) -> None:
-    """PSNR (pooled MSE) and mean MS-SSIM of sampled tissue tiles, decoded from the container."""
-    if not originals:
-        return
-    from ..metrics import score_tiles
-
-    with Container(result.path) as c:
-        decoded = [c.read_tile(0, r, col) for (r, col) in originals]
-    refs = list(originals.values())
-    try:
-        import pytorch_msssim  # noqa: F401
-        import torch
-    except ImportError:  # core install without the torch extra: PSNR only
-        scores = score_tiles(refs, decoded, structural=False)
-    else:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # small convolutions: 2 threads were ~5x slower when busy
-        try:
-            scores = score_tiles(refs, decoded)
-        finally:
-            torch.set_num_threads(threads)
-    result.psnr, result.ms_ssim = scores.mean_psnr, scores.mean_ms_ssim
-    result.scored_tiles = scores.n_scored
-
-
-def _background_colour(thumbnail: np.ndarray | None, mask: np.ndarray) -> np.ndarray:
-    if thumbnail is None or mask.all():
-        return np.array([255, 255, 255], np.uint8)
-    return np.median(thumbnail[~mask], axis=0).astype(np.uint8)
+def _manifest(
+    path: Path,
+    info: Any,
+    sha: str,
+    slide_mpp: float,
+    opts: CompressOptions,
+    levels: list[tuple[TileGrid, int, int]],
+    codec: Codec,
+    glass: Glass,
+    writer: ContainerWriter,
+    fidelity: SlideFidelity,
+) -> dict[str, Any]:
+    base = levels[0][0]
+    container_levels = [
+        ContainerLevel(
+            index=lv,
+            width=w,
+            height=h,
+            rows=g.rows,
+            cols=g.cols,
+            downsample=g.scale / base.scale,
+            mpp=g.effective_mpp,
+        )  # fmt: skip
+        for lv, (g, w, h) in enumerate(levels)
+    ]
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        **stamp(),
+        "source": {
+            **slide_record(path, info, sha, slide_mpp, opts.mpp_override is not None),
+            "level0_px_per_px": base.scale,
+            "source_level": base.level,
+            "resampled": base.resample,
+        },
+        "tile_size": opts.tile,
+        "mpp": base.effective_mpp,
+        "levels": [level_dict(lv) for lv in container_levels],
+        "codec": codec.describe(),
+        "background": {
+            "policy": opts.background,
+            "colour": list(glass.colour) if opts.background == "constant" else [255, 255, 255],
+            "glass": glass.describe(),
+            "rule": BACKGROUND_RULE,
+        },
+        "tiles": {
+            "stored": writer.tile_count,
+            "total": int(sum(g.rows * g.cols for g, _, _ in levels)),
+        },
+        "fidelity": fidelity.describe(),
+    }

@@ -12,13 +12,15 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
 
 from .. import __version__
+from ..bounds import check_workers
 from ..errors import UsageError
-from ..store.atomic import atomic_path
+from ..store.atomic import atomic_path, check_output
 from ..store.container import Container
 
 ProgressStart = Callable[[str, int], Callable[[int], None]]
@@ -28,10 +30,9 @@ def _level_tiles(
     c: Container, level: int, pool: ThreadPoolExecutor, advance: Callable[[int], None] | None
 ) -> Iterator[np.ndarray]:
     lv = c.levels[level]
-    coords = [(r, col) for r in range(lv.rows) for col in range(lv.cols)]
-    window = 64
-    for i in range(0, len(coords), window):
-        chunk = coords[i : i + window]
+    coords = ((r, col) for r in range(lv.rows) for col in range(lv.cols))  # lazy: may be 10^6
+    window = max(1, min(64, (256 << 20) // (3 * c.tile**2)))  # decoded tiles held: <= 256 MB
+    while chunk := list(islice(coords, window)):
         yield from pool.map(lambda rc: c.read_tile(level, *rc), chunk)
         if advance:
             advance(len(chunk))
@@ -52,10 +53,8 @@ def decompress_container(
 
     out = Path(out)
     container = Path(container)
-    if out.exists() and out.resolve() == container.resolve():
-        raise UsageError(f"refusing to overwrite the input {container}")
-    if out.exists() and not overwrite:
-        raise UsageError(f"{out} exists; use --overwrite")
+    check_output(out, overwrite=overwrite, inputs=[container])
+    check_workers(workers)
     if out.suffix.lower() not in (".tif", ".tiff"):
         raise UsageError(f"{out.name}: decompress writes a pyramidal TIFF; name it .tiff")
     if not lossless and codec != "jpeg":
@@ -76,7 +75,7 @@ def decompress_container(
                 "slidepress": __version__,
                 "container": container.name,
                 "codec": c.manifest["codec"],
-                "source": c.manifest["source"]["name"],
+                "source": c.source_name,
                 "export": {"compression": compression, **args},
             }
         )

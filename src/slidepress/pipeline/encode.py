@@ -9,7 +9,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,12 +17,14 @@ from typing import Any
 import numpy as np
 
 from .. import dihedral
+from ..bounds import MAX_BATCH, MAX_PATCH, check_range, check_workers
 from ..encoders import Encoder
 from ..errors import FormatError, SlideError, TissueError, UsageError
 from ..slide import open_slide, resolve_slide_path
 from ..slide.mpp import resolve_mpp
 from ..slide.tissue import TissueMask, detect_tissue
 from ..store import EmbeddingGrid, format_for, read_grid, write_grid
+from ..store.atomic import check_output
 from ..tiling import GridSpec, TileGrid, check_target_mpp, plan_grid
 from ..viz import pca_rgb, save_png, tissue_overlay
 from .provenance import content_sha256, slide_record, stamp
@@ -57,8 +59,11 @@ class EncodeOptions:
             raise UsageError(f"tissue threshold must be within 0-1, got {self.tissue_threshold}")
         if self.augment not in ("none", "dihedral"):
             raise UsageError(f"augment must be 'none' or 'dihedral', got {self.augment!r}")
-        if self.workers < 1 or self.batch_size < 1 or self.block_cells < 1:
-            raise UsageError("workers, batch size and block cells must be >= 1")
+        check_workers(self.workers)
+        check_range("patch size", self.patch_size, 1, MAX_PATCH)
+        check_range("stride", self.stride, 1, MAX_PATCH)
+        check_range("batch size", self.batch_size, 1, MAX_BATCH)
+        check_range("block cells", self.block_cells, 1, 64)
         format_for(f"x.{self.fmt}")  # unknown format -> FormatError now, not after encoding
         check_target_mpp(self.mpp)
 
@@ -84,16 +89,24 @@ def output_paths(slide: Path, out_dir: Path, opts: EncodeOptions) -> list[Path]:
     return [out_dir / f"{stem}.{opts.fmt}"]
 
 
-def _already_done(paths: list[Path], params_hash: str) -> bool:
-    for p in paths:
-        if not p.exists():
-            return False
-        try:
-            if read_grid(p).metadata.get("params_hash") != params_hash:
-                return False
-        except FormatError:
-            return False
-    return True
+def preview_paths(outputs: list[Path]) -> list[Path]:
+    stem = outputs[0].name.rsplit(".", 1)[0]
+    return [outputs[0].with_name(f"{stem}.tissue.png"), outputs[0].with_name(f"{stem}.pca.png")]
+
+
+def _grid_hash(path: Path) -> str | None:
+    try:
+        return read_grid(path).metadata.get("params_hash")
+    except FormatError:
+        return None
+
+
+def _already_done(paths: list[Path], previews: list[Path], params_hash: str) -> bool:
+    """A result is complete only with all its files: every grid (same parameters) and the
+    previews. Grids are written last, so a run killed midway is never taken as done."""
+    if not all(p.exists() for p in previews):
+        return False
+    return all(p.exists() and _grid_hash(p) == params_hash for p in paths)
 
 
 def _encode_cells(
@@ -127,23 +140,23 @@ def _encode_cells(
         if progress:
             progress(m)
 
-    for (r0, r1, c0, c1), pixels in iter_blocks(
-        path, reader_name, grid, keep, opts.workers, opts.block_cells
-    ):
-        patches = grid.cut_patches(pixels, r0, r1, c0, c1)
-        ii, jj = np.nonzero(keep[r0:r1, c0:c1])
-        start = 0
-        while start < len(ii):
-            take = min(bs - n, len(ii) - start)
-            sel_i, sel_j = ii[start : start + take], jj[start : start + take]
-            buf[n : n + take] = patches[sel_i, sel_j]
-            rows[n : n + take] = sel_i + r0
-            cols[n : n + take] = sel_j + c0
-            n += take
-            start += take
-            if n == bs:
-                flush(n)
-                n = 0
+    blocks = iter_blocks(path, reader_name, grid, keep, opts.workers, opts.block_cells)
+    with closing(blocks):
+        for (r0, r1, c0, c1), pixels in blocks:
+            patches = grid.cut_patches(pixels, r0, r1, c0, c1)
+            ii, jj = np.nonzero(keep[r0:r1, c0:c1])
+            start = 0
+            while start < len(ii):
+                take = min(bs - n, len(ii) - start)
+                sel_i, sel_j = ii[start : start + take], jj[start : start + take]
+                buf[n : n + take] = patches[sel_i, sel_j]
+                rows[n : n + take] = sel_i + r0
+                cols[n : n + take] = sel_j + c0
+                n += take
+                start += take
+                if n == bs:
+                    flush(n)
+                    n = 0
     if n:
         flush(n)
     return feats
@@ -176,9 +189,7 @@ def encode_slide(
 ) -> EncodeResult:
     """Encode one slide into grid file(s) in `out_dir`; raises SlidepressError on bad input."""
     path = resolve_slide_path(slide)
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UsageError(f"output {out_dir} exists and is not a folder")
+    out_dir = check_output(out_dir, folder=True)
     spec = opts.grid_spec(encoder)
     with open_slide(path, reader=opts.reader) as reader:
         info = reader.info
@@ -201,9 +212,11 @@ def encode_slide(
         }
         params_hash = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
         outputs = output_paths(path, out_dir, opts)
-        if not opts.overwrite and _already_done(outputs, params_hash):
-            return EncodeResult(str(path), outputs, skipped=True)
-        clash = [p for p in outputs if p.exists()]
+        previews = preview_paths(outputs) if opts.previews else []
+        if not opts.overwrite and _already_done(outputs, previews, params_hash):
+            return EncodeResult(str(path), outputs, previews=previews, skipped=True)
+        # grids of the same slide and parameters are an interrupted run's: redo them
+        clash = [p for p in outputs if p.exists() and _grid_hash(p) != params_hash]
         if clash and not opts.overwrite:
             raise UsageError(
                 f"{clash[0]} exists (other slide content or parameters); use --overwrite"
@@ -230,6 +243,9 @@ def encode_slide(
     base_meta = _metadata(path, info, sha, slide_mpp, opts, grid, encoder, tissue, n_kept)
     base_meta["params_hash"] = params_hash
     out_dir.mkdir(parents=True, exist_ok=True)
+    if previews:  # before the grids: the grids' presence marks the result complete
+        save_png(tissue_overlay(tissue.thumbnail, tissue.mask), previews[0])
+        save_png(pca_rgb(feats[0], keep), previews[1])
     for i, k in enumerate(variants):
         meta = dict(base_meta, augment=dihedral.describe(k) | {"mode": opts.augment})
         g = EmbeddingGrid(
@@ -241,13 +257,6 @@ def encode_slide(
             metadata=meta,
         )
         write_grid(g, outputs[i], float16=opts.float16)
-    previews: list[Path] = []
-    if opts.previews and tissue.thumbnail is not None:
-        stem = outputs[0].name.rsplit(".", 1)[0]
-        previews.append(
-            save_png(tissue_overlay(tissue.thumbnail, tissue.mask), out_dir / f"{stem}.tissue.png")
-        )
-        previews.append(save_png(pca_rgb(feats[0], keep), out_dir / f"{stem}.pca.png"))
     return EncodeResult(
         str(path),
         outputs,
@@ -290,10 +299,8 @@ def _metadata(
         },
         "encoder": encoder.describe(),
         "tissue": {
-            "method": "otsu-saturation+morphology",
+            **tissue.describe(),
             "threshold_fraction": opts.tissue_threshold,
-            "saturation_threshold": tissue.threshold,
-            "mask_downsample": tissue.downsample,
             "cells_kept": n_kept,
         },
     }

@@ -1,16 +1,27 @@
 """Read a slide's blocks of cells ahead of the consumer, in worker threads.
 
-OpenSlide, tifffile/imagecodecs and torch release the GIL, so threads overlap decoding with
-the consumer's work. Each thread opens its own slide handle; at most `2 * workers + 2` blocks
-are in flight, so memory stays bounded whatever the slide size.
+OpenSlide, tifffile/imagecodecs, Pillow and torch release the GIL, so threads overlap decoding
+with the consumer's work. Each thread opens its own slide handle. A block can also be
+*processed* in the worker that read it (`process=`: e.g. cut, test and code its tiles), so the
+calling thread only collects results; at most `2 * workers + 2` blocks are in flight, so memory
+stays bounded whatever the slide size.
+
+Shutting down is ordered, also on Ctrl-C: stop submitting, cancel what has not started, wait
+for the blocks being read, and only then close the slide handles (OpenSlide aborts the process
+when a handle is closed while another thread still holds its tiles). A second Ctrl-C during
+that wait (a few ms) is deferred, not allowed to break the order.
 """
 
 from __future__ import annotations
 
+import signal
 import threading
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -18,6 +29,27 @@ from ..slide import SlideReader, open_slide
 from ..tiling import TileGrid
 
 Block = tuple[int, int, int, int]
+T = TypeVar("T")
+
+
+@contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """Hold SIGINT back for the duration (main thread only; elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[Any] = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda *a: caught.append(a))
+    except ValueError:  # not the main interpreter
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            raise KeyboardInterrupt
 
 
 def iter_blocks(
@@ -27,34 +59,39 @@ def iter_blocks(
     keep: np.ndarray,
     workers: int = 2,
     block_cells: int = 8,
-) -> Iterator[tuple[Block, np.ndarray]]:
-    """Yield (block, pixels) in order, read ahead by worker threads with their own handles."""
+    process: Callable[[Block, np.ndarray], T] | None = None,
+) -> Iterator[tuple[Block, Any]]:
+    """Yield (block, pixels) in order — or (block, process(block, pixels)) when `process` is
+    given, computed in the worker thread. Close the generator (or exhaust it) to release the
+    threads and handles; `with contextlib.closing(...)` makes that explicit on errors."""
     local = threading.local()
     handles: list[SlideReader] = []
     lock = threading.Lock()
 
-    def read(block: tuple[int, int, int, int]) -> np.ndarray:
+    def work(block: Block) -> Any:
         if not hasattr(local, "reader"):
             local.reader = open_slide(path, reader=reader_name)
             with lock:
                 handles.append(local.reader)
-        return grid.read_block(local.reader, *block)
+        pixels = grid.read_block(local.reader, *block)
+        return process(block, pixels) if process is not None else pixels
 
     prefetch = 2 * workers + 2
-    pending: list[tuple[tuple[int, int, int, int], Future]] = []
+    pending: deque[tuple[Block, Future]] = deque()
     pool = ThreadPoolExecutor(workers, thread_name_prefix="slide-read")
     try:
         for block in grid.blocks(keep, block_cells):
-            pending.append((block, pool.submit(read, block)))
+            pending.append((block, pool.submit(work, block)))
             if len(pending) >= prefetch:
-                b, fut = pending.pop(0)
+                b, fut = pending.popleft()
                 yield b, fut.result()
         while pending:
-            b, fut = pending.pop(0)
+            b, fut = pending.popleft()
             yield b, fut.result()
-    finally:  # also on error or early close: stop reading, then release the handles
-        for _, fut in pending:
-            fut.cancel()
-        pool.shutdown(wait=True)
-        for h in handles:
-            h.close()
+    finally:  # also on error, Ctrl-C or early close
+        with deferred_interrupts():
+            for _, fut in pending:
+                fut.cancel()
+            pool.shutdown(wait=True)
+            for h in handles:
+                h.close()

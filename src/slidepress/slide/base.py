@@ -6,6 +6,7 @@ All locations are level-0 pixel coordinates (x, y), as in OpenSlide.
 from __future__ import annotations
 
 import math
+import sys
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -102,12 +103,25 @@ class SlideReader(ABC):
         """RGB thumbnail with longest side <= max_size, and its level-0 downsample factor.
 
         Read block by block from the closest level, so a slide without a pyramid never has
-        its full level 0 in memory."""
+        its full level 0 in memory. Its cost is bounded: the slide passed the open-time limits
+        (slide/guard.py: level sizes, pixels per byte of file), and the one level read whole
+        here may hold at most `limits.max_thumbnail_read_pixels` (checked before reading), so
+        a bomb that declares a huge level with no pyramid cannot keep tissue detection busy."""
+        from .. import limits
+        from ..errors import SlideError
+
         w0, h0 = self.info.dimensions
         target = max(max(w0, h0) / max_size, 1.0)
         level = self.best_level_for_downsample(target)
         ds = self.info.level_downsamples[level]
         lw, lh = self.info.level_dimensions[level]
+        lim = limits.current().max_thumbnail_read_pixels
+        if lw * lh > lim:
+            raise SlideError(
+                f"{self.path.name}: a thumbnail or tissue mask would read all {lw} x {lh} px of "
+                f"level {level} (no smaller pyramid level), over the limit "
+                f"max_thumbnail_read_pixels={lim}; {limits.hint('max_thumbnail_read_pixels')}"
+            )
         tw, th = max(1, round(w0 / target)), max(1, round(h0 / target))
         rel_x, rel_y = lw / tw, lh / th  # level pixels per thumbnail pixel
         step = max(1, int(THUMBNAIL_READ_SIDE / max(rel_x, rel_y)))
@@ -137,16 +151,44 @@ class SlideReader(ABC):
 
 
 def rgba_to_rgb_on_white(rgba: np.ndarray) -> np.ndarray:
-    """Composite premultiplied-style RGBA from OpenSlide onto white (transparent = no scan)."""
+    """Composite straight (not premultiplied) RGBA onto white; RGB passes through.
+
+    Channel by channel: numpy copies one strided channel ~20x faster than a 3-of-4-channel
+    slice (1.4 vs 27 ms per 1024^2)."""
     if rgba.shape[-1] == 3:
         return rgba
-    rgb = rgba[..., :3]
-    alpha = rgba[..., 3:4]
-    if alpha.min() == 255:
-        return np.ascontiguousarray(rgb)
-    # OpenSlide returns premultiplied colour; transparent pixels are (0,0,0,0).
-    out = rgb.astype(np.uint16) + (255 - alpha.astype(np.uint16))
-    return np.minimum(out, 255).astype(np.uint8)
+    out = np.empty((*rgba.shape[:-1], 3), np.uint8)
+    for c in range(3):
+        out[..., c] = rgba[..., c]
+    alpha = rgba[..., 3]
+    if not (alpha == 255).all():
+        a = alpha.astype(np.uint16)
+        for c in range(3):  # c * a / 255 + (255 - a), rounded
+            out[..., c] = (out[..., c] * a + 255 * (255 - a) + 127) // 255
+    return out
+
+
+# Byte positions of R, G, B, A in OpenSlide's native uint32 ARGB pixels, viewed as bytes.
+_ARGB_BYTES = (2, 1, 0, 3) if sys.byteorder == "little" else (1, 2, 3, 0)
+
+
+def argb_to_rgb_on_white(argb: np.ndarray) -> np.ndarray:
+    """OpenSlide's own buffer, (h, w) uint32 premultiplied ARGB, onto white as (h, w, 3) RGB.
+
+    Transparent means "not scanned" (outside the scan area, missing tiles): white, like glass.
+    Premultiplied colour never exceeds alpha, so `c + (255 - a)` is exact "over white" and
+    cannot overflow uint8. The all-opaque test on the uint32 words is ~0.3 ms per 1024^2."""
+    b = argb.view(np.uint8).reshape(*argb.shape, 4)
+    r, g, bl, a = _ARGB_BYTES
+    out = np.empty((*argb.shape, 3), np.uint8)
+    if (argb >= np.uint32(0xFF000000)).all():
+        out[..., 0], out[..., 1], out[..., 2] = b[..., r], b[..., g], b[..., bl]
+        return out
+    inv = 255 - b[..., a]
+    np.add(b[..., r], inv, out=out[..., 0])
+    np.add(b[..., g], inv, out=out[..., 1])
+    np.add(b[..., bl], inv, out=out[..., 2])
+    return out
 
 
 def plausible_mpp(value: float | None) -> bool:

@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..errors import SlideError
-from .base import SlideInfo, SlideReader, rgba_to_rgb_on_white
+from .base import SlideInfo, SlideReader, argb_to_rgb_on_white, rgba_to_rgb_on_white
 from .registry import register_reader
+
+
+@functools.cache
+def _low_level_read() -> tuple[Any, Any]:
+    """openslide_read_region itself (ctypes releases the GIL while it runs) and its buffer
+    pointer type, or Nones (imported on first read: `import openslide` stays lazy)."""
+    try:
+        from openslide import lowlevel
+
+        return lowlevel._read_region, ctypes.POINTER(ctypes.c_uint32)
+    except (ImportError, AttributeError):
+        return None, None
 
 
 def _float(value: str | None) -> float | None:
@@ -56,10 +71,19 @@ class OpenSlideReader(SlideReader):
         ds = self.info.level_downsamples[level]
         x, y = round(lx * ds), round(ly * ds)  # OpenSlide rounds level-0 / downsample
         try:
-            img = self._slide.read_region((x, y), level, (width, height))
+            read_into, uint32_p = _low_level_read()
+            osr = getattr(self._slide, "_osr", None)
+            if read_into is None or osr is None:  # an openslide-python without these internals
+                return rgba_to_rgb_on_white(
+                    np.asarray(self._slide.read_region((x, y), level, (width, height)))
+                )
+            # OpenSlide's own premultiplied ARGB buffer, composited in one pass: skips
+            # openslide-python's un-premultiply, the PIL image and its copy (issue 9, part 7).
+            buf = np.empty((height, width), np.uint32)
+            read_into(osr, buf.ctypes.data_as(uint32_p), x, y, level, width, height)
         except openslide.OpenSlideError as e:
             raise SlideError(f"{self.path.name}: unreadable pixels at ({x}, {y}): {e}") from None
-        return rgba_to_rgb_on_white(np.asarray(img))
+        return argb_to_rgb_on_white(buf)
 
     def close(self) -> None:
         self._slide.close()

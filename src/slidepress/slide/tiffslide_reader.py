@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import functools
 import logging
-import math
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +15,24 @@ from .registry import register_reader
 # tifffile logs warnings for damaged files; we report them as one SlideError line instead.
 logging.getLogger("tifffile").setLevel(logging.CRITICAL)
 
-# tifffile logs warnings for damaged files; we report them as one SlideError line instead.
-logging.getLogger("tifffile").setLevel(logging.CRITICAL)
+
+@functools.cache
+def _level_slide_class() -> type:
+    """tiffslide.TiffSlide taking `read_region` locations in the level's own pixels.
+
+    tiffslide maps level-0 locations with int(x / downsample); going level -> level-0 -> level
+    through floats can land one pixel off at non-integer downsamples. Overriding this hook is
+    what tiffslide documents for changing that interpretation."""
+    import tiffslide
+
+    class LevelTiffSlide(tiffslide.TiffSlide):
+        def _read_region_loc_transform(
+            self, location: tuple[int, int], level: int
+        ) -> tuple[int, int]:
+            return int(location[0]), int(location[1])
+
+    return LevelTiffSlide
+
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
@@ -32,10 +48,8 @@ class TiffSlideReader(SlideReader):
 
     def __init__(self, path: str | Path):
         super().__init__(path)
-        import tiffslide
-
         try:
-            self._slide = tiffslide.TiffSlide(str(self.path))
+            self._slide = _level_slide_class()(str(self.path))
             s = self._slide
             props = {k: str(v) for k, v in s.properties.items() if v is not None}
             dims = tuple(s.dimensions)
@@ -49,7 +63,7 @@ class TiffSlideReader(SlideReader):
         self.info = SlideInfo(
             path=str(self.path),
             reader=self.name,
-            vendor=props.get("tiffslide.vendor"),
+            vendor=props.get("tiffslide.vendor") or "generic-tiff",  # OpenSlide's name
             dimensions=dims,
             level_dimensions=level_dims,
             level_downsamples=downs,
@@ -71,12 +85,14 @@ class TiffSlideReader(SlideReader):
                 raise SlideError(f"{self.path.name}: truncated or damaged TIFF (tiles missing)")
 
     def _read_level(self, lx: int, ly: int, level: int, width: int, height: int) -> np.ndarray:
-        ds = self.info.level_downsamples[level]
-        x, y = math.ceil(lx * ds), math.ceil(ly * ds)  # tiffslide floors level-0 / downsample
-        try:
-            arr = self._slide.read_region((x, y), level, (width, height), as_array=True)
+        try:  # level coordinates straight through (see _level_slide_class)
+            arr = self._slide.read_region(
+                (lx, ly), level, (width, height), as_array=True, padding=False
+            )
         except Exception as e:
-            raise SlideError(f"{self.path.name}: unreadable pixels at ({x}, {y}): {e}") from None
+            raise SlideError(
+                f"{self.path.name}: unreadable pixels at level {level} ({lx}, {ly}): {e}"
+            ) from None
         arr = np.asarray(arr)
         if arr.ndim == 2:
             arr = np.repeat(arr[..., None], 3, axis=2)

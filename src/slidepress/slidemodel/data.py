@@ -41,6 +41,13 @@ class Labels:
 
 
 REQUIRED = {"classify": ("label",), "regress": ("value",), "survival": ("time", "event")}
+# Spellings of "no value" (pandas' default NA strings, compared lower-case): a label like this
+# is a missing label, never a class of its own.
+MISSING_LABELS = frozenset(
+    s.lower()
+    for s in ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
+              "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null")
+)  # fmt: skip
 
 
 def read_labels(path: str | Path, task: str) -> Labels:
@@ -49,7 +56,11 @@ def read_labels(path: str | Path, task: str) -> Labels:
         raise UsageError(f"unknown task {task!r}; choose classify, regress or survival")
     try:
         with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
+            reader = csv.DictReader(f)
+            rows, lines = [], []  # the CSV line each row ends on, for messages
+            for r in reader:
+                rows.append(r)
+                lines.append(reader.line_num)
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise UsageError(f"{path}: cannot read labels CSV ({e})") from None
     if not rows:
@@ -58,32 +69,50 @@ def read_labels(path: str | Path, task: str) -> Labels:
     missing = [c for c in ("slide", *REQUIRED[task]) if c not in cols]
     if missing:
         raise UsageError(f"{path}: task {task} needs column(s) {', '.join(missing)}")
-    slides = [r["slide"].strip() for r in rows]
+
+    def cell(i: int, c: str) -> str:
+        """The stripped text of column `c` in row `i`; a short row's absent cell is empty."""
+        return (rows[i].get(c) or "").strip()
+
+    for i in range(len(rows)):
+        if not cell(i, "slide"):
+            raise UsageError(f"{path}: line {lines[i]}: empty slide name; name every slide")
+    slides = [cell(i, "slide") for i in range(len(rows))]
     dup = sorted({s for s in slides if slides.count(s) > 1})
     if dup:
         raise UsageError(f"{path}: slide(s) listed twice: {', '.join(dup[:5])}")
 
-    def num(r: dict, c: str, i: int) -> float:
+    def num(c: str, i: int) -> float:
+        text = cell(i, c)
+        where = f"{path}: line {lines[i]} (slide {slides[i]})"
+        if text.lower() in MISSING_LABELS:
+            raise UsageError(f"{where}: {c} is missing ({text!r}); fill it in or drop the row")
         try:
-            v = float(r[c])
-        except (TypeError, ValueError):
-            raise UsageError(f"{path}: row {i + 2}: {c}={r[c]!r} is not a number") from None
+            v = float(text)
+        except ValueError:
+            raise UsageError(f"{where}: {c}={text!r} is not a number") from None
         if not math.isfinite(v):
-            raise UsageError(f"{path}: row {i + 2}: {c} is not finite")
+            raise UsageError(f"{where}: {c}={text!r} is not finite")
         return v
 
     classes: list[str] = []
     if task == "classify":
-        names = [r["label"].strip() for r in rows]
+        names = [cell(i, "label") for i in range(len(rows))]
+        for i, n in enumerate(names):
+            if n.lower() in MISSING_LABELS:
+                raise UsageError(
+                    f"{path}: line {lines[i]} (slide {slides[i]}): label is missing ({n!r}); "
+                    "give every slide a class or drop the row"
+                )
         classes = sorted(set(names), key=lambda s: (len(s), s))  # "2" < "10"
         if len(classes) < 2:
             raise UsageError(f"{path}: classification needs at least 2 classes")
         targets = np.array([classes.index(n) for n in names], np.int64)
     elif task == "regress":
-        targets = np.array([num(r, "value", i) for i, r in enumerate(rows)], np.float32)
+        targets = np.array([num("value", i) for i in range(len(rows))], np.float32)
     else:
-        t = np.array([num(r, "time", i) for i, r in enumerate(rows)], np.float32)
-        e = np.array([num(r, "event", i) for i, r in enumerate(rows)], np.float32)
+        t = np.array([num("time", i) for i in range(len(rows))], np.float32)
+        e = np.array([num("event", i) for i in range(len(rows))], np.float32)
         if (t <= 0).any():
             raise UsageError(f"{path}: survival times must be > 0")
         if not np.isin(e, (0, 1)).all():
@@ -92,8 +121,8 @@ def read_labels(path: str | Path, task: str) -> Labels:
             raise UsageError(f"{path}: fewer than 2 events; a Cox model cannot learn")
         targets = np.stack([t, e], 1)
     folds = None
-    if "fold" in cols and all(r["fold"].strip() for r in rows):
-        folds = np.array([int(num(r, "fold", i)) for i, r in enumerate(rows)], np.int64)
+    if "fold" in cols and all(cell(i, "fold") for i in range(len(rows))):
+        folds = np.array([int(num("fold", i)) for i in range(len(rows))], np.int64)
     return Labels(task, slides, targets, classes, folds)
 
 

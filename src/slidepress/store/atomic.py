@@ -1,16 +1,30 @@
-"""Write-then-rename, so an interrupted run never leaves a half-written output under its name."""
+"""Write-then-rename, so an interrupted run never leaves a half-written output under its name;
+and the checks every command makes on an output path before it starts working.
+
+A temporary sibling is named `.{stem}.partial-{host}-{pid}-{random}{suffix}`: a run killed
+with SIGKILL cannot remove it, so the next write of the same target removes partials whose
+process (on this host) is gone.
+"""
 
 from __future__ import annotations
 
 import csv
 import json
 import os
+import re
 import shutil
+import socket
+import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from ..errors import UsageError
+
+_HOST = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
+_PARTIAL = re.compile(r"\.partial-(?P<host>[A-Za-z0-9_.]+)-(?P<pid>\d+)-[0-9a-f]{8}")
 
 
 def _remove(path: Path) -> None:
@@ -20,12 +34,42 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_partials(target: Path) -> list[Path]:
+    """Remove partials of `target` left by dead processes on this host; return them."""
+    removed = []
+    prefix = f".{target.stem}.partial-"
+    try:
+        siblings = list(target.parent.iterdir())
+    except OSError:
+        return removed
+    for p in siblings:
+        if not (p.name.startswith(prefix) and p.name.endswith(target.suffix)):
+            continue
+        m = _PARTIAL.search(p.name[len(target.stem) + 1 :])
+        if m and m["host"] == _HOST and not _alive(int(m["pid"])):
+            _remove(p)
+            removed.append(p)
+    return removed
+
+
 @contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling path; on success it replaces `target` (file or folder)."""
     target = Path(target)
+    remove_stale_partials(target)
     # keep the suffix: some writers (SimpleITK) pick the format from it
-    tmp = target.with_name(f".{target.stem}.partial-{uuid.uuid4().hex[:8]}{target.suffix}")
+    tag = f"{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = target.with_name(f".{target.stem}.partial-{tag}{target.suffix}")
     try:
         yield tmp
         if target.exists():
@@ -38,6 +82,54 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     except BaseException:
         _remove(tmp)
         raise
+
+
+def _probe_writable(folder: Path) -> None:
+    try:
+        fd, name = tempfile.mkstemp(prefix=".slidepress-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as e:
+        raise UsageError(f"cannot write in {folder}: {e.strerror or e}") from None
+
+
+def check_output(
+    path: str | Path,
+    *,
+    overwrite: bool = False,
+    inputs: Sequence[str | Path] = (),
+    folder: bool = False,
+) -> Path:
+    """Refuse, before any work starts, an output that would overwrite an input, replace an
+    existing output without `overwrite`, or cannot be written (missing or non-folder parent,
+    read-only or virtual file system). One line naming the path."""
+    path = Path(path)
+    for i in map(Path, inputs):
+        if path.exists() and i.exists() and path.resolve() == i.resolve():
+            raise UsageError(f"refusing to overwrite the input {i}")
+    if folder:
+        if path.exists() and not path.is_dir():
+            raise UsageError(f"output {path} exists and is not a folder")
+        base = path
+        while not base.exists():  # mkdir -p will create the rest
+            if base.parent == base:
+                break
+            base = base.parent
+        if not base.is_dir():
+            raise UsageError(f"cannot create output folder {path}: {base} is not a folder")
+        _probe_writable(base)
+        return path
+    if path.is_dir():
+        raise UsageError(f"output {path} is a folder; give a file name")
+    if path.exists() and not overwrite:
+        raise UsageError(f"{path} exists; use --overwrite to replace it")
+    parent = path.parent
+    if not parent.exists():
+        raise UsageError(f"cannot write {path}: folder {parent} does not exist")
+    if not parent.is_dir():
+        raise UsageError(f"cannot write {path}: {parent} is not a folder")
+    _probe_writable(parent)
+    return path
 
 
 def write_text(path: str | Path, text: str) -> Path:

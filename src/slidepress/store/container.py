@@ -17,37 +17,54 @@ Coordinates are in the container's level-0 pixel grid (the slide at `mpp`); the 
 from __future__ import annotations
 
 import json
+import re
+import struct
 import zipfile
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
-from ..codecs import Codec, get_codec
+from .. import limits
+from ..codecs import Codec
 from ..errors import CodecError, ContainerError, UsageError
+from .manifest import (
+    BACKGROUND_POLICIES,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    MAX_MANIFEST_BYTES,
+    ContainerLevel,
+    ManifestLayout,
+    parse_manifest,
+    validate_manifest,
+)
 
-FORMAT_NAME = "slidepress-container"
-FORMAT_VERSION = 1
+__all__ = [
+    "BACKGROUND_POLICIES", "FORMAT_NAME", "FORMAT_VERSION", "MANIFEST", "Container",
+    "ContainerLevel", "ContainerWriter", "check_background_policy", "level_dict", "tile_name",
+]  # fmt: skip
+
 MANIFEST = "manifest.json"
-BACKGROUND_POLICIES = ("skip", "constant", "keep")
 WHITE = 255
-
-
-@dataclass(frozen=True)
-class ContainerLevel:
-    index: int
-    width: int  # pixels at this level
-    height: int
-    rows: int  # tiles
-    cols: int
-    downsample: float  # container level-0 pixels per pixel of this level
-    mpp: float
+# canonical tile names only (what tile_name writes): no leading zeros, rows/cols >= 5 digits
+_TILE_NAME = r"L(0|[1-9]\d*)/(\d{5}|[1-9]\d{5,})_(\d{5}|[1-9]\d{5,})"
+_UNSAFE_NAME = re.compile(r"[\0\\]|^/|^[A-Za-z]:|(^|/)\.\.(/|$)")
+_LOCAL_HEADER = 30  # fixed part of a zip local file header, before name and extra field
+_ZIP_ERRORS = (
+    zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, zlib.error,
+    struct.error, OverflowError, NotImplementedError, RuntimeError,
+)  # fmt: skip
 
 
 def tile_name(level: int, row: int, col: int, suffix: str) -> str:
     return f"L{level}/{row:05d}_{col:05d}{suffix}"
+
+
+def tile_entry_cap(tile: int) -> int:
+    """Largest coded tile accepted: 4x the raw pixels (noise at any codec's top quality: < 1.5x)."""
+    return min(limits.current().max_entry_bytes, 4 * tile * tile * 3 + (64 << 10))
 
 
 class ContainerWriter:
@@ -77,40 +94,163 @@ class ContainerWriter:
 
 
 class Container:
-    """Random access to a container's tiles and regions; every tile read is CRC-checked."""
+    """Random access to a container's tiles and regions; every tile read is CRC-checked.
+
+    Opening validates everything that does not need a tile decoded: the zip's entries (safe
+    names, uncompressed, sizes within limits and within the file), the manifest's schema
+    (store/manifest.py), and that every tile entry belongs to a level, row and column of the
+    manifest. Decoded tiles are checked to be tile x tile RGB. Any failure is a ContainerError.
+    """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        if not self.path.is_file():
+        if not self.path.exists():
             raise ContainerError(f"{self.path}: no such container file")
+        if not self.path.is_file():
+            raise ContainerError(f"{self.path}: not a file; give a container (.spz) file")
         try:
             self._zip = zipfile.ZipFile(self.path, "r")
-            raw = self._zip.read(MANIFEST)
-            self.manifest: dict[str, Any] = json.loads(raw)
-        except KeyError:
-            raise ContainerError(f"{self.path.name}: not a slidepress container") from None
-        except (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError) as e:
+        except _ZIP_ERRORS as e:
             raise ContainerError(
                 f"{self.path.name}: truncated or corrupted container ({e})"
             ) from None
-        if self.manifest.get("format") != FORMAT_NAME:
-            raise ContainerError(f"{self.path.name}: not a slidepress container")
-        if self.manifest.get("format_version", 0) > FORMAT_VERSION:
-            raise ContainerError(
-                f"{self.path.name}: container format {self.manifest['format_version']} is newer "
-                "than this slidepress understands; upgrade slidepress"
-            )
-        m = self.manifest
-        self.tile = int(m["tile_size"])
-        self.levels = [ContainerLevel(**lv) for lv in m["levels"]]
-        c = m["codec"]
         try:
-            self.codec = get_codec(c["name"], c["quality"], **c.get("params", {}))
-        except CodecError as e:
-            raise ContainerError(f"{self.path.name}: {e}") from None
-        self.background = m["background"]["policy"]
-        self._names = set(self._zip.namelist())
+            self._open()
+        except BaseException:
+            self._zip.close()
+            raise
+
+    def _fail(self, what: str) -> NoReturn:
+        raise ContainerError(f"{self.path.name}: {what}")
+
+    def _open(self) -> None:
+        infos = self._zip.infolist()
+        if MANIFEST not in self._zip.NameToInfo:
+            self._fail("not a slidepress container (no manifest.json)")
+        self._check_entries(infos)
+        cap = min(MAX_MANIFEST_BYTES, limits.current().max_entry_bytes)
+        size = self._zip.getinfo(MANIFEST).file_size
+        if size > cap:
+            self._fail(f"manifest.json declares {size} bytes; a manifest is at most {cap}")
+        self.manifest: dict[str, Any] = parse_manifest(self._read_entry(MANIFEST), self.path.name)
+        layout = validate_manifest(self.manifest, self.path.name)
+        self.format_version = layout.format_version
+        self.tile = layout.tile
+        self.levels: list[ContainerLevel] = layout.levels
+        self.codec: Codec = layout.codec
+        self.background: str = layout.background
+        self._names: set[str] = set()
+        self._check_tiles(infos, layout)
         self._background_tile: np.ndarray | None = None
+
+    def _check_entries(self, infos: list[zipfile.ZipInfo]) -> None:
+        """Zip-level checks, before any entry is read: nothing is inflated or read past."""
+        lim = limits.current()
+        for info in infos:
+            name, raw = info.filename, info.orig_filename
+            if _UNSAFE_NAME.search(raw):
+                self._fail(
+                    f"unsafe entry name {_short(raw)} (absolute, '..', backslash or NUL): "
+                    "the container was tampered with"
+                )
+            if info.flag_bits & 0x1:
+                self._fail(f"entry {_short(name)} is encrypted; slidepress never encrypts")
+            if info.compress_type != zipfile.ZIP_STORED:
+                self._fail(
+                    f"entry {_short(name)} is compressed (zip method {info.compress_type}, "
+                    f"declares {info.file_size} bytes); slidepress stores entries uncompressed, "
+                    "so it is not inflated: re-create the container with slidepress compress"
+                )
+            if info.compress_size != info.file_size:
+                self._fail(
+                    f"entry {_short(name)} declares {info.file_size} bytes but stores "
+                    f"{info.compress_size}: the container is damaged"
+                )
+            if info.file_size > lim.max_entry_bytes:
+                self._fail(
+                    f"entry {_short(name)} declares {info.file_size} bytes, over the limit "
+                    f"max_entry_bytes = {lim.max_entry_bytes}; {limits.hint('max_entry_bytes')}"
+                )
+        if len({i.filename for i in infos}) != len(infos):
+            seen: set[str] = set()
+            dup = next(i.filename for i in infos if i.filename in seen or seen.add(i.filename))
+            self._fail(f"entry {_short(dup)} appears twice: the container was tampered with")
+        # declared sizes vs the bytes actually there: each entry's data must end before the
+        # next entry (or the central directory) starts; overlapping entries are a zip bomb
+        ordered = sorted(infos, key=lambda i: i.header_offset)
+        ends = [i.header_offset for i in ordered[1:]] + [self._zip.start_dir]
+        for info, limit in zip(ordered, ends, strict=True):
+            name = info.orig_filename
+            if name.isascii():
+                name_len = len(name)
+            else:
+                name_len = len(name.encode("utf-8" if info.flag_bits & 0x800 else "cp437"))
+            end = info.header_offset + _LOCAL_HEADER + name_len + info.compress_size
+            if info.header_offset < 0 or end > limit:
+                self._fail(
+                    f"entry {_short(info.filename)} declares {info.compress_size} bytes, more "
+                    "than the file holds there: the container is truncated or tampered with"
+                )
+
+    def _check_tiles(self, infos: list[zipfile.ZipInfo], layout: ManifestLayout) -> None:
+        """Every entry is the manifest, the background tile or a tile of a declared cell."""
+        suffix = self.codec.suffix
+        cap = tile_entry_cap(self.tile)
+        background = f"background{suffix}"
+        pattern = re.compile(_TILE_NAME + re.escape(suffix))
+        example = tile_name(0, 0, 0, suffix)
+        levels = self.levels
+        count = 0
+        for info in infos:
+            name = info.filename
+            if name == MANIFEST:
+                continue
+            if info.file_size > cap:
+                self._fail(
+                    f"entry {_short(name)} declares {info.file_size} bytes; a coded "
+                    f"{self.tile} px tile is at most {cap}: the container was tampered with"
+                )
+            if name == background:
+                continue
+            m = pattern.fullmatch(name)
+            if not m:
+                self._fail(
+                    f"unexpected entry {_short(name)}; this {self.codec.name} container holds "
+                    f"{MANIFEST}, {background} and tiles named like {example}"
+                )
+            level, row, col = int(m[1]), int(m[2]), int(m[3])
+            if level >= len(levels):
+                self._fail(
+                    f"entry {_short(name)} is a tile of level {level}; the manifest has "
+                    f"levels 0..{len(levels) - 1}"
+                )
+            lv = levels[level]
+            if row >= lv.rows or col >= lv.cols:
+                self._fail(
+                    f"entry {_short(name)} lies outside level {level} ({lv.rows} rows x "
+                    f"{lv.cols} cols of tiles)"
+                )
+            self._names.add(name)
+            count += 1
+        if layout.tiles_stored is not None and layout.tiles_stored != count:
+            self._fail(
+                f"the manifest says {layout.tiles_stored} tiles are stored, the archive holds "
+                f"{count}: tiles were removed or added"
+            )
+        if self.background == "constant" and background not in self._zip.NameToInfo:
+            self._fail(f"background policy 'constant' but no {background} entry")
+        if self.background == "keep" and count != layout.tiles_total:
+            self._fail(
+                f"background policy 'keep' stores all {layout.tiles_total} tiles, the archive "
+                f"holds {count}: tiles were removed"
+            )
+
+    @property
+    def source_name(self) -> str | None:
+        """The source slide's file name as recorded (informational: None when absent)."""
+        source = self.manifest.get("source")
+        name = source.get("name") if isinstance(source, dict) else None
+        return name if isinstance(name, str) else None
 
     # -- tiles ---------------------------------------------------------------------------------
     def has_tile(self, level: int, row: int, col: int) -> bool:
@@ -125,14 +265,25 @@ class Container:
     def _read_entry(self, name: str) -> bytes:
         try:
             return self._zip.read(name)
-        except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError) as e:
-            raise ContainerError(f"{self.path.name}: tile {name} is corrupted ({e})") from None
+        except _ZIP_ERRORS as e:
+            what = "the manifest" if name == MANIFEST else f"tile {name}"
+            raise ContainerError(f"{self.path.name}: {what} is corrupted ({e})") from None
 
     def decode(self, data: bytes, name: str = "tile") -> np.ndarray:
+        """Coded bytes -> a tile x tile x 3 uint8 tile, or ContainerError naming the tile."""
+        t = self.tile
         try:
-            return self.codec.decode(data)
+            # a tile declaring another size is refused before its pixels are allocated
+            tile = self.codec.decode(data, shape=(t, t, 3))
         except CodecError as e:
             raise ContainerError(f"{self.path.name}: {name} cannot be decoded ({e})") from None
+        if tile.shape != (t, t, 3) or tile.dtype != np.uint8:
+            shape = " x ".join(str(n) for n in tile.shape)
+            raise ContainerError(
+                f"{self.path.name}: {name} decodes to {shape} {tile.dtype}, not the container's "
+                f"{t} x {t} x 3 uint8 tiles: the container is damaged or was tampered with"
+            )
+        return tile
 
     def read_tile(self, level: int, row: int, col: int) -> np.ndarray:
         """Decoded tile (tile x tile x 3); background tiles per the container's policy."""
@@ -198,6 +349,12 @@ class Container:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _short(name: str) -> str:
+    """An entry name for a one-line message: repr (escapes NUL, newlines), at most ~80 chars."""
+    text = repr(name)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def level_dict(level: ContainerLevel) -> dict[str, Any]:

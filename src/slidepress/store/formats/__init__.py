@@ -32,6 +32,8 @@ def write_grid(grid: EmbeddingGrid, path: str | Path, **options: object) -> Path
 
 
 def read_grid(path: str | Path) -> EmbeddingGrid:
+    """Read and verify: a grid whose arrays differ from what was written (stored digests, chunk
+    checksums, missing chunks or members) raises FormatError rather than returning zeros."""
     path = Path(path)
     if not path.exists():
         raise FormatError(f"{path}: no such grid file")
@@ -40,5 +42,7 @@ def read_grid(path: str | Path) -> EmbeddingGrid:
         return fmt.read(path)
     except FormatError:
         raise
-    except Exception as e:
-        raise FormatError(f"{path.name}: not a readable {fmt.name} grid ({e})") from None
+    except Exception as e:  # library errors can span lines (ITK, HDF5): keep the CLI's one line
+        why = " ".join(str(e).split()) or type(e).__name__
+        why = why if len(why) <= 300 else why[:297] + "..."
+        raise FormatError(f"{path.name}: not a readable {fmt.name} grid ({why})") from None

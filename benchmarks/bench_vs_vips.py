@@ -1,0 +1,430 @@
+"""slidepress vs libvips: `slidepress compress` and `vips tiffsave` on the same slide, side by side.
+
+Issue 9 part 7: the peer a hospital engineer would use instead of slidepress is libvips (Debian
+`libvips-tools`). Both tools re-code the same generic pyramidal TIFF of real tissue (the mosaic
+bench_encode.py builds, 16000 x 16000 px by default) as 256 px JPEG q90 tiles with a pyramid:
+
+    slidepress compress MOSAIC -o OUT.spz --codec jpeg --quality 90 --overwrite [EXTRA...]
+    vips tiffsave MOSAIC OUT.tif --tile --tile-width 256 --tile-height 256 --pyramid \\
+        --compression jpeg --Q 90 --bigtiff
+
+Each is a whole process started through bench_encode's wait4 launcher (wall seconds, peak RSS,
+CPU seconds of that process alone). `--rounds` rounds (default 3) alternate the two tools in
+ABBA order (s v, v s, s v, ...) so that a drift in machine speed falls on both. The report gives
+medians, the slidepress/vips ratios and PASS/FAIL against the issue's targets: time ratio <= 1.0
+(at least libvips' throughput) and peak-memory ratio < 2.0. It also records the tiles each tool
+wrote (slidepress: the container's zip entries per level and its manifest; vips: every tile of
+every pyramid page, background included), output sizes, and the CPU load of other processes
+during each run (the machine may be shared: compare only runs where that is ~0).
+
+    python benchmarks/bench_vs_vips.py                        # 16000 x 16000, 3 rounds
+    python benchmarks/bench_vs_vips.py --size 8000 --rounds 1 # quick
+    python benchmarks/bench_vs_vips.py -- --workers 1         # extra args for slidepress compress
+    python benchmarks/bench_vs_vips.py --pythonpath /work/base/src   # measure another checkout
+
+`vips` must be installed (`apt-get install -y libvips-tools`); the script says so and exits if
+it is not. Results go to .bench/bench_vs_vips.json (or --json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import bench_encode  # noqa: E402  (same folder: mosaic builder, wait4 launcher, CPU meters)
+
+TARGET_TIME_RATIO = 1.0  # slidepress wall / vips wall: at least libvips' throughput
+TARGET_MEM_RATIO = 2.0  # slidepress peak RSS / vips peak RSS: strictly under
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers shared with bench_fidelity.py (which imports them from here)
+# ----------------------------------------------------------------------------------------------
+
+
+def split_passthrough(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(our args, args after `--`): the latter go to `slidepress compress` unchanged."""
+    if "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1 :]
+    return argv, []
+
+
+def slidepress_env(pythonpath: str | None) -> dict[str, str]:
+    """Environment for a slidepress child: PYTHONPATH first (to measure another checkout, e.g.
+    /work/base/src, with this venv), and a wide terminal so rich does not wrap the summary."""
+    env = dict(os.environ)
+    if pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (pythonpath, env.get("PYTHONPATH", "")) if p)
+    env["COLUMNS"] = "400"
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    return env
+
+
+def slidepress_cmd(python: str | None) -> list[str]:
+    """How to start slidepress: the console script next to this interpreter, or `PY -m
+    slidepress` when another interpreter is given. Both honour PYTHONPATH (the editable install
+    is a .pth path entry, after PYTHONPATH)."""
+    if python:
+        return [python, "-m", "slidepress"]
+    return [bench_encode.slidepress_exe()]
+
+
+def code_identity(python: str | None, env: dict[str, str]) -> dict[str, Any]:
+    """Which slidepress the child imports (file, version) and that checkout's git commit."""
+    probe = (
+        "import json, slidepress; "
+        "print(json.dumps([slidepress.__file__, getattr(slidepress, '__version__', None)]))"
+    )
+    r = subprocess.run(
+        [python or sys.executable, "-c", probe], env=env, capture_output=True, text=True
+    )
+    if r.returncode != 0:
+        raise SystemExit(f"cannot import slidepress in the child environment:\n{r.stderr[-2000:]}")
+    file, version = json.loads(r.stdout.strip().splitlines()[-1])
+    src = Path(file).resolve().parents[1]  # .../src
+    commit = None
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "."], cwd=src, capture_output=True, text=True
+        ).stdout.strip()
+        commit = head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return {"module": file, "version": version, "src": str(src), "commit": commit}
+
+
+def run_measured(cmd: list[str], env: dict[str, str], log_path: Path) -> dict[str, Any]:
+    """Run `cmd` through bench_encode's wait4 launcher: its own wall time, peak RSS and CPU
+    seconds (a child's ru_maxrss would otherwise start at this process's high-water mark);
+    stdout+stderr go to log_path. Also the cores other processes used meanwhile."""
+    rec_path = log_path.with_suffix(".rusage.json")
+    rec_path.unlink(missing_ok=True)
+    with open(log_path, "w") as logf, bench_encode.CpuMeter() as meter:
+        r = subprocess.run(
+            [sys.executable, "-c", bench_encode.LAUNCHER, str(rec_path), *cmd],
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    text = log_path.read_text(errors="replace")
+    if r.returncode != 0 or not rec_path.exists():
+        raise SystemExit(
+            f"launcher failed (rc {r.returncode}) for {' '.join(cmd)}:\n{text[-3000:]}"
+        )
+    rec = json.loads(rec_path.read_text())
+    return {
+        "rc": rec["rc"],
+        "wall_s": round(rec["wall_s"], 3),
+        "peak_rss_mib": round(rec["maxrss_kib"] / 1024, 1),  # Linux: KiB
+        "cpu_s": round(rec["utime"] + rec["stime"], 2),
+        "cpu_user_s": round(rec["utime"], 2),
+        "cpu_sys_s": round(rec["stime"], 2),
+        "other_processes_cores": meter.foreign_cores,
+        "output_tail": text[-1500:],
+    }
+
+
+def container_tiles(spz: Path) -> dict[str, Any]:
+    """Tiles in a .spz read from the zip itself (entry names `L{level}/{row}_{col}.ext`), plus
+    what its manifest says; works for any container version that keeps that layout."""
+    with zipfile.ZipFile(spz) as z:
+        names = z.namelist()
+        manifest = json.loads(z.read("manifest.json")) if "manifest.json" in names else {}
+    per_level: dict[int, int] = {}
+    for n in names:
+        head, _, _ = n.partition("/")
+        if head.startswith("L") and head[1:].isdigit() and "/" in n:
+            per_level[int(head[1:])] = per_level.get(int(head[1:]), 0) + 1
+    levels = manifest.get("levels") or []
+    return {
+        "stored_per_level": [per_level.get(i, 0) for i in range(max(per_level, default=-1) + 1)],
+        "grid_per_level": [lv.get("rows", 0) * lv.get("cols", 0) for lv in levels],
+        "stored": sum(per_level.values()),
+        "manifest_tiles": manifest.get("tiles"),
+        "codec": manifest.get("codec"),
+        "background": manifest.get("background"),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# This benchmark
+# ----------------------------------------------------------------------------------------------
+
+
+def jpeg_chroma(data: bytes) -> str | None:
+    """Chroma sampling of a JPEG stream from its SOF marker ("4:4:4", "4:2:0", ...): libvips
+    turns subsampling off at Q >= 90 (and its TIFFs may hold RGB, not YCbCr, JPEG), so "the
+    same codec and quality" can still differ in what is coded."""
+    i = data.find(b"\xff\xc0")
+    if i < 0:
+        i = data.find(b"\xff\xc2")
+    if i < 0 or len(data) < i + 19 or data[i + 9] != 3:
+        return None
+    h, v = data[i + 11] >> 4, data[i + 11] & 15  # first component (Y) sampling factors
+    kind = {(1, 1): "4:4:4", (2, 1): "4:2:2", (2, 2): "4:2:0"}.get((h, v), f"{h}x{v}")
+    if bytes(data[i + 10 : i + 19 : 3]) == b"RGB":  # component ids R, G, B: no YCbCr transform
+        kind = f"RGB {kind} (no YCbCr)"
+    return kind
+
+
+def tiff_tiles(path: Path) -> dict[str, Any]:
+    """Every tile of every pyramid page vips wrote (it codes background tiles too)."""
+    import tifffile
+
+    per_level = []
+    with tifffile.TiffFile(str(path)) as tf:
+        for level in tf.series[0].levels:
+            per_level.append(sum(len(p.dataoffsets) for p in level.pages if p is not None))
+        page = tf.pages[0]
+        i = max(range(len(page.databytecounts)), key=lambda k: page.databytecounts[k])
+        tf.filehandle.seek(page.dataoffsets[i])
+        info = {
+            "compression": str(page.compression.name),
+            "photometric": str(page.photometric.name),
+            "tile": [page.tilelength, page.tilewidth],
+            "shape": list(page.shape),
+            "jpeg_chroma": jpeg_chroma(tf.filehandle.read(page.databytecounts[i])),
+        }
+    return {"stored_per_level": per_level, "stored": sum(per_level), **info}
+
+
+def vips_exe(given: str | None) -> str:
+    exe = given or shutil.which("vips")
+    if not exe or not Path(exe).exists():
+        raise SystemExit(
+            "`vips` not found: install libvips-tools (`apt-get install -y libvips-tools`) "
+            "or give --vips PATH"
+        )
+    return exe
+
+
+def median(xs: list[float]) -> float:
+    return float(statistics.median(xs))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ours, extra = split_passthrough(sys.argv[1:] if argv is None else argv)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Arguments after `--` are passed to `slidepress compress`.",
+    )
+    ap.add_argument("--size", type=int, default=16000, help="mosaic side in px (default 16000)")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
+    ap.add_argument("--quality", type=int, default=90, help="JPEG quality for both (default 90)")
+    ap.add_argument(
+        "--pythonpath",
+        default=None,
+        help="prepend to PYTHONPATH of the slidepress child, e.g. /work/base/src",
+    )
+    ap.add_argument(
+        "--python", default=None, help="interpreter to run `-m slidepress` with (default: this "
+        "venv's `slidepress` console script)"
+    )  # fmt: skip
+    ap.add_argument("--vips", default=None, help="vips executable (default: `vips` on PATH)")
+    ap.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=30.0,
+        help="before each run wait up to this many s for other processes to go idle",
+    )
+    ap.add_argument("--bench-dir", type=Path, default=bench_encode.BENCH_DIR)
+    ap.add_argument("--tiles-dir", type=Path, default=bench_encode.TILES_DIR)
+    ap.add_argument("--json", type=Path, default=None, help="default BENCH_DIR/bench_vs_vips.json")
+    ap.add_argument("--keep", action="store_true", help="keep the two outputs of the last round")
+    args = ap.parse_args(ours)
+    if args.rounds < 1:
+        ap.error("--rounds must be >= 1")
+    vips = vips_exe(args.vips)
+    vips_version = subprocess.run([vips, "--version"], capture_output=True, text=True).stdout
+    env = slidepress_env(args.pythonpath)
+    ident = code_identity(args.python, env)
+    bench_encode.log(f"slidepress under test: {ident['module']} ({ident['commit']})")
+
+    ns = argparse.Namespace(
+        size=args.size, quality=90, seed=0, bench_dir=args.bench_dir,
+        tiles_dir=args.tiles_dir, rebuild=False,
+    )  # fmt: skip
+    slide, build = bench_encode.build_slide(ns)
+    work = args.bench_dir / "vs_vips"
+    work.mkdir(parents=True, exist_ok=True)
+    spz, tif = work / "slidepress.spz", work / "vips.tif"
+    q = str(args.quality)
+    commands = {
+        "slidepress": [
+            *slidepress_cmd(args.python), "compress", str(slide), "-o", str(spz),
+            "--codec", "jpeg", "--quality", q, "--overwrite", *extra,
+        ],
+        "vips": [
+            vips, "tiffsave", str(slide), str(tif), "--tile", "--tile-width", "256",
+            "--tile-height", "256", "--pyramid", "--compression", "jpeg", "--Q", q, "--bigtiff",
+        ],
+    }  # fmt: skip
+    outputs = {"slidepress": spz, "vips": tif}
+    probe = bench_encode.CpuProbe(slide)
+    runs: dict[str, list[dict[str, Any]]] = {"slidepress": [], "vips": []}
+    for rnd in range(args.rounds):
+        order = ["slidepress", "vips"] if rnd % 2 == 0 else ["vips", "slidepress"]
+        for tool in order:
+            outputs[tool].unlink(missing_ok=True)
+            bench_encode.wait_quiet(args.quiet_wait)
+            cpu_probe = probe()
+            rec = run_measured(commands[tool], env, work / f"{tool}.log")
+            if rec["rc"] != 0:
+                raise SystemExit(f"{tool} failed (rc {rec['rc']}):\n{rec['output_tail']}")
+            rec["round"] = rnd + 1
+            rec["output_bytes"] = outputs[tool].stat().st_size
+            rec["cpu_probe_tiles_per_s"] = cpu_probe
+            runs[tool].append(rec)
+            bench_encode.log(
+                f"round {rnd + 1} {tool:<10}: {rec['wall_s']:6.1f} s, "
+                f"{rec['peak_rss_mib']:6.0f} MiB peak, {rec['cpu_s']:6.1f} CPU s, "
+                f"other load {rec['other_processes_cores']} cores"
+            )
+    tiles = {"slidepress": container_tiles(spz), "vips": tiff_tiles(tif)}
+    with zipfile.ZipFile(spz) as z:  # the largest level-0 tile: a tissue tile
+        big = max(
+            (i for i in z.infolist() if i.filename.startswith("L0/")), key=lambda i: i.file_size
+        )
+        tiles["slidepress"]["jpeg_chroma"] = jpeg_chroma(z.read(big))
+    summary_line = next(
+        (ln for ln in reversed(runs["slidepress"][-1]["output_tail"].splitlines()) if "->" in ln),
+        "",
+    )
+    if not args.keep:
+        spz.unlink(missing_ok=True)
+        tif.unlink(missing_ok=True)
+
+    med = {
+        tool: {
+            k: median([r[k] for r in rs])
+            for k in ("wall_s", "peak_rss_mib", "cpu_s", "output_bytes")
+        }
+        for tool, rs in runs.items()
+    }
+    px = args.size * args.size
+    for tool in med:
+        med[tool]["mpx_per_s"] = round(px / 1e6 / med[tool]["wall_s"], 2)
+    time_ratio = med["slidepress"]["wall_s"] / med["vips"]["wall_s"]
+    mem_ratio = med["slidepress"]["peak_rss_mib"] / med["vips"]["peak_rss_mib"]
+    spread = (max(probe.samples) / min(probe.samples) - 1) if probe.samples else 0.0
+    report = {
+        "benchmark": "bench_vs_vips",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "argv": sys.argv if argv is None else argv,
+        "slidepress": ident,
+        "vips_version": vips_version.strip(),
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+        "slide": build,
+        "commands": {k: " ".join(v) for k, v in commands.items()},
+        "extra_compress_args": extra,
+        "runs": runs,
+        "median": med,
+        "ratio_slidepress_over_vips": {
+            "wall": round(time_ratio, 3),
+            "peak_rss": round(mem_ratio, 3),
+            "cpu": round(med["slidepress"]["cpu_s"] / med["vips"]["cpu_s"], 3),
+            "output_bytes": round(
+                med["slidepress"]["output_bytes"] / med["vips"]["output_bytes"], 3
+            ),
+            # fastest run of each: the least disturbed when the machine is shared
+            "best_wall": round(
+                min(r["wall_s"] for r in runs["slidepress"])
+                / min(r["wall_s"] for r in runs["vips"]),
+                3,
+            ),
+        },
+        "targets": {"wall_ratio_max": TARGET_TIME_RATIO, "peak_rss_ratio_below": TARGET_MEM_RATIO},
+        "pass": {
+            "time": time_ratio <= TARGET_TIME_RATIO,
+            "memory": mem_ratio < TARGET_MEM_RATIO,
+        },
+        "tiles": tiles,
+        "slidepress_summary": summary_line.strip(),
+        "cpu_probe": {
+            "what": "single-thread JPEG decode of 200 fixed 256 px tiles, best of 3, tiles/s",
+            "samples": [round(x) for x in probe.samples],
+            "spread": round(spread, 3),
+        },
+    }
+    out = args.json or args.bench_dir / "bench_vs_vips.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, default=str))
+    print_report(report)
+    print(f"JSON: {out}")
+    return 0
+
+
+def print_report(rep: dict[str, Any]) -> None:
+    s = rep["slide"]
+    print(
+        f"\nslide {Path(s['path']).name}: {s['size_px']}x{s['size_px']} px, "
+        f"{s['file_bytes'] / 1e6:.0f} MB; slidepress {rep['slidepress']['commit']} "
+        f"({rep['slidepress']['src']}); {rep['vips_version']}; "
+        f"{len(rep['runs']['vips'])} rounds, ABBA order; {rep['machine']['cpu_count']} CPUs"
+    )
+    if rep["extra_compress_args"]:
+        print(f"extra compress args: {' '.join(rep['extra_compress_args'])}")
+    print(
+        f"{'tool':<11}{'wall s':>8}{'MPx/s':>8}{'peak MiB':>10}{'CPU s':>8}{'out MB':>9}"
+        f"{'tiles':>8}  runs (wall s / MiB / other cores)"
+    )
+    for tool, m in rep["median"].items():
+        runs = ", ".join(
+            f"{r['wall_s']:.1f}/{r['peak_rss_mib']:.0f}/{r['other_processes_cores']:.2f}"
+            for r in rep["runs"][tool]
+        )
+        print(
+            f"{tool:<11}{m['wall_s']:>8.2f}{m['mpx_per_s']:>8.1f}{m['peak_rss_mib']:>10.0f}"
+            f"{m['cpu_s']:>8.1f}{m['output_bytes'] / 1e6:>9.1f}"
+            f"{rep['tiles'][tool]['stored']:>8}  {runs}"
+        )
+    r, t, p = rep["ratio_slidepress_over_vips"], rep["targets"], rep["pass"]
+    print(
+        f"slidepress/vips: wall {r['wall']:.2f}x (target <= {t['wall_ratio_max']}: "
+        f"{'PASS' if p['time'] else 'FAIL'}), peak RSS {r['peak_rss']:.2f}x (target < "
+        f"{t['peak_rss_ratio_below']}: {'PASS' if p['memory'] else 'FAIL'}), "
+        f"CPU {r['cpu']:.2f}x, output size {r['output_bytes']:.2f}x; fastest runs' wall "
+        f"{r['best_wall']:.2f}x"
+    )
+    st, vt = rep["tiles"]["slidepress"], rep["tiles"]["vips"]
+    print(
+        f"tiles per level: slidepress {st['stored_per_level']} of {st['grid_per_level']} "
+        f"(policy {(st.get('background') or {}).get('policy')}); vips {vt['stored_per_level']} "
+        f"(every tile)"
+    )
+    print(
+        f"JPEG chroma: slidepress {st.get('jpeg_chroma')} "
+        f"({(st.get('codec') or {}).get('library_version')}); vips {vt['jpeg_chroma']} "
+        f"({vt['compression']}, photometric {vt['photometric']})"
+    )
+    print(f"slidepress said: {rep['slidepress_summary']}")
+    cp = rep["cpu_probe"]
+    print(
+        f"CPU probe: {cp['samples']} tiles/s, spread {cp['spread']:.0%}"
+        + (" -- machine speed drifted: compare with care" if cp["spread"] > 0.15 else "")
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,104 @@
+"""Whole-slide fidelity of a compressed slide, accumulated tile by tile (memory bounded).
+
+"Tissue pixels" are the level-0 pixels of the 2 um boxes that deviate from the glass colour
+by more than the glass threshold (slide/glass.py), i.e. everything but empty glass. PSNR is
+pooled over all of them across the slide: stored tiles compare the decoded tile, dropped tiles
+compare what a reader gets back (white, or the constant background tile) — by construction a
+dropped tile has no tissue box, which the report shows as the largest deviation found in any
+dropped tile. MS-SSIM (optional: it needs torch) is the mean over stored tiles weighted by
+their tissue pixels.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .quality import psnr_from_mse
+
+
+def squared_error(
+    orig: np.ndarray, restored: np.ndarray, box_mask: np.ndarray, factor: int
+) -> tuple[float, int]:
+    """(sum of squared errors, number of values) over the pixels of the boxes in `box_mask`
+    ((ceil(h/f), ceil(w/f)) bool, one per `factor` x `factor` box), all channels.
+
+    Float32 in one pass and a BLAS dot: ~10x faster than gathering the masked pixels, which
+    made this the most expensive step of compress."""
+    if not box_mask.any():
+        return 0.0, 0
+    h, w = orig.shape[:2]
+    d = np.subtract(orig, restored, dtype=np.float32)
+    if box_mask.all():
+        n = h * w
+    elif h % factor == 0 and w % factor == 0:
+        view = d.reshape(h // factor, factor, w // factor, factor, 3)
+        view *= box_mask[:, None, :, None, None]
+        n = int(box_mask.sum()) * factor * factor
+    else:  # a partial edge tile: mask pixel by pixel
+        m = np.repeat(np.repeat(box_mask, factor, axis=0), factor, axis=1)[:h, :w]
+        d *= m[..., None]
+        n = int(m.sum())
+    flat = d.reshape(-1)
+    return float(np.dot(flat, flat)), 3 * n
+
+
+@dataclass
+class SlideFidelity:
+    """Running totals over level 0 of a slide."""
+
+    sse: float = 0.0
+    values: int = 0  # tissue pixels x 3 channels
+    tiles_stored: int = 0
+    tiles_dropped: int = 0
+    max_dropped_deviation: int = 0
+    ms_ssim_sum: float = 0.0
+    ms_ssim_weight: float = 0.0
+    ms_ssim_tiles: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def add_stored(self, sse: float, values: int) -> None:
+        self.sse += sse
+        self.values += values
+        self.tiles_stored += 1
+
+    def add_dropped(self, deviation: int, sse: float = 0.0, values: int = 0) -> None:
+        self.tiles_dropped += 1
+        self.max_dropped_deviation = max(self.max_dropped_deviation, int(deviation))
+        self.sse += sse
+        self.values += values
+
+    def add_ms_ssim(self, values: np.ndarray, weights: np.ndarray) -> None:
+        ok = np.isfinite(values) & (weights > 0)
+        self.ms_ssim_sum += float(np.sum(values[ok] * weights[ok]))
+        self.ms_ssim_weight += float(np.sum(weights[ok]))
+        self.ms_ssim_tiles += int(ok.sum())
+
+    @property
+    def tissue_pixels(self) -> int:
+        return self.values // 3
+
+    @property
+    def psnr(self) -> float:
+        return psnr_from_mse(self.sse / self.values) if self.values else math.nan
+
+    @property
+    def ms_ssim(self) -> float | None:
+        return self.ms_ssim_sum / self.ms_ssim_weight if self.ms_ssim_weight else None
+
+    def describe(self) -> dict[str, Any]:
+        psnr = self.psnr
+        return {
+            "scope": "level 0, every tissue pixel of the slide (2 um boxes deviating from glass)",
+            "psnr_db": None if math.isnan(psnr) else (psnr if math.isfinite(psnr) else "inf"),
+            "tissue_pixels": self.tissue_pixels,
+            "ms_ssim": self.ms_ssim,
+            "ms_ssim_tiles": self.ms_ssim_tiles,
+            "tiles_stored": self.tiles_stored,
+            "tiles_dropped": self.tiles_dropped,
+            "max_dropped_deviation": self.max_dropped_deviation,
+            **self.extra,
+        }
