@@ -58,7 +58,7 @@ def pca_rgb(features: np.ndarray, mask: np.ndarray, min_side: int = 512) -> np.n
 def save_png(image: np.ndarray, path: str | Path) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp:
-        Image.fromarray(image).save(tmp, format="PNG")
+        Image.fromarray(image).save(tmp, format="PNG", compress_level=3)  # previews: fast
     return path
 
 

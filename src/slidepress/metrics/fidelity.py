@@ -26,24 +26,31 @@ def squared_error(
     """(sum of squared errors, number of values) over the pixels of the boxes in `box_mask`
     ((ceil(h/f), ceil(w/f)) bool, one per `factor` x `factor` box), all channels.
 
-    Float32 in one pass and a BLAS dot: ~10x faster than gathering the masked pixels, which
-    made this the most expensive step of compress."""
+    Float32 in one pass and BLAS dots over the whole tile, minus (or, when they are fewer,
+    plus) the boxes gathered from a box-shaped view: ~15x faster than gathering the masked
+    pixels, which made this the most expensive step of compress."""
     if not box_mask.any():
         return 0.0, 0
     h, w = orig.shape[:2]
     d = np.subtract(orig, restored, dtype=np.float32)
+    flat = d.reshape(-1)
     if box_mask.all():
-        n = h * w
-    elif h % factor == 0 and w % factor == 0:
-        view = d.reshape(h // factor, factor, w // factor, factor, 3)
-        view *= box_mask[:, None, :, None, None]
-        n = int(box_mask.sum()) * factor * factor
-    else:  # a partial edge tile: mask pixel by pixel
+        return float(np.dot(flat, flat)), 3 * h * w
+    if h % factor or w % factor:  # a partial edge tile: mask pixel by pixel
         m = np.repeat(np.repeat(box_mask, factor, axis=0), factor, axis=1)[:h, :w]
         d *= m[..., None]
-        n = int(m.sum())
-    flat = d.reshape(-1)
-    return float(np.dot(flat, flat)), 3 * n
+        return float(np.dot(flat, flat)), 3 * int(m.sum())
+    boxes = d.reshape(h // factor, factor, w // factor, factor * 3)
+    glass = ~box_mask
+    n_glass = int(glass.sum())
+    if 2 * n_glass <= box_mask.size:  # few glass boxes: all minus them
+        gi, gj = np.nonzero(glass)
+        g = boxes[gi, :, gj, :].reshape(-1)
+        sse = float(np.dot(flat, flat)) - float(np.dot(g, g))
+        return max(sse, 0.0), 3 * (h * w - n_glass * factor * factor)
+    ti, tj = np.nonzero(box_mask)
+    t = boxes[ti, :, tj, :].reshape(-1)
+    return float(np.dot(t, t)), 3 * len(ti) * factor * factor
 
 
 @dataclass
@@ -70,6 +77,12 @@ class SlideFidelity:
         self.max_dropped_deviation = max(self.max_dropped_deviation, int(deviation))
         self.sse += sse
         self.values += values
+
+    def add_dropped_many(self, deviations: np.ndarray) -> None:
+        """Tiles left out without being read at full resolution (their survey deviations)."""
+        if deviations.size:
+            self.tiles_dropped += int(deviations.size)
+            self.max_dropped_deviation = max(self.max_dropped_deviation, int(deviations.max()))
 
     def add_ms_ssim(self, values: np.ndarray, weights: np.ndarray) -> None:
         ok = np.isfinite(values) & (weights > 0)

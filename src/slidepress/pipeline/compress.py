@@ -35,7 +35,14 @@ from ..codecs import Codec, get_codec
 from ..errors import TissueError, UsageError
 from ..metrics.fidelity import SlideFidelity, squared_error
 from ..slide import open_slide, resolve_slide_path
-from ..slide.glass import Glass, box_deviation, box_factor, estimate_glass
+from ..slide.glass import (
+    Glass,
+    Survey,
+    box_deviation,
+    box_factor,
+    estimate_glass,
+    survey_tiles,
+)
 from ..slide.mpp import resolve_mpp
 from ..store.atomic import atomic_path, check_output
 from ..store.container import (
@@ -55,7 +62,9 @@ BLOCK_TILES = 4  # blocks of up to 4 x 4 tiles per worker task
 MS_SSIM_BATCH = 32
 BACKGROUND_RULE = (
     "a level-0 tile is glass when no 2 um box of it deviates from the glass colour by more "
-    "than the threshold (max over channels); a coarser tile is stored when any tile under it is"
+    "than the threshold (max over channels); tiles whose every pixel of a <= 2 um/px source "
+    "level (the survey, one pixel of margin) stays SURVEY_MARGIN below it are glass unread; "
+    "a coarser tile is stored when any tile under it is"
 )
 
 
@@ -166,7 +175,8 @@ def _children_kept(keep: np.ndarray, rows: int, cols: int) -> np.ndarray:
 
 
 class _LevelCoder:
-    """Runs in the worker threads: tests, codes and checks the tiles of one block."""
+    """Runs in the worker threads: tests, codes and checks the tiles of one block (level 0),
+    or codes the tiles to store (coarser levels); tiles outside `todo` are not touched."""
 
     def __init__(
         self,
@@ -174,13 +184,15 @@ class _LevelCoder:
         width: int,
         height: int,
         codec: Codec,
-        keep: np.ndarray | None,
+        todo: np.ndarray,
+        level0: bool,
         glass: Glass,
         policy: str,
         ms_ssim: bool,
     ):
         self.grid, self.width, self.height = grid, width, height
-        self.codec, self.keep, self.glass, self.policy = codec, keep, glass, policy
+        self.codec, self.todo, self.level0 = codec, todo, level0
+        self.glass, self.policy = glass, policy
         self.ms_ssim = ms_ssim
         self.factor = box_factor(grid.effective_mpp)
 
@@ -192,13 +204,13 @@ class _LevelCoder:
         for i in range(r1 - r0):
             for j in range(c1 - c0):
                 r, c = r0 + i, c0 + j
-                if self.keep is not None:  # a coarser level: decided by the finer one
-                    if self.keep[r, c]:
-                        out.append(
-                            _Tile(r, c, self.codec.encode(np.ascontiguousarray(tiles[i, j])))
-                        )
+                if not self.todo[r, c]:  # glass by the survey / under no stored finer tile
                     continue
-                out.append(self._level0_tile(r, c, tiles[i, j], t))
+                if self.level0:
+                    out.append(self._level0_tile(r, c, tiles[i, j], t))
+                else:
+                    data = self.codec.encode(np.ascontiguousarray(tiles[i, j]))
+                    out.append(_Tile(r, c, data))
         return out
 
     def _level0_tile(self, r: int, c: int, tile: np.ndarray, t: int) -> _Tile:
@@ -287,6 +299,13 @@ def compress_slide(
         thumbnail, _ = reader.thumbnail(1024)
         glass = estimate_glass(thumbnail)
         del thumbnail
+        base = levels[0][0]
+        survey = None
+        if opts.background != "keep":  # glass tiles need not be read at full resolution
+            survey = survey_tiles(
+                reader, glass, opts.tile * base.scale, base.rows, base.cols, slide_mpp,
+                base.scale,
+            )  # fmt: skip
         reader_name = info.reader
 
     total = int(sum(g.rows * g.cols for g, _, _ in levels))
@@ -303,20 +322,19 @@ def compress_slide(
                 if opts.background == "constant":
                     flat = np.full((opts.tile, opts.tile, 3), glass.colour, np.uint8)
                     writer.add_background(codec.encode(flat))
-                keep: np.ndarray | None = None
+                keep = np.ones((base.rows, base.cols), bool)
                 for lv, (grid, width, height) in enumerate(levels):
+                    every = np.ones((grid.rows, grid.cols), bool)
                     if lv == 0:
-                        todo = np.ones((grid.rows, grid.cols), bool)
-                        coder_keep = None
+                        todo = survey.maybe_tissue() if survey is not None else every
+                        if survey is not None:  # ruled out by the survey: glass, not read
+                            fidelity.add_dropped_many(survey.deviation[~todo])
+                    elif opts.background == "keep":
+                        todo = every
                     else:
-                        todo = (
-                            np.ones((grid.rows, grid.cols), bool)
-                            if opts.background == "keep"
-                            else _children_kept(keep, grid.rows, grid.cols)
-                        )
-                        coder_keep = todo
+                        todo = _children_kept(keep, grid.rows, grid.cols)
                     coder = _LevelCoder(
-                        grid, width, height, codec, coder_keep, glass, opts.background,
+                        grid, width, height, codec, todo, lv == 0, glass, opts.background,
                         opts.ms_ssim,
                     )  # fmt: skip
                     stored = np.zeros((grid.rows, grid.cols), bool)
@@ -336,11 +354,9 @@ def compress_slide(
                                         fidelity.add_stored(tile.sse, tile.values)
                                         if scorer:
                                             scorer.add(tile)
-                            if advance and lv == 0:
-                                advance((r1 - r0) * (c1 - c0))
-                            elif advance:
+                            if advance:
                                 advance(int(todo[r0:r1, c0:c1].sum()))
-                    if advance and lv > 0:  # tiles of this level not covering tissue
+                    if advance:  # tiles of this level ruled out without reading
                         advance(int((~todo).sum()))
                     if lv == 0:
                         if scorer:
@@ -354,8 +370,9 @@ def compress_slide(
                     keep = stored
                 sha = sha_future.result()
                 manifest = _manifest(
-                    path, info, sha, slide_mpp, opts, levels, codec, glass, writer, fidelity
-                )
+                    path, info, sha, slide_mpp, opts, levels, codec, glass, survey, writer,
+                    fidelity,
+                )  # fmt: skip
                 writer.close(manifest)
             except BaseException:
                 writer.abort()
@@ -386,6 +403,7 @@ def _manifest(
     levels: list[tuple[TileGrid, int, int]],
     codec: Codec,
     glass: Glass,
+    survey: Survey | None,
     writer: ContainerWriter,
     fidelity: SlideFidelity,
 ) -> dict[str, Any]:
@@ -420,6 +438,7 @@ def _manifest(
             "policy": opts.background,
             "colour": list(glass.colour) if opts.background == "constant" else [255, 255, 255],
             "glass": glass.describe(),
+            "survey": survey.describe() if survey is not None else None,
             "rule": BACKGROUND_RULE,
         },
         "tiles": {

@@ -14,6 +14,7 @@ that wait (a few ms) is deferred, not allowed to break the order.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from collections import deque
@@ -52,6 +53,14 @@ def deferred_interrupts() -> Iterator[None]:
             raise KeyboardInterrupt
 
 
+def _lower_priority(nice: int) -> None:
+    """Make the calling thread yield the CPU to the others (Linux: per-thread niceness)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except (AttributeError, OSError):  # not Linux, or not permitted: just run as is
+        pass
+
+
 def iter_blocks(
     path: Path,
     reader_name: str,
@@ -60,16 +69,23 @@ def iter_blocks(
     workers: int = 2,
     block_cells: int = 8,
     process: Callable[[Block, np.ndarray], T] | None = None,
+    nice: int = 0,
 ) -> Iterator[tuple[Block, Any]]:
     """Yield (block, pixels) in order — or (block, process(block, pixels)) when `process` is
     given, computed in the worker thread. Close the generator (or exhaust it) to release the
-    threads and handles; `with contextlib.closing(...)` makes that explicit on errors."""
+    threads and handles; `with contextlib.closing(...)` makes that explicit on errors.
+
+    `nice` > 0 lowers the reader threads' priority: when the consumer is a torch model using
+    every core, readers then run in its gaps instead of preempting one of its threads (an
+    OpenMP region waits for its slowest thread: nic-multitask on 2 cores 350 -> ~410 tiles/s)."""
     local = threading.local()
     handles: list[SlideReader] = []
     lock = threading.Lock()
 
     def work(block: Block) -> Any:
         if not hasattr(local, "reader"):
+            if nice:
+                _lower_priority(nice)
             local.reader = open_slide(path, reader=reader_name)
             with lock:
                 handles.append(local.reader)

@@ -19,11 +19,16 @@ README:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageChops
+
+if TYPE_CHECKING:
+    from .base import SlideReader
 
 BOX_UM = 2.0  # box side (um) at which a tile's deviation from glass is measured
 MIN_THRESHOLD = 20  # levels (0-255): largest box deviation a glass tile may show ...
@@ -109,3 +114,84 @@ def tile_deviation(tile: np.ndarray, glass: Glass, factor: int, valid: tuple[int
         return 0
     dev = box_deviation(tile[:h, :w], glass, factor)
     return int(dev.max())
+
+
+SURVEY_MARGIN = 6  # levels: the survey only rules out tiles this far below the threshold
+SURVEY_READ_SIDE = 512  # survey-level pixels per side read at once
+
+
+@dataclass(frozen=True)
+class Survey:
+    """Largest deviation from glass of every tile, measured on a source pyramid level of at
+    most BOX_UM um/px (each of its pixels is a box at least as fine as the tile test's)."""
+
+    deviation: np.ndarray  # (rows, cols) uint8
+    level: int
+    mpp: float
+    threshold: int  # tiles at or below this are glass without reading them at full resolution
+
+    def maybe_tissue(self) -> np.ndarray:
+        return self.deviation > self.threshold
+
+    def describe(self) -> dict:
+        return {"level": self.level, "mpp": self.mpp, "threshold": self.threshold}
+
+
+def survey_level(downsamples: tuple[float, ...], slide_mpp: float, tile_scale: float) -> int | None:
+    """The coarsest pyramid level (not 0) fine enough for the glass test (<= BOX_UM um/px)
+    and coarse enough to be worth it (>= 2x the tiles' own scale); None if there is none."""
+    best = None
+    for level, ds in enumerate(downsamples):
+        if level and slide_mpp * ds <= BOX_UM * 1.02 and ds >= 2 * tile_scale:
+            best = level
+    return best
+
+
+def survey_tiles(
+    reader: SlideReader,
+    glass: Glass,
+    tile0: float,
+    rows: int,
+    cols: int,
+    slide_mpp: float,
+    tile_scale: float,
+) -> Survey | None:
+    """Per-tile deviation from glass of a grid of `rows` x `cols` tiles of `tile0` level-0
+    pixels, read from a coarse-enough pyramid level so that glass tiles need not be read and
+    tested at full resolution (on a typical slide most of the area). Each tile's window is
+    widened by one survey pixel on every side. None when the slide has no such level."""
+    level = survey_level(reader.info.level_downsamples, slide_mpp, tile_scale)
+    if level is None:
+        return None
+    ds = reader.info.level_downsamples[level]
+    lw, lh = reader.info.level_dimensions[level]
+    step = tile0 / ds  # survey pixels per tile (not always an integer)
+    edges_x = [min(lw, max(0, math.floor(c * step) - 1)) for c in range(cols)]
+    ends_x = [min(lw, math.ceil((c + 1) * step) + 1) for c in range(cols)]
+    edges_y = [min(lh, max(0, math.floor(r * step) - 1)) for r in range(rows)]
+    ends_y = [min(lh, math.ceil((r + 1) * step) + 1) for r in range(rows)]
+    out = np.zeros((rows, cols), np.uint8)
+    band = max(1, int(SURVEY_READ_SIDE // max(step, 1.0)))
+    for r0 in range(0, rows, band):
+        r1 = min(rows, r0 + band)
+        y0, y1 = edges_y[r0], max(ends_y[r1 - 1], edges_y[r0] + 1)
+        if y0 >= lh:
+            break
+        for c0 in range(0, cols, band):
+            c1 = min(cols, c0 + band)
+            x0, x1 = edges_x[c0], max(ends_x[c1 - 1], edges_x[c0] + 1)
+            if x0 >= lw:
+                break
+            px = reader.read_region((round(x0 * ds), round(y0 * ds)), level, (x1 - x0, y1 - y0))
+            dev = box_deviation(px, glass, 1)
+            for r in range(r0, r1):
+                ys = slice(edges_y[r] - y0, ends_y[r] - y0)
+                row = dev[ys]
+                if not row.size:
+                    continue
+                for c in range(c0, c1):
+                    win = row[:, edges_x[c] - x0 : ends_x[c] - x0]
+                    if win.size:
+                        out[r, c] = win.max()
+    threshold = max(0, glass.threshold - SURVEY_MARGIN)
+    return Survey(out, level, slide_mpp * ds, threshold)
