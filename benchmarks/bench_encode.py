@@ -608,14 +608,15 @@ def profile_in_process(slide: Path, spec: str, out_dir: Path, args: argparse.Nam
     return buf.getvalue()
 
 
-def git_commit() -> str | None:
-    """HEAD of the checkout measured, '+dirty' when src/ has local changes."""
+def git_commit(src: Path | None = None) -> str | None:
+    """HEAD of the checkout measured, '+dirty' when its src/ has local changes."""
+    src = src or REPO / "src"
     try:
         head = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+            ["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "src"], cwd=REPO, capture_output=True, text=True
+            ["git", "status", "--porcelain", "--", "."], cwd=src, capture_output=True, text=True
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None

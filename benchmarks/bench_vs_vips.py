@@ -96,17 +96,7 @@ def code_identity(python: str | None, env: dict[str, str]) -> dict[str, Any]:
         raise SystemExit(f"cannot import slidepress in the child environment:\n{r.stderr[-2000:]}")
     file, version = json.loads(r.stdout.strip().splitlines()[-1])
     src = Path(file).resolve().parents[1]  # .../src
-    commit = None
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "."], cwd=src, capture_output=True, text=True
-        ).stdout.strip()
-        commit = head + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        pass
+    commit = bench_encode.git_commit(src)
     return {"module": file, "version": version, "src": str(src), "commit": commit}
 
 
