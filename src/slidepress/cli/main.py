@@ -279,8 +279,9 @@ def compress(
 ) -> None:
     """Compress a slide into a container of coded tiles (with a pyramid).
 
-    Every level-0 tile is tested on its own pixels; only empty glass is left out. Reports the
-    PSNR over every tissue pixel of the slide, decoded back from the container."""
+    Only empty glass is left out (every level-0 tile is tested on its own pixels).
+
+    Reports the PSNR over every tissue pixel of the slide, decoded back from the container."""
 
     def body() -> None:
         from ..pipeline import CompressOptions, compress_slide
