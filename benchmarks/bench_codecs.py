@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
-OUT = REPO / ".bench" / "codecs"
+from common import BENCH_DIR, SHARED, SLIDES_DIR, TILES_DIR, log
+
+OUT = BENCH_DIR / "codecs"
 SLIDES = ("CMU-1-Small-Region.svs", "CMU-1-Small-Region_pyramid_jpeg90.tiff")
 
 
@@ -49,18 +48,21 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from slidepress.bench.codecs import run_codec_benchmark
+    from slidepress.cli.common import progress_bars
 
-    tiles = sorted((SHARED / "tiles").glob("*.png"))
-    slides = [SHARED / "slides" / s for s in SLIDES]
+    tiles = sorted(TILES_DIR.glob("*.png"))
+    slides = [SLIDES_DIR / s for s in SLIDES]
     missing = [p for p in slides if not p.exists()]
     if not tiles or missing:
-        print(f"shared data not found under {SHARED} (see README)", file=sys.stderr)
+        log(f"shared data not found under {SHARED} (see README)")
         return 2
     t0 = time.perf_counter()
-    res = run_codec_benchmark(
-        tiles + slides, args.out, args.codecs.split(","), None, tile=args.tile,
-        threads=args.threads, max_tiles_per_input=args.max_tiles, seed=args.seed, progress=True,
-    )  # fmt: skip
+    with progress_bars("tiles") as start:  # the bars of `slidepress bench codecs`
+        res = run_codec_benchmark(
+            tiles + slides, args.out, args.codecs.split(","), None, tile=args.tile,
+            threads=args.threads, max_tiles_per_input=args.max_tiles, seed=args.seed,
+            progress=start,
+        )  # fmt: skip
     wall = time.perf_counter() - t0
 
     n_tiles = sum(i["n_tiles"] for i in res.inputs)

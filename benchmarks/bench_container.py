@@ -1,7 +1,7 @@
 """Container benchmark: compress throughput with 2 workers vs 1, region-read latency vs decoding
 the same tiles straight from memory with imagecodecs, and peak RSS compressing a large slide.
 
-Uses the synthetic pyramidal mosaic of real H&E tiles that bench_encode.py builds (cached in
+Uses the synthetic pyramidal mosaic of real H&E tiles that tissue_slide.py builds (cached in
 .bench/). All numbers are ratios against a baseline measured in the same run.
 
     python benchmarks/bench_container.py                      # 20k slide for speed, 50k for RSS
@@ -13,61 +13,42 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-import bench_encode  # noqa: E402  (same folder: the mosaic builder)
-from slidepress.store.container import Container  # noqa: E402
+from common import BENCH_DIR, TILES_DIR, run_measured, slidepress_exe
+from slidepress.store.container import Container
+from tissue_slide import build_slide
 
 
 def build(size: int, args: argparse.Namespace) -> Path:
-    ns = argparse.Namespace(
-        size=size, quality=90, seed=0, bench_dir=args.bench_dir,
-        tiles_dir=args.tiles_dir, rebuild=False,
-    )  # fmt: skip
-    path, _ = bench_encode.build_slide(ns)
-    return path
+    return build_slide(size, args.bench_dir, args.tiles_dir)[0]
 
 
 def run_compress(slide: Path, out: Path, codec: str, workers: int) -> dict:
-    """`slidepress compress` as a subprocess; wall time and peak RSS from wait4."""
+    """`slidepress compress` as a child process; its wall time and peak RSS from wait4."""
     cmd = [
-        bench_encode.slidepress_exe(), "compress", str(slide), "-o", str(out), "--codec", codec,
+        slidepress_exe(), "compress", str(slide), "-o", str(out), "--codec", codec,
         "--workers", str(workers), "--overwrite",
     ]  # fmt: skip
-    # Through a tiny launcher: a child's recorded peak RSS starts at its parent's peak, so
-    # wait4 from this (large) process would over-report.
-    launcher = (
-        "import os, subprocess, sys, json; p = subprocess.Popen(sys.argv[1:], "
-        "stderr=subprocess.PIPE, text=True); err = p.stderr.read(); "
-        "_, st, ru = os.wait4(p.pid, 0); "
-        "print(json.dumps([os.waitstatus_to_exitcode(st), ru.ru_maxrss, err]))"
-    )
-    t0 = time.perf_counter()
-    res = subprocess.run([sys.executable, "-c", launcher, *cmd], capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    rc, maxrss_kib, err = json.loads(res.stdout)
-    if rc != 0:
-        raise SystemExit(f"compress failed: {err}")
+    rec = run_measured(cmd, None, out.with_suffix(".log"))
+    if rec["rc"] != 0:
+        raise SystemExit(f"compress failed (rc {rec['rc']}): {rec['output_tail']}")
     with Container(out) as c:
         stored = c.manifest["tiles"]["stored"]
+    tail = rec["output_tail"].strip()
     return {
         "workers": workers,
         "codec": codec,
-        "wall_s": round(wall, 2),
+        "wall_s": round(rec["wall_s"], 2),
         "tiles": stored,
-        "tiles_per_s": stored / wall,
-        "peak_rss_mb": maxrss_kib / 1024,
+        "tiles_per_s": stored / rec["wall_s"],
+        "peak_rss_mb": rec["peak_rss_mib"],
         "container_mb": out.stat().st_size / 1e6,
-        "summary": err.strip().splitlines()[-1] if err.strip() else "",
+        "summary": tail.splitlines()[-1] if tail else "",
     }
 
 
@@ -154,8 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rss-codec", default="jpeg", help="codec of the large RSS run (speed)")
     ap.add_argument("--regions", type=int, default=200)
     ap.add_argument("--region-px", type=int, default=1024)
-    ap.add_argument("--bench-dir", type=Path, default=bench_encode.BENCH_DIR)
-    ap.add_argument("--tiles-dir", type=Path, default=bench_encode.TILES_DIR)
+    ap.add_argument("--bench-dir", type=Path, default=BENCH_DIR)
+    ap.add_argument("--tiles-dir", type=Path, default=TILES_DIR)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
 

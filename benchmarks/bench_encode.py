@@ -6,14 +6,14 @@ What it measures, per encoder, in one run:
   b. pure forward: `encoder.encode(batch)` on preloaded real uint8 patches (batches of 64);
   c. naive: one thread, OpenSlide `read_region` of one patch at a time, encode in batches of 64.
 
-The slide is a mosaic of the lossless H&E tiles in ../shared/data/tiles (random crops,
-rotations and flips; a smooth random tissue mask with glass background around it), written once
-as a 256 px JPEG-tiled, 2x pyramidal TIFF at 0.5 um/px and cached in .bench/. It is generated
-band by band, never held whole in memory; every pyramid level is rendered directly from
-box-downsampled sources, exactly equal (up to uint8 rounding) to box-downsampling level 0.
+The slide is the mosaic of real H&E tiles that tissue_slide.py builds (256 px JPEG tiles, 2x
+pyramid, 0.5 um/px), cached in .bench/.
 
     python benchmarks/bench_encode.py --size 8000        # quick
     python benchmarks/bench_encode.py                    # 50000 x 50000 (the reference run)
+
+One file on purpose (over the ~450-line guide): the script reads top to bottom as the
+experiment; what other benchmarks share is in common.py and tissue_slide.py.
 """
 
 from __future__ import annotations
@@ -22,338 +22,31 @@ import argparse
 import cProfile
 import io
 import json
-import math
 import os
 import platform
 import pstats
 import re
-import shutil
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-BENCH_DIR = REPO / ".bench"
-TILES_DIR = REPO.parent / "shared" / "data" / "tiles"
+from common import (
+    BENCH_DIR,
+    TILES_DIR,
+    CpuMeter,
+    CpuProbe,
+    git_commit,
+    log,
+    run_measured,
+    slidepress_exe,
+    wait_quiet,
+)
+from tissue_slide import TILE, build_slide, check_slide, level_count
 
-TILE = 256  # TIFF tile side
-CELL = 320  # mosaic cell side at level 0 (one source crop per cell)
-QUANT = 64  # crop offsets, cells and mask pixels are multiples of this: levels stay exact
-MAX_LEVEL = 6  # 2**MAX_LEVEL == QUANT
-BACKGROUND = (236, 234, 240)  # glass
-TISSUE_FRACTION = 0.55
-MOSAIC_VERSION = 1  # bump when the rendering changes (invalidates the cache)
 BATCH = 64
-
-
-# `slidepress encode` is started through this small interpreter: a child's ru_maxrss starts at
-# its parent's RSS high-water mark (fork/vfork + exec carry it over), so wait4 in this big
-# process would report at least our own peak; from a fresh ~10 MB interpreter it is exact.
-LAUNCHER = """
-import json, os, subprocess, sys, time
-t0 = time.perf_counter()
-p = subprocess.Popen(sys.argv[2:])
-_, status, ru = os.wait4(p.pid, 0)
-rec = dict(rc=os.waitstatus_to_exitcode(status), wall_s=time.perf_counter() - t0,
-           maxrss_kib=ru.ru_maxrss, utime=ru.ru_utime, stime=ru.ru_stime)
-with open(sys.argv[1], "w") as f:
-    json.dump(rec, f)
-"""
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def _busy_s() -> float:
-    """CPU seconds all processes on this machine have used (from /proc/stat)."""
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:9]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = v
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def _own_s() -> float:
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
-
-
-class CpuMeter:
-    """Cores' worth of CPU used by *other* processes while the block ran (noise indicator)."""
-
-    def __enter__(self) -> CpuMeter:
-        self.t0, self.b0, self.o0 = time.perf_counter(), _busy_s(), _own_s()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        wall = max(1e-6, time.perf_counter() - self.t0)
-        foreign = (_busy_s() - self.b0) - (_own_s() - self.o0)
-        self.foreign_cores = round(max(0.0, foreign / wall), 2)
-
-
-class CpuProbe:
-    """Single-thread JPEG decode rate of 200 fixed level-0 tiles (best of 3): a yardstick of
-    this machine's speed right now. A VM can slow down with no busy process in sight (host
-    contention), so each measurement records the probe taken just before it."""
-
-    def __init__(self, slide: Path, n: int = 200):
-        import tifffile
-
-        self.tf = tifffile.TiffFile(str(slide))
-        page = self.tf.pages[0]
-        ntx = -(-page.imagewidth // TILE)
-        nty = -(-page.imagelength // TILE)
-        self.page = page
-        self.items = []
-        fh = self.tf.filehandle
-        for k in range(n):  # a diagonal band through the middle: tissue and glass
-            ty = (nty // 3 + k // 20) % nty
-            tx = (ntx // 3 + k % 20 * 3) % ntx
-            i = ty * ntx + tx
-            fh.seek(page.dataoffsets[i])
-            self.items.append((i, fh.read(page.databytecounts[i])))
-        self.samples: list[float] = []
-
-    def __call__(self, passes: int = 3) -> float:
-        """Best of `passes` decodes of the tiles (robust to a short interruption)."""
-        best = 0.0
-        for _ in range(passes):
-            t0 = time.perf_counter()
-            for i, data in self.items:
-                self.page.decode(data, i, jpegtables=self.page.jpegtables)
-            best = max(best, len(self.items) / (time.perf_counter() - t0))
-        self.samples.append(best)
-        return round(best)
-
-
-def wait_quiet(max_wait: float, limit: float = 0.25) -> float:
-    """Wait (up to max_wait s) until other processes use < `limit` cores; return their load."""
-    deadline = time.perf_counter() + max_wait
-    while True:
-        with CpuMeter() as m:
-            time.sleep(1.0)
-        if m.foreign_cores < limit or time.perf_counter() >= deadline:
-            if m.foreign_cores >= limit:
-                log(f"  note: machine busy ({m.foreign_cores} cores used by other processes)")
-            return m.foreign_cores
-
-
-# ----------------------------------------------------------------------------------------------
-# Synthetic slide
-# ----------------------------------------------------------------------------------------------
-
-
-def load_sources(tiles_dir: Path) -> list[np.ndarray]:
-    from PIL import Image
-
-    out = []
-    for p in sorted(tiles_dir.glob("*.png")):
-        with Image.open(p) as im:
-            a = np.asarray(im.convert("RGB"))
-        if min(a.shape[:2]) >= CELL:
-            out.append(a)
-    if not out:
-        raise SystemExit(f"no PNG tiles of at least {CELL} px in {tiles_dir}")
-    return out
-
-
-def level_count(size: int) -> int:
-    """Pyramid levels: halve until the top is ~512-1024 px, at most MAX_LEVEL halvings."""
-    n = 1
-    while n <= MAX_LEVEL and (size >> n) >= 512:
-        n += 1
-    return n
-
-
-def box_reduce(a: np.ndarray, f: int) -> np.ndarray:
-    """Box-average by an integer factor (partial edge boxes dropped)."""
-    if f == 1:
-        return a
-    h, w = a.shape[0] // f, a.shape[1] // f
-    v = a[: h * f, : w * f].reshape(h, f, w, f, 3).astype(np.float32).mean(axis=(1, 3))
-    return np.round(v).astype(np.uint8)
-
-
-class Mosaic:
-    """A size x size slide: cells of CELL px, each a dihedral transform of a source crop."""
-
-    def __init__(self, size: int, sources: list[np.ndarray], seed: int = 0):
-        from scipy import ndimage
-
-        self.size = size
-        self.n_levels = n = level_count(size)
-        self.sources = [[box_reduce(s, 1 << lv) for s in sources] for lv in range(n)]
-        rng = np.random.default_rng(seed)
-        nc = math.ceil(size / CELL)
-        self.cell_src = rng.integers(0, len(sources), (nc, nc))
-        self.cell_off = np.zeros((nc, nc, 2), np.int64)
-        for s, src in enumerate(sources):
-            sel = self.cell_src == s
-            max_y, max_x = (src.shape[0] - CELL) // QUANT, (src.shape[1] - CELL) // QUANT
-            self.cell_off[sel, 0] = rng.integers(0, max_y + 1, sel.sum()) * QUANT
-            self.cell_off[sel, 1] = rng.integers(0, max_x + 1, sel.sum()) * QUANT
-        self.cell_k = rng.integers(0, 8, (nc, nc))
-        # Tissue: smooth random field thresholded to TISSUE_FRACTION, glass margin at the edges.
-        m = math.ceil(size / QUANT)
-        field = ndimage.gaussian_filter(rng.standard_normal((m, m)), sigma=max(2.0, 0.05 * m))
-        border = max(1, round(0.03 * m))
-        inner = field[border:-border, border:-border]
-        thr = np.quantile(inner, 1 - TISSUE_FRACTION / (1 - 2 * 0.03) ** 2)
-        self.mask = np.zeros((m, m), bool)
-        self.mask[border:-border, border:-border] = inner > thr
-        cpq = CELL // QUANT
-        pad = nc * cpq - m
-        mp = np.pad(self.mask, ((0, pad), (0, pad)))
-        self.cell_any = mp.reshape(nc, cpq, nc, cpq).any(axis=(1, 3))
-
-    def level_shape(self, level: int) -> tuple[int, int]:
-        s = max(1, self.size >> level)
-        return s, s
-
-    def render(self, level: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        """Pixels [y0, y1) x [x0, x1) of `level` (outside the slide: background)."""
-        h, w = y1 - y0, x1 - x0
-        cs, q = CELL >> level, QUANT >> level
-        canvas = np.empty((h, w, 3), np.uint8)
-        nc = self.cell_src.shape[0]
-        for i in range(y0 // cs, min(nc, -(-y1 // cs))):
-            for j in range(x0 // cs, min(nc, -(-x1 // cs))):
-                if not self.cell_any[i, j]:
-                    continue
-                oy, ox = (self.cell_off[i, j] >> level).tolist()
-                crop = self.sources[level][self.cell_src[i, j]][oy : oy + cs, ox : ox + cs]
-                k = int(self.cell_k[i, j])
-                crop = np.rot90(crop, k % 4)
-                if k >= 4:
-                    crop = crop[:, ::-1]
-                cy0, cx0 = i * cs, j * cs
-                a0, a1 = max(y0, cy0), min(y1, cy0 + cs)
-                b0, b1 = max(x0, cx0), min(x1, cx0 + cs)
-                canvas[a0 - y0 : a1 - y0, b0 - x0 : b1 - x0] = crop[
-                    a0 - cy0 : a1 - cy0, b0 - cx0 : b1 - cx0
-                ]
-        my0, my1 = y0 // q, -(-y1 // q)
-        mx0, mx1 = x0 // q, -(-x1 // q)
-        mreg = np.zeros((my1 - my0, mx1 - mx0), bool)
-        sub = self.mask[my0:my1, mx0:mx1]
-        mreg[: sub.shape[0], : sub.shape[1]] = sub
-        mup = mreg.repeat(q, 0).repeat(q, 1)[y0 - my0 * q :][:h, x0 - mx0 * q :][:, :w]
-        lh, lw = self.level_shape(level)
-        mup[max(0, lh - y0) :, :] = False
-        mup[:, max(0, lw - x0) :] = False
-        return np.where(mup[..., None], canvas, np.array(BACKGROUND, np.uint8))
-
-    def tiles(self, level: int) -> Iterator[np.ndarray]:
-        """Level tiles in TIFF (row-major) order, full TILE x TILE (edges padded)."""
-        lh, lw = self.level_shape(level)
-        nty, ntx = -(-lh // TILE), -(-lw // TILE)
-        for ty in range(nty):
-            band = self.render(level, ty * TILE, (ty + 1) * TILE, 0, ntx * TILE)
-            for tx in range(ntx):
-                yield np.ascontiguousarray(band[:, tx * TILE : (tx + 1) * TILE])
-
-
-def build_slide(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
-    """The cached mosaic TIFF for these settings (built if missing) and its build record."""
-    import tifffile
-
-    name = f"mosaic_{args.size}_q{args.quality}_s{args.seed}_v{MOSAIC_VERSION}"
-    path = args.bench_dir / f"{name}.tiff"
-    record_path = args.bench_dir / f"{name}.build.json"
-    if path.exists() and record_path.exists() and not args.rebuild:
-        record = json.loads(record_path.read_text())
-        record["cached"] = True
-        log(f"slide: cached {path} ({path.stat().st_size / 1e6:.0f} MB)")
-        return path, record
-    args.bench_dir.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    mosaic = Mosaic(args.size, load_sources(args.tiles_dir), seed=args.seed)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    log(f"slide: building {args.size}x{args.size}, {mosaic.n_levels} levels -> {path}")
-    try:
-        with tifffile.TiffWriter(tmp, bigtiff=True) as tw:
-            for level in range(mosaic.n_levels):
-                tl = time.perf_counter()
-                lh, lw = mosaic.level_shape(level)
-                res = 20000.0 / (1 << level)  # px per cm: 0.5 um/px at level 0
-                tw.write(
-                    mosaic.tiles(level),
-                    shape=(lh, lw, 3),
-                    dtype=np.uint8,
-                    tile=(TILE, TILE),
-                    photometric="rgb",
-                    compression="jpeg",
-                    compressionargs={"level": args.quality},
-                    resolution=(res, res),
-                    resolutionunit="CENTIMETER",
-                    subfiletype=1 if level else 0,
-                    description=(
-                        f"slidepress benchmark mosaic of real H&E tiles, level {level}, "
-                        f"downsample {1 << level}"
-                    ),
-                    metadata=None,
-                    software="slidepress benchmarks/bench_encode.py",
-                    maxworkers=os.cpu_count(),
-                )
-                log(f"  level {level}: {lw}x{lh} in {time.perf_counter() - tl:.1f} s")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    record = {
-        "path": str(path),
-        "size_px": args.size,
-        "levels": mosaic.n_levels,
-        "jpeg_quality": args.quality,
-        "tissue_fraction_design": float(mosaic.mask.mean()),
-        "build_s": round(time.perf_counter() - t0, 2),
-        "file_bytes": path.stat().st_size,
-    }
-    record_path.write_text(json.dumps(record, indent=2))
-    record["cached"] = False
-    log(f"slide: built in {record['build_s']:.1f} s, {record['file_bytes'] / 1e6:.0f} MB")
-    return path, record
-
-
-def check_slide(path: Path, size: int, levels: int) -> dict[str, Any]:
-    """OpenSlide must open it with the right size, levels and mpp; `slidepress info` too."""
-    import openslide
-
-    with openslide.OpenSlide(str(path)) as s:
-        mpp_x = float(s.properties.get("openslide.mpp-x", "nan"))
-        mpp_y = float(s.properties.get("openslide.mpp-y", "nan"))
-        info = {
-            "openslide_vendor": s.properties.get("openslide.vendor"),
-            "dimensions": list(s.dimensions),
-            "level_count": s.level_count,
-            "level_downsamples": [round(d, 3) for d in s.level_downsamples],
-            "mpp": [mpp_x, mpp_y],
-        }
-    problems = []
-    if tuple(info["dimensions"]) != (size, size):
-        problems.append(f"dimensions {info['dimensions']} != {size}x{size}")
-    if info["level_count"] != levels or levels < 2:
-        problems.append(f"{info['level_count']} levels (wrote {levels})")
-    if not (abs(mpp_x - 0.5) < 1e-3 and abs(mpp_y - 0.5) < 1e-3):
-        problems.append(f"mpp {mpp_x}, {mpp_y} != 0.5")
-    r = subprocess.run(
-        [slidepress_exe(), "info", str(path), "--json"], capture_output=True, text=True
-    )
-    if r.returncode != 0:
-        problems.append(f"`slidepress info` failed (rc {r.returncode}): {r.stderr.strip()}")
-    else:
-        d = json.loads(r.stdout)
-        info["slidepress_reader"] = d["reader"]
-        if tuple(d["dimensions"]) != (size, size) or not d.get("mpp_plausible"):
-            problems.append(f"`slidepress info` disagrees: {d}")
-    if problems:
-        raise SystemExit(f"{path.name}: bad benchmark slide: " + "; ".join(problems))
-    return info
 
 
 # ----------------------------------------------------------------------------------------------
@@ -407,16 +100,6 @@ def encoder_spec(name: str, bench_dir: Path) -> str:
     return name  # mean-rgb, torchscript:PATH, timm:MODEL@WEIGHTS ...
 
 
-def slidepress_exe() -> str:
-    cand = Path(sys.executable).parent / "slidepress"
-    if cand.exists():
-        return str(cand)
-    found = shutil.which("slidepress")
-    if not found:
-        raise SystemExit("the `slidepress` console script is not installed in this environment")
-    return found
-
-
 # ----------------------------------------------------------------------------------------------
 # Measurements
 # ----------------------------------------------------------------------------------------------
@@ -436,7 +119,7 @@ def run_end_to_end(
     if args.reader:
         cmd += ["--reader", args.reader]
     out_dir.mkdir(parents=True, exist_ok=True)
-    log_path, rec_path = out_dir / "encode.log", out_dir / "encode.rusage.json"
+    log_path = out_dir / "encode.log"
     env = dict(os.environ)
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)  # torch's intra-op threads in the child
@@ -444,22 +127,16 @@ def run_end_to_end(
     for i in range(max(1, args.repeat)):
         if i:
             wait_quiet(args.quiet_wait)
-        with open(log_path, "w") as logf, CpuMeter() as meter:
-            r = subprocess.run(
-                [sys.executable, "-c", LAUNCHER, str(rec_path), *cmd],
-                stdout=logf,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
-        text = log_path.read_text()
-        rec = json.loads(rec_path.read_text()) if rec_path.exists() else {"rc": r.returncode}
-        if r.returncode != 0 or rec["rc"] != 0:
+        rec = run_measured(cmd, env, log_path)
+        text = log_path.read_text(errors="replace")
+        if rec["rc"] != 0:
             raise SystemExit(f"`{' '.join(cmd)}` failed (rc {rec['rc']}):\n{text[-3000:]}")
-        m = re.search(r"(\d+)\s+tissue\s+cells,\s+([\d.]+)\s+s", text)
+        # the CLI's line "... N tissue cells, T s" (";" since issue 10); rich may wrap it
+        m = re.search(r"(\d+)\s+tissue\s+cells[,;]\s+([\d.]+)\s+s", text)
         rec["in_cli_s"] = float(m.group(2)) if m else None
-        rec["other"] = meter.foreign_cores
         runs.append(rec)
-        log(f"  run {i + 1}: {rec['wall_s']:.1f} s, other processes {meter.foreign_cores} cores")
+        log(f"  run {i + 1}: {rec['wall_s']:.1f} s, other processes "
+            f"{rec['other_processes_cores']} cores")  # fmt: skip
     rec = min(runs, key=lambda x: x["wall_s"])  # best of --repeat: least disturbed
     wall, in_cli = rec["wall_s"], rec["in_cli_s"]
     grid = read_grid(out_dir / f"{slide.stem}.zarr")
@@ -473,15 +150,15 @@ def run_end_to_end(
         "grid_shape": list(grid.shape),
         "tiles_per_s": cells / wall,
         "tiles_per_s_in_cli": cells / in_cli if in_cli else None,
-        "peak_rss_mb": rec["maxrss_kib"] / 1024,  # Linux: KiB
-        "cpu_user_s": round(rec["utime"], 2),
-        "cpu_sys_s": round(rec["stime"], 2),
-        "other_processes_cores": rec["other"],
+        "peak_rss_mb": rec["peak_rss_mib"],
+        "cpu_user_s": rec["cpu_user_s"],
+        "cpu_sys_s": rec["cpu_sys_s"],
+        "other_processes_cores": rec["other_processes_cores"],
         "runs": [
             {
                 "wall_s": round(x["wall_s"], 2),
-                "peak_rss_mb": round(x["maxrss_kib"] / 1024),
-                "other_processes_cores": x["other"],
+                "peak_rss_mb": round(x["peak_rss_mib"]),
+                "other_processes_cores": x["other_processes_cores"],
             }
             for x in runs
         ],  # fmt: skip
@@ -606,21 +283,6 @@ def profile_in_process(slide: Path, spec: str, out_dir: Path, args: argparse.Nam
     st.sort_stats("tottime").print_stats(18)
     st.sort_stats("cumulative").print_stats(25)
     return buf.getvalue()
-
-
-def git_commit(src: Path | None = None) -> str | None:
-    """HEAD of the checkout measured, '+dirty' when its src/ has local changes."""
-    src = src or REPO / "src"
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "."], cwd=src, capture_output=True, text=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return head + ("+dirty" if dirty else "")
 
 
 def torch_threads() -> int | None:
@@ -765,7 +427,10 @@ def main(argv: list[str] | None = None) -> int:
     json_path = args.json or args.bench_dir / "bench_encode.json"
     t_start = time.perf_counter()
 
-    slide, build = build_slide(args)
+    slide, build = build_slide(
+        args.size, args.bench_dir, args.tiles_dir, quality=args.quality, seed=args.seed,
+        rebuild=args.rebuild,
+    )  # fmt: skip
     slide_info = check_slide(slide, args.size, level_count(args.size))
     log(
         f"slide ok: {slide_info['dimensions']}, {slide_info['level_count']} levels, "
@@ -776,7 +441,6 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for name in [e.strip() for e in args.encoders.split(",") if e.strip()]:
         results[name] = measure_encoder(name, slide, args, threads, probe)
-    spread = (max(probe.samples) / min(probe.samples) - 1) if probe.samples else 0.0
 
     report = {
         "benchmark": "bench_encode",
@@ -795,11 +459,7 @@ def main(argv: list[str] | None = None) -> int:
         "slide": {**build, **slide_info},
         "targets": {"e2e_over_forward": 0.8, "e2e_over_naive": 1.8, "peak_rss_mb": 1536},
         "results": results,
-        "cpu_probe": {
-            "what": "single-thread JPEG decode of 200 fixed 256 px tiles, best of 3, tiles/s",
-            "samples": [round(x) for x in probe.samples],
-            "spread": round(spread, 3),
-        },
+        "cpu_probe": probe.summary(),
         "total_s": round(time.perf_counter() - t_start, 1),
     }
     json_path.parent.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ and reports:
   - what `compress` printed (its summary line and any PSNR / MS-SSIM figures).
 
 Default slides: the shared CMU-1-Small-Region.svs and its pyramid TIFF, and the 8000 px mosaic
-of real tissue from bench_encode.py (`mosaic:SIZE` builds/reuses one of another size). Default
+of real tissue from tissue_slide.py (`mosaic:SIZE` builds/reuses one of another size). Default
 codecs: jpegxl:90 and jpeg:90.
 
     python benchmarks/bench_fidelity.py
@@ -49,20 +49,20 @@ from typing import Any
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-import bench_encode  # noqa: E402  (same folder: the mosaic builder)
-from bench_vs_vips import (  # noqa: E402  (same folder: child-process helpers)
+from common import (
+    BENCH_DIR,
+    SLIDES_DIR,
+    TILES_DIR,
     code_identity,
     container_tiles,
+    log,
     run_measured,
     slidepress_cmd,
     slidepress_env,
     split_passthrough,
 )
+from tissue_slide import build_slide
 
-SLIDES_DIR = bench_encode.TILES_DIR.parent / "slides"
 DEFAULT_SLIDES = [
     str(SLIDES_DIR / "CMU-1-Small-Region.svs"),
     str(SLIDES_DIR / "CMU-1-Small-Region_pyramid_jpeg90.tiff"),
@@ -280,11 +280,8 @@ def resolve_slides(specs: list[str], args: argparse.Namespace) -> list[Path]:
     out = []
     for s in specs:
         if s.startswith("mosaic:"):
-            ns = argparse.Namespace(
-                size=int(s.split(":", 1)[1]), quality=90, seed=0, bench_dir=args.bench_dir,
-                tiles_dir=args.tiles_dir, rebuild=False,
-            )  # fmt: skip
-            out.append(bench_encode.build_slide(ns)[0])
+            size = int(s.split(":", 1)[1])
+            out.append(build_slide(size, args.bench_dir, args.tiles_dir)[0])
         else:
             p = Path(s)
             if not p.exists():
@@ -309,8 +306,8 @@ def main(argv: list[str] | None = None) -> int:
         "--pythonpath", default=None, help="prepend to the children's PYTHONPATH (/work/base/src)"
     )
     ap.add_argument("--python", default=None, help="interpreter to run `-m slidepress` with")
-    ap.add_argument("--bench-dir", type=Path, default=bench_encode.BENCH_DIR)
-    ap.add_argument("--tiles-dir", type=Path, default=bench_encode.TILES_DIR)
+    ap.add_argument("--bench-dir", type=Path, default=BENCH_DIR)
+    ap.add_argument("--tiles-dir", type=Path, default=TILES_DIR)
     ap.add_argument("--json", type=Path, default=None, help="default BENCH_DIR/bench_fidelity.json")
     ap.add_argument("--keep", action="store_true", help="keep containers and restored TIFFs")
     args = ap.parse_args(ours)
@@ -320,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         codecs.append((name, q or None))
     env = slidepress_env(args.pythonpath)
     ident = code_identity(args.python, env)
-    bench_encode.log(f"slidepress under test: {ident['module']} ({ident['commit']})")
+    log(f"slidepress under test: {ident['module']} ({ident['commit']})")
     sp = slidepress_cmd(args.python)
     slides = resolve_slides(args.slides, args)
     work = args.bench_dir / "fidelity"
@@ -333,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
             spz, tif = work / f"{tag}.spz", work / f"{tag}.tif"
             cmd = [*sp, "compress", str(slide), "-o", str(spz), "--codec", name, "--overwrite"]
             cmd += (["--quality", q] if q else []) + extra
-            bench_encode.log(f"[{tag}] compress ...")
+            log(f"[{tag}] compress ...")
             comp = run_measured(cmd, env, work / f"{tag}.compress.log")
             rec: dict[str, Any] = {
                 "slide": str(slide),
@@ -346,21 +343,21 @@ def main(argv: list[str] | None = None) -> int:
             rec["compress_said"] = compress_said(text)
             if comp["rc"] != 0:
                 rec["error"] = f"compress failed (rc {comp['rc']}): {text.strip()[-500:]}"
-                bench_encode.log(f"[{tag}] {rec['error']}")
+                log(f"[{tag}] {rec['error']}")
                 results.append(rec)
                 continue
             rec["container_bytes"] = spz.stat().st_size
             rec["container_tiles"] = container_tiles(spz)
             dcmd = [*sp, "decompress", str(spz), "-o", str(tif), "--lossless", "--overwrite"]
-            bench_encode.log(f"[{tag}] decompress --lossless ...")
+            log(f"[{tag}] decompress --lossless ...")
             dec = run_measured(dcmd, env, work / f"{tag}.decompress.log")
             rec["decompress"] = {k: dec[k] for k in ("rc", "wall_s", "peak_rss_mib", "cpu_s")}
             if dec["rc"] != 0:
                 rec["error"] = f"decompress failed (rc {dec['rc']}): {dec['output_tail'][-500:]}"
-                bench_encode.log(f"[{tag}] {rec['error']}")
+                log(f"[{tag}] {rec['error']}")
                 results.append(rec)
                 continue
-            bench_encode.log(f"[{tag}] comparing level 0 ...")
+            log(f"[{tag}] comparing level 0 ...")
             t0 = time.perf_counter()
             rec["fidelity"] = compare(slide, tif, spz, args.threshold, args.min_pixels)
             rec["compare_s"] = round(time.perf_counter() - t0, 1)

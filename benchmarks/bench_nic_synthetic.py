@@ -1,7 +1,7 @@
 """NIC synthetic benchmark (Tellez et al., TPAMI 2019, section 4.1.1), scaled to 2 CPU cores.
 
-Images of n x n cells of 9 x 9 px digits (scikit-learn's 8x8 digits, `slidepress.bench.
-synthetic`) hold a tilted rectangle whose digits all share the image label and an axis-aligned
+Images of n x n cells of 9 x 9 px digits (scikit-learn's 8x8 digits, `slidepress.synthetic.
+digits`) hold a tilted rectangle whose digits all share the image label and an axis-aligned
 distractor rectangle of another class. Each encoder (patch = stride = one cell, padded to
 16 px, code C = 16) compresses every image into an (n, n, C) grid; the NIC slide-level CNN
 (`slidemodel`, 8 separable conv layers) learns the label from the grids alone. Reported per
@@ -42,6 +42,10 @@ machine):
   predicted class; scored by the Jaccard index of the top-k cells (k = the true tilted
   rectangle's size; threshold-free) and of the map thresholded at 0.5, plus diagnostics
   (overlap with both rectangles; is the CAM higher in the tilted one than in the distractor).
+
+One file on purpose (over the ~450-line guide): the script reads top to bottom as the
+experiment (encoders, grids, slide CNN, Grad-CAM, report); the data come from
+`slidepress.synthetic.digits`.
 """
 
 from __future__ import annotations
@@ -52,7 +56,6 @@ import json
 import math
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -60,8 +63,9 @@ from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-OUT = REPO / ".bench" / "nic_synthetic"
+from common import BENCH_DIR, git_commit, log
+
+OUT = BENCH_DIR / "nic_synthetic"
 
 CLASSES = [str(k) for k in range(10)]
 # tilted-rectangle area fraction bins (log spaced: the sizes are drawn log-uniform)
@@ -82,28 +86,14 @@ QUICK: dict[str, Any] = dict(
 )  # fmt: skip
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 # ----------------------------------------------------------------------------------------------
 # Encoders
 # ----------------------------------------------------------------------------------------------
 
 
 def encoder_config(name: str, code_size: int):
-    from slidepress.bench.synthetic import PATCH
     from slidepress.encoders.nic import NICConfig
+    from slidepress.synthetic.digits import PATCH
 
     if name == "oracle":
         tasks = [{"name": "digit", "classes": [*CLASSES, "blank"]}]
@@ -123,7 +113,7 @@ def encoder_data(train_pool, test_pool) -> dict[str, Any]:
     on, and the test-pool digits + one blank to validate on."""
     import torch
 
-    from slidepress.bench.synthetic import cells_to_patches, digit_cells
+    from slidepress.synthetic.digits import cells_to_patches, digit_cells
 
     def build(pool, n_blank):
         cells = np.concatenate([digit_cells(pool), np.zeros((n_blank, 9, 9), np.uint8)])
@@ -190,7 +180,7 @@ def linear_probe(embed, train_pool, test_pool) -> float:
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    from slidepress.bench.synthetic import digit_cells
+    from slidepress.synthetic.digits import digit_cells
 
     a, b = embed(digit_cells(train_pool)), embed(digit_cells(test_pool))
     sc = StandardScaler().fit(a)
@@ -520,7 +510,7 @@ def cam_at(model, layer: int):
 
 def compress_set(ims: list, pool, embed, chunk: int = 128) -> np.ndarray:
     """(N, n, n, C) grids of images rendered chunk by chunk (the pixels are not kept)."""
-    from slidepress.bench import synthetic as syn
+    from slidepress.synthetic import digits as syn
 
     out = []
     for i in range(0, len(ims), chunk):
@@ -535,9 +525,9 @@ def run_encoder(name: str, args: argparse.Namespace, data: dict[str, Any], setti
     Returns encoder info, results, timings and what the example figure needs."""
     import torch
 
-    from slidepress.bench import synthetic as syn
     from slidepress.slidemodel import build_task, grad_cam
     from slidepress.slidemodel.fit import fit_model, predict_items
+    from slidepress.synthetic import digits as syn
 
     timing: dict[str, float] = {}
     pools, sets = data["pools"], data["sets"]
@@ -574,7 +564,7 @@ def run_encoder(name: str, args: argparse.Namespace, data: dict[str, Any], setti
     t0 = time.perf_counter()
     labels = {k: np.array([t.label for t in v]) for k, v in sets.items()}
     model, rows = fit_model(
-        build_task("classify"), "classify", (items["train"], labels["train"]),
+        build_task("classify"), (items["train"], labels["train"]),
         (items["val"], labels["val"]), n_outputs=10, settings=settings,
         log=lambda m: log(f"  [{name}] {m}"),
     )  # fmt: skip
@@ -625,8 +615,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
 
-    from slidepress.bench import synthetic as syn
     from slidepress.slidemodel.fit import FitSettings
+    from slidepress.synthetic import digits as syn
 
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ Readers compared (all through `SlideReader.read_region`, RGB uint8 out, except t
   tifffile       our fast path: OpenSlide for geometry, tiles decoded by tifffile/imagecodecs
 and `auto`, which reader `open_slide` picks for the file.
 
-Slides: the generated generic pyramidal TIFF (benchmarks/bench_encode.py's mosaic of real
+Slides: the generated generic pyramidal TIFF (benchmarks/tissue_slide.py's mosaic of real
 tissue, JPEG q90, 256 px tiles; built and cached in .bench/ if missing), the shared Aperio SVS
 and the shared pyramid TIFF. Positions: tile-aligned 1024 px blocks and random ones, the same
 for every reader; readers are interleaved pass by pass so a load change hits them alike, and
@@ -34,8 +34,9 @@ from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data" / "slides"
+from common import BENCH_DIR, SLIDES_DIR, log
+from tissue_slide import build_slide
+
 BLOCK = 1024
 READERS = ("openslide-raw", "before", "openslide", "tiffslide", "tifffile")
 
@@ -138,24 +139,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--passes", type=int, default=5, help="passes per reader (median kept)")
     ap.add_argument("--threads", type=int, default=2, help="also time this many threads")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", type=Path, default=REPO / ".bench" / "bench_readers.json")
+    ap.add_argument("--json", type=Path, default=BENCH_DIR / "bench_readers.json")
     args = ap.parse_args(argv)
 
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    sys.path.insert(0, str(REPO / "src"))
-    import bench_encode
-
-    build = argparse.Namespace(
-        size=args.size, quality=90, seed=0, rebuild=False,
-        bench_dir=bench_encode.BENCH_DIR, tiles_dir=bench_encode.TILES_DIR,
-    )  # fmt: skip
-    mosaic, _ = bench_encode.build_slide(build)
+    mosaic, _ = build_slide(args.size)
     slides = [mosaic]
     for name in ("CMU-1-Small-Region.svs", "CMU-1-Small-Region_pyramid_jpeg90.tiff"):
-        if (SHARED / name).exists():
-            slides.append(SHARED / name)
+        if (SLIDES_DIR / name).exists():
+            slides.append(SLIDES_DIR / name)
         else:
-            print(f"skipping {name}: shared data not found at {SHARED}", file=sys.stderr)
+            log(f"skipping {name}: shared data not found at {SLIDES_DIR}")
     print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     results = [bench_slide(p, args) for p in slides]
     print_table(results)

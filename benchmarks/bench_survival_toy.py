@@ -1,6 +1,6 @@
 """Survival toy benchmark on real tissue: a Cox head on NIC grids of PCam mosaics.
 
-The slides are the mosaics of bench_weak_label.py (`slidepress.bench.mosaic`; by default 75 %
+The slides are the mosaics of bench_weak_label.py (`slidepress.synthetic.mosaic`; by default 75 %
 of them hold one tumour region of 2-40 % of the tissue). Each slide gets a toy outcome driven
 by its tumour burden b = tumour cells / tissue cells (`mosaic.survival_outcomes`):
 z = b standardised over the CV cohort, event time T ~ Exponential(rate = base * exp(beta z)),
@@ -27,16 +27,13 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_weak_label import (  # noqa: E402
-    BENCH,
-    _plain,
+from common import BENCH_DIR, log
+from pcam_cohorts import (
     add_common_args,
     apply_quick,
     build_cohorts,
@@ -44,15 +41,15 @@ from bench_weak_label import (  # noqa: E402
     environment,
     fit_settings,
     fmt_ci,
-    log,
     make_items,
     pcam_tables,
+    plain,
     run_cv,
     start_run,
     used_ids,
 )
 
-OUT = BENCH / "survival_toy"
+OUT = BENCH_DIR / "survival_toy"
 
 
 def c_index(risk: np.ndarray, targets: np.ndarray) -> float:
@@ -62,9 +59,9 @@ def c_index(risk: np.ndarray, targets: np.ndarray) -> float:
 
 
 def c_index_ci(risk: np.ndarray, targets: np.ndarray, n: int, seed: int) -> tuple[float, list]:
-    from slidepress.slidemodel.tasks import bootstrap_ci
+    from slidepress.metrics.stats import bootstrap_ci
 
-    ci = bootstrap_ci(lambda r, t: c_index(r, t), risk, targets, n=n, seed=seed)
+    ci = bootstrap_ci(lambda t, r: c_index(r, t), targets, risk, n=n, seed=seed)
     return c_index(risk, targets), list(ci)
 
 
@@ -93,9 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         args.slides, args.test_slides = 40, 20
     if not start_run(args, OUT):
         return 2
-    from slidepress.bench import mosaic as M
     from slidepress.slidemodel.cv import predict_run
     from slidepress.slidemodel.data import Labels
+    from slidepress.synthetic import mosaic as M
 
     t_start = time.perf_counter()
     train, valid = pcam_tables(args.encoder)
@@ -176,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": round(time.perf_counter() - t_start, 1),
         "environment": environment(),
     }  # fmt: skip
-    (args.out / "results.json").write_text(json.dumps(report, indent=2, default=_plain) + "\n")
+    (args.out / "results.json").write_text(json.dumps(report, indent=2, default=plain) + "\n")
     md = markdown(report)
     (args.out / "results.md").write_text(md)
     print(md)

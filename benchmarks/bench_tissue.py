@@ -19,7 +19,7 @@ Each slide goes through `detect_tissue` (in memory, at the slide's mpp) and `enc
 a cell is kept when its mask fraction is >= 0.5. Reported per slide: designed tissue share,
 kept share, kept/designed, recall on dark and on pale cells, false keeps on glass cells, for
 the pre-issue-9 method (Otsu on HSV saturation, copied below as `old_segment_tissue`) and the
-current one. Also: the mosaic of the issue (uncurated PCam mosaic from `bench.mosaic`, 64 px
+current one. Also: the mosaic of the issue (uncurated PCam mosaic from `synthetic.mosaic`, 64 px
 cells; many of those patches are mostly fat or glass, so next to the designed share it shows
 the share of cells whose patch has < 50 % glass-like pixels), Kather ADIPOSE cells (fat: thin
 membranes around empty cells; no designed fraction, reported as kept share), the shared
@@ -30,6 +30,9 @@ thumbnail, old vs new alternating in the same run.
     python benchmarks/bench_tissue.py --quick    # fewer seeds, no 4096^2 timing
 
 Writes .bench/tissue/results.json and results.md, and an overlay of one slide per method.
+
+One file on purpose (over the ~450-line guide): tests/test_tissue.py loads this file's slide
+builder by path, so it imports no other benchmark module.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+# Not from common.py: tests/test_tissue.py loads this file by path (benchmarks/ not on sys.path).
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SLIDEPRESS_SHARED_DATA", REPO.parent / "shared" / "data"))
 PCAM = SHARED / "patches" / "pcam"
@@ -55,7 +59,7 @@ OUT = REPO / ".bench" / "tissue"
 
 PCAM_MPP = 0.97
 KATHER_MPP = 0.495
-GLASS_LAVENDER = (236, 234, 240)  # the colour `bench.mosaic` renders glass with
+GLASS_LAVENDER = (236, 234, 240)  # the colour `synthetic.mosaic` renders glass with
 GLASS_WHITE = (246, 245, 243)
 KATHER_TISSUE = ("01_TUMOR", "02_STROMA", "03_COMPLEX", "04_LYMPHO", "05_DEBRIS", "06_MUCOSA")
 KEEP_FRACTION = 0.5  # encode's default --tissue-threshold
@@ -316,12 +320,13 @@ def run_synthetic(seeds: list[int], n: int) -> list[dict]:
 
 
 def issue_mosaic(seeds: list[int]) -> list[dict]:
-    """The issue's case: `bench.mosaic` mosaics of uncurated PCam label-0 patches (64 px
+    """The issue's case: `synthetic.mosaic` mosaics of uncurated PCam label-0 patches (64 px
     crops; many hold fat or glass, so 'designed' over-counts tissue there)."""
-    from slidepress.bench import mosaic as M
+    from slidepress.synthetic import mosaic as M
+    from slidepress.synthetic import pcam
 
     files = sorted((PCAM / "train" / "0").iterdir())[:1500]
-    patches = M.load_patches(files, None, None)
+    patches = pcam.load_patches(files, None, None)
     rows = []
     for s in seeds:
         rng = np.random.default_rng(s)

@@ -2,13 +2,13 @@
 
 Issue 9 part 7: the peer a hospital engineer would use instead of slidepress is libvips (Debian
 `libvips-tools`). Both tools re-code the same generic pyramidal TIFF of real tissue (the mosaic
-bench_encode.py builds, 16000 x 16000 px by default) as 256 px JPEG q90 tiles with a pyramid:
+tissue_slide.py builds, 16000 x 16000 px by default) as 256 px JPEG q90 tiles with a pyramid:
 
     slidepress compress MOSAIC -o OUT.spz --codec jpeg --quality 90 --overwrite [EXTRA...]
     vips tiffsave MOSAIC OUT.tif --tile --tile-width 256 --tile-height 256 --pyramid \\
         --compression jpeg --Q 90 --bigtiff
 
-Each is a whole process started through bench_encode's wait4 launcher (wall seconds, peak RSS,
+Each is a whole process started through common.py's wait4 launcher (wall seconds, peak RSS,
 CPU seconds of that process alone). `--rounds` rounds (default 3) alternate the two tools in
 ABBA order (s v, v s, s v, ...) so that a drift in machine speed falls on both. The report gives
 medians, the slidepress/vips ratios and PASS/FAIL against the issue's targets: time ratio <= 1.0
@@ -41,116 +41,23 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-import bench_encode  # noqa: E402  (same folder: mosaic builder, wait4 launcher, CPU meters)
+from common import (
+    BENCH_DIR,
+    TILES_DIR,
+    CpuProbe,
+    code_identity,
+    container_tiles,
+    log,
+    run_measured,
+    slidepress_cmd,
+    slidepress_env,
+    split_passthrough,
+    wait_quiet,
+)
+from tissue_slide import build_slide
 
 TARGET_TIME_RATIO = 1.0  # slidepress wall / vips wall: at least libvips' throughput
 TARGET_MEM_RATIO = 2.0  # slidepress peak RSS / vips peak RSS: strictly under
-
-
-# ----------------------------------------------------------------------------------------------
-# Helpers shared with bench_fidelity.py (which imports them from here)
-# ----------------------------------------------------------------------------------------------
-
-
-def split_passthrough(argv: list[str]) -> tuple[list[str], list[str]]:
-    """(our args, args after `--`): the latter go to `slidepress compress` unchanged."""
-    if "--" in argv:
-        i = argv.index("--")
-        return argv[:i], argv[i + 1 :]
-    return argv, []
-
-
-def slidepress_env(pythonpath: str | None) -> dict[str, str]:
-    """Environment for a slidepress child: PYTHONPATH first (to measure another checkout, e.g.
-    /work/base/src, with this venv), and a wide terminal so rich does not wrap the summary."""
-    env = dict(os.environ)
-    if pythonpath:
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (pythonpath, env.get("PYTHONPATH", "")) if p)
-    env["COLUMNS"] = "400"
-    env.setdefault("HF_HUB_OFFLINE", "1")
-    return env
-
-
-def slidepress_cmd(python: str | None) -> list[str]:
-    """How to start slidepress: the console script next to this interpreter, or `PY -m
-    slidepress` when another interpreter is given. Both honour PYTHONPATH (the editable install
-    is a .pth path entry, after PYTHONPATH)."""
-    if python:
-        return [python, "-m", "slidepress"]
-    return [bench_encode.slidepress_exe()]
-
-
-def code_identity(python: str | None, env: dict[str, str]) -> dict[str, Any]:
-    """Which slidepress the child imports (file, version) and that checkout's git commit."""
-    probe = (
-        "import json, slidepress; "
-        "print(json.dumps([slidepress.__file__, getattr(slidepress, '__version__', None)]))"
-    )
-    r = subprocess.run(
-        [python or sys.executable, "-c", probe], env=env, capture_output=True, text=True
-    )
-    if r.returncode != 0:
-        raise SystemExit(f"cannot import slidepress in the child environment:\n{r.stderr[-2000:]}")
-    file, version = json.loads(r.stdout.strip().splitlines()[-1])
-    src = Path(file).resolve().parents[1]  # .../src
-    commit = bench_encode.git_commit(src)
-    return {"module": file, "version": version, "src": str(src), "commit": commit}
-
-
-def run_measured(cmd: list[str], env: dict[str, str], log_path: Path) -> dict[str, Any]:
-    """Run `cmd` through bench_encode's wait4 launcher: its own wall time, peak RSS and CPU
-    seconds (a child's ru_maxrss would otherwise start at this process's high-water mark);
-    stdout+stderr go to log_path. Also the cores other processes used meanwhile."""
-    rec_path = log_path.with_suffix(".rusage.json")
-    rec_path.unlink(missing_ok=True)
-    with open(log_path, "w") as logf, bench_encode.CpuMeter() as meter:
-        r = subprocess.run(
-            [sys.executable, "-c", bench_encode.LAUNCHER, str(rec_path), *cmd],
-            stdout=logf,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    text = log_path.read_text(errors="replace")
-    if r.returncode != 0 or not rec_path.exists():
-        raise SystemExit(
-            f"launcher failed (rc {r.returncode}) for {' '.join(cmd)}:\n{text[-3000:]}"
-        )
-    rec = json.loads(rec_path.read_text())
-    return {
-        "rc": rec["rc"],
-        "wall_s": round(rec["wall_s"], 3),
-        "peak_rss_mib": round(rec["maxrss_kib"] / 1024, 1),  # Linux: KiB
-        "cpu_s": round(rec["utime"] + rec["stime"], 2),
-        "cpu_user_s": round(rec["utime"], 2),
-        "cpu_sys_s": round(rec["stime"], 2),
-        "other_processes_cores": meter.foreign_cores,
-        "output_tail": text[-1500:],
-    }
-
-
-def container_tiles(spz: Path) -> dict[str, Any]:
-    """Tiles in a .spz read from the zip itself (entry names `L{level}/{row}_{col}.ext`), plus
-    what its manifest says; works for any container version that keeps that layout."""
-    with zipfile.ZipFile(spz) as z:
-        names = z.namelist()
-        manifest = json.loads(z.read("manifest.json")) if "manifest.json" in names else {}
-    per_level: dict[int, int] = {}
-    for n in names:
-        head, _, _ = n.partition("/")
-        if head.startswith("L") and head[1:].isdigit() and "/" in n:
-            per_level[int(head[1:])] = per_level.get(int(head[1:]), 0) + 1
-    levels = manifest.get("levels") or []
-    return {
-        "stored_per_level": [per_level.get(i, 0) for i in range(max(per_level, default=-1) + 1)],
-        "grid_per_level": [lv.get("rows", 0) * lv.get("cols", 0) for lv in levels],
-        "stored": sum(per_level.values()),
-        "manifest_tiles": manifest.get("tiles"),
-        "codec": manifest.get("codec"),
-        "background": manifest.get("background"),
-    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -234,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         default=30.0,
         help="before each run wait up to this many s for other processes to go idle",
     )
-    ap.add_argument("--bench-dir", type=Path, default=bench_encode.BENCH_DIR)
-    ap.add_argument("--tiles-dir", type=Path, default=bench_encode.TILES_DIR)
+    ap.add_argument("--bench-dir", type=Path, default=BENCH_DIR)
+    ap.add_argument("--tiles-dir", type=Path, default=TILES_DIR)
     ap.add_argument("--json", type=Path, default=None, help="default BENCH_DIR/bench_vs_vips.json")
     ap.add_argument("--keep", action="store_true", help="keep the two outputs of the last round")
     args = ap.parse_args(ours)
@@ -245,13 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     vips_version = subprocess.run([vips, "--version"], capture_output=True, text=True).stdout
     env = slidepress_env(args.pythonpath)
     ident = code_identity(args.python, env)
-    bench_encode.log(f"slidepress under test: {ident['module']} ({ident['commit']})")
+    log(f"slidepress under test: {ident['module']} ({ident['commit']})")
 
-    ns = argparse.Namespace(
-        size=args.size, quality=90, seed=0, bench_dir=args.bench_dir,
-        tiles_dir=args.tiles_dir, rebuild=False,
-    )  # fmt: skip
-    slide, build = bench_encode.build_slide(ns)
+    slide, build = build_slide(args.size, args.bench_dir, args.tiles_dir)
     work = args.bench_dir / "vs_vips"
     work.mkdir(parents=True, exist_ok=True)
     spz, tif = work / "slidepress.spz", work / "vips.tif"
@@ -267,13 +170,13 @@ def main(argv: list[str] | None = None) -> int:
         ],
     }  # fmt: skip
     outputs = {"slidepress": spz, "vips": tif}
-    probe = bench_encode.CpuProbe(slide)
+    probe = CpuProbe(slide)
     runs: dict[str, list[dict[str, Any]]] = {"slidepress": [], "vips": []}
     for rnd in range(args.rounds):
         order = ["slidepress", "vips"] if rnd % 2 == 0 else ["vips", "slidepress"]
         for tool in order:
             outputs[tool].unlink(missing_ok=True)
-            bench_encode.wait_quiet(args.quiet_wait)
+            wait_quiet(args.quiet_wait)
             cpu_probe = probe()
             rec = run_measured(commands[tool], env, work / f"{tool}.log")
             if rec["rc"] != 0:
@@ -282,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             rec["output_bytes"] = outputs[tool].stat().st_size
             rec["cpu_probe_tiles_per_s"] = cpu_probe
             runs[tool].append(rec)
-            bench_encode.log(
+            log(
                 f"round {rnd + 1} {tool:<10}: {rec['wall_s']:6.1f} s, "
                 f"{rec['peak_rss_mib']:6.0f} MiB peak, {rec['cpu_s']:6.1f} CPU s, "
                 f"other load {rec['other_processes_cores']} cores"
@@ -313,7 +216,6 @@ def main(argv: list[str] | None = None) -> int:
         med[tool]["mpx_per_s"] = round(px / 1e6 / med[tool]["wall_s"], 2)
     time_ratio = med["slidepress"]["wall_s"] / med["vips"]["wall_s"]
     mem_ratio = med["slidepress"]["peak_rss_mib"] / med["vips"]["peak_rss_mib"]
-    spread = (max(probe.samples) / min(probe.samples) - 1) if probe.samples else 0.0
     report = {
         "benchmark": "bench_vs_vips",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -351,11 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "tiles": tiles,
         "slidepress_summary": summary_line.strip(),
-        "cpu_probe": {
-            "what": "single-thread JPEG decode of 200 fixed 256 px tiles, best of 3, tiles/s",
-            "samples": [round(x) for x in probe.samples],
-            "spread": round(spread, 3),
-        },
+        "cpu_probe": probe.summary(),
     }
     out = args.json or args.bench_dir / "bench_vs_vips.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
-"""Shared fixtures. Tests on real slides skip with a reason when ../shared/data is absent."""
+"""Shared fixtures and markers. Tests on real slides skip with a reason when ../shared/data is
+absent; reader and tiling tests also write their own small pyramids (`synthetic.slides`)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,16 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SLIDEPRESS_SHARED_DATA", REPO.parent / "shared" / "data"))
 SLIDES = SHARED / "slides"
+
+MARKERS = {"slow": "long tests, deselected by default (pyproject addopts); run with -m slow"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the markers here, next to the tests that use them (strict runs reject unknown
+    ones)."""
+    for name, text in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {text}")
+
 
 needs_shared = pytest.mark.skipif(
     not SLIDES.is_dir(), reason=f"shared test data not found at {SHARED} (see README)"

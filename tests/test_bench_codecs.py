@@ -89,11 +89,92 @@ def test_parse_and_resolve_qualities():
         resolve_qualities(["jpeg"], {"webp": [50]})
 
 
-def test_cli_default_codecs_match_the_module():
-    from slidepress.bench.codecs import DEFAULT_CODECS
-    from slidepress.cli.bench import DEFAULT_CODECS as CLI_DEFAULT
+def test_default_codecs_are_registered_and_have_sweeps():
+    from slidepress.bench.codecs import DEFAULT_CODECS, DEFAULT_QUALITIES
+    from slidepress.codecs import CODECS
 
-    assert CLI_DEFAULT.split(",") == list(DEFAULT_CODECS)
+    assert DEFAULT_CODECS and set(DEFAULT_CODECS) <= set(CODECS.names())
+    assert all(DEFAULT_QUALITIES[c] for c in DEFAULT_CODECS)
+    assert "png" not in DEFAULT_CODECS  # the lossless reference is opt-in
+
+
+def test_package_exports_resolve_lazily():
+    """`slidepress.bench.codecs` loads its submodules on first use; every export resolves, and
+    to the function, not to a submodule of the same name."""
+    import inspect
+
+    import slidepress.bench.codecs as bc
+    from slidepress.bench.codecs import run  # noqa: F401 (imports every submodule)
+
+    for name in bc.__all__:
+        obj = getattr(bc, name)
+        assert not inspect.ismodule(obj), name
+    assert callable(bc.measure) and bc.run_codec_benchmark.__name__ == "run_codec_benchmark"
+    with pytest.raises(AttributeError):
+        bc.no_such_name  # noqa: B018
+
+
+def test_bench_codecs_help_imports_no_codec_library():
+    """`--help` shows the defaults and the codec names without loading imagecodecs or torch."""
+    import os
+    import subprocess
+    import sys
+
+    from slidepress.bench.codecs import DEFAULT_CODECS
+
+    code = (
+        "import runpy, sys\n"
+        "sys.argv = ['slidepress', 'bench', 'codecs', '--help']\n"
+        "try:\n"
+        "    runpy.run_module('slidepress', run_name='__main__', alter_sys=True)\n"
+        "except SystemExit as e:\n"
+        "    assert not e.code, e.code\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('imagecodecs', 'torch'))\n"
+        "print('HEAVY', heavy)\n"
+    )
+    env = {**os.environ, "COLUMNS": "250", "NO_COLOR": "1", "TERM": "dumb"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert "HEAVY []" in out.stdout, out.stdout[-500:]
+    assert ",".join(DEFAULT_CODECS) in out.stdout and "png" in out.stdout
+
+
+def _rows(codec: str, kind: str, inp: str, rate: list[float], q: list[float], quality=None):
+    qual = quality or list(range(len(rate)))
+    return [
+        {"input": inp, "kind": kind, "codec": codec, "quality": float(k), "bpp": r, "psnr": p,
+         "ms_ssim_db": p / 2, "ssim": 0.9, "ms_ssim": 0.95, "encode_ms": 1.0, "decode_ms": 0.5,
+         "max_abs_error": 3}
+        for k, r, p in zip(qual, rate, q, strict=True)
+    ]  # fmt: skip
+
+
+def test_summaries_on_synthetic_rows():
+    """The summaries are pure functions of the rows: a codec that needs 80 % of JPEG's bits at
+    every quality has a BD-rate of -20 % and saves 20 % at JPEG q80's quality."""
+    from slidepress.bench.codecs import bd_tables, match_anchor, mean_curve
+
+    rate, q = [0.5, 1.0, 2.0, 4.0], [28.0, 31.0, 34.0, 36.5]
+    rows = []
+    for inp, kind in (("a.png", "image"), ("b.svs", "slide")):
+        rows += _rows("jpeg", kind, inp, rate, q, quality=[30, 50, 80, 95])
+        rows += _rows("webp", kind, inp, [0.8 * r for r in rate], q)
+    curve = mean_curve(rows)
+    assert [(c["codec"], c["n_inputs"]) for c in curve] == [("jpeg", 2)] * 4 + [("webp", 2)] * 4
+    assert curve[0]["ratio_raw"] == pytest.approx(24 / 0.5)
+    bd, per_input = bd_tables(rows, ["jpeg", "webp"])
+    assert [b["codec"] for b in bd] == ["webp"] and len(per_input) == 2
+    for method in ("pchip", "cubic"):
+        assert bd[0][f"bd_rate_psnr_{method}"] == pytest.approx(-20.0)
+        assert bd[0][f"bd_rate_ms_ssim_db_{method}"] == pytest.approx(-20.0)
+    assert bd[0]["n_inputs_psnr"] == 2
+    match = {m["codec"]: m for m in match_anchor(rows, ["jpeg", "webp"])}
+    assert match["jpeg"]["bpp_psnr"] == pytest.approx(2.0)  # q80 on its own curve
+    assert match["webp"]["bpp_psnr"] == pytest.approx(1.6)
+    assert match["webp"]["saving_pct_psnr"] == pytest.approx(20.0)
+    assert bd_tables(rows, ["webp"]) == ([], []) and match_anchor(rows, ["webp"]) == []
 
 
 @needs_shared
@@ -161,6 +242,19 @@ def test_slide_tiles_are_seeded_tissue_samples():
     assert np.array_equal(a.tiles, b.tiles)
     assert a.tiles.std() > 10  # tissue, not blank glass
     assert 0 < a.source_bpp < 24
+
+
+@needs_shared
+def test_slide_with_bogus_mpp_needs_an_override():
+    from slidepress.bench.codecs import load_inputs
+    from slidepress.errors import MppError
+
+    slide = SHARED / "slides" / "CropBreastSlide.tiff"  # 96 dpi tag: ~264 um/px, implausible
+    with pytest.raises(MppError):
+        load_inputs([slide], tile=256, max_tiles_per_input=2)
+    (inp,) = load_inputs([slide], tile=256, max_tiles_per_input=2, mpp_override=0.5)
+    assert inp.kind == "slide" and inp.tiles.shape == (2, 256, 256, 3)
+    assert "0.5 um/px" in inp.note
 
 
 @needs_shared

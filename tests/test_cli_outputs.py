@@ -182,3 +182,15 @@ def test_encode_result_complete_only_with_previews(tmp_path):
     assert "up to date" not in r.stderr and pca.exists()
     r = run("encode", "@sample", "-o", tmp_path)
     assert "up to date" in r.stderr
+
+
+def test_decompress_compression_flag_and_old_alias(tmp_path, container):
+    """`--compression` names the TIFF tile compression; the old `--codec` still works (hidden)."""
+    r = run("decompress", container, "-o", tmp_path / "a.tiff", "--compression", "jpeg")
+    assert r.returncode == 0, r.stderr
+    r = run("decompress", container, "-o", tmp_path / "b.tiff", "--codec", "jpeg")
+    assert r.returncode == 0, r.stderr
+    assert "--compression" in one_line_exit_2(
+        run("decompress", container, "-o", tmp_path / "c.tiff", "--compression", "webp")
+    )
+    assert "--codec" not in run("decompress", "--help").stdout

@@ -11,6 +11,7 @@ from PIL import Image
 from slidepress.codecs import CODECS, get_codec
 from slidepress.errors import CodecError, ContainerError, UsageError
 from slidepress.pipeline import CompressOptions, compress_slide, decompress_container
+from slidepress.pipeline.items import SlideItem
 from slidepress.store.container import Container
 
 from .conftest import SHARED, needs_shared
@@ -211,9 +212,8 @@ def test_deep_pyramid_past_100_um_per_px(tmp_path):
     img[100:500, 80:560] = rng.integers(60, 200, (400, 480, 3), dtype=np.uint8) * [1, 0.5, 1]
     Image.fromarray(img).save(tmp_path / "wide.png")
     out = tmp_path / "wide.spz"
-    compress_slide(
-        tmp_path / "wide.png", out, CompressOptions(codec="png", tile=16, mpp_override=10.0)
-    )
+    slide = SlideItem(tmp_path / "wide.png", mpp_override=10.0)
+    compress_slide(slide, out, CompressOptions(codec="png", tile=16))
     with Container(out) as c:
         assert max(c.levels[-1].width, c.levels[-1].height) <= 16
         assert c.levels[-1].mpp > 100

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import openslide
@@ -13,12 +14,15 @@ from slidepress.encoders import get_encoder
 from slidepress.encoders.base import Encoder
 from slidepress.errors import EncoderError, UsageError
 from slidepress.pipeline import EncodeOptions, encode_slide
+from slidepress.pipeline.items import SlideItem
 from slidepress.store import read_grid
 
 
 def _encode(slide, out, **kw):
     enc = kw.pop("encoder", None) or get_encoder("mean-rgb")
-    return encode_slide(slide, out, enc, EncodeOptions(**kw))
+    mpp = kw.pop("mpp_override", None)
+    item = SlideItem(Path(slide), mpp_override=mpp) if mpp else slide
+    return encode_slide(item, out, enc, EncodeOptions(**kw))
 
 
 def test_mean_rgb_equals_openslide_pixels(sample_svs, tmp_path):

@@ -1,12 +1,15 @@
-"""PCam mosaic slides (slidepress.bench.mosaic): shapes, determinism, the survival toy, and the
-honesty proof that assembling cached patch codes equals encoding the rendered mosaic image."""
+"""PCam mosaic slides (slidepress.synthetic.mosaic, .pcam): shapes, determinism, the survival
+toy, and the honesty proof that assembling cached patch codes equals encoding the rendered
+mosaic image."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from slidepress.bench import mosaic as M
+from slidepress.synthetic import mosaic as M
+from slidepress.synthetic import pcam
+from slidepress.synthetic.slides import write_pyramid_tiff
 
 from .conftest import SHARED
 
@@ -116,14 +119,17 @@ def test_assembled_grid_equals_encoding_the_rendered_mosaic(tmp_path):
     from slidepress.pipeline.encode import EncodeOptions, encode_slide
     from slidepress.store import read_grid
 
-    tab = M.pcam_table(PCAM / "valid", limit_per_class=6)
+    tab = pcam.pcam_table(PCAM / "valid", limit_per_class=6)
     enc = get_encoder("nic-multitask", device="cpu")
-    codes = M.embed_files(tab.files, enc, batch=5)  # other batches than the pipeline's
-    pixels = M.load_patches(tab.files, enc.mpp, enc.patch_size)
+    codes = pcam.embed_files(tab.files, enc, batch=5)  # other batches than the pipeline's
+    pixels = pcam.load_patches(tab.files, enc.mpp, enc.patch_size)
     cfg = M.MosaicConfig(n=4, tissue_fraction=(0.7, 0.7), tumour_fraction=(0.2, 0.3))
     m = M.make_mosaic("tiny", 1, tab.ids(0), tab.ids(1), np.random.default_rng(3), cfg)
     assert 0 < m.n_tumour < m.n_tissue < 16  # tumour, normal and glass cells all present
-    path = M.write_slide_tiff(M.render(m, pixels), tmp_path / "tiny.tiff")
+    image = M.render(m, pixels)  # lossless: the pixels the codes were computed from
+    path = write_pyramid_tiff(
+        tmp_path / "tiny.tiff", image, mpp=M.PCAM_MPP, tile=64, compression="zlib"
+    )
 
     opts = EncodeOptions(tissue_threshold=0.0, fmt="npz", previews=False)
     res = encode_slide(path, tmp_path / "grids", enc, opts)
@@ -143,15 +149,15 @@ def test_embedding_cache_and_encoder_seen_files(tmp_path):
     from slidepress.encoders import get_encoder
     from slidepress.encoders.nic_weights import WEIGHTS_DIR
 
-    tab = M.pcam_table(PCAM / "valid", limit_per_class=4)
+    tab = pcam.pcam_table(PCAM / "valid", limit_per_class=4)
     enc = get_encoder("mean-rgb")
-    a, hit_a = M.cached_embeddings(tab.files, enc, tmp_path)
-    b, hit_b = M.cached_embeddings(tab.files, enc, tmp_path)
+    a, hit_a = pcam.cached_embeddings(tab.files, enc, tmp_path)
+    b, hit_b = pcam.cached_embeddings(tab.files, enc, tmp_path)
     assert (hit_a, hit_b) == (False, True) and np.array_equal(a, b) and a.shape == (8, 3)
 
     cfg = json.loads((WEIGHTS_DIR / "nic-multitask" / "config.json").read_text())
-    seen = M.encoder_pcam_files(cfg, PCAM)
+    seen = pcam.encoder_pcam_files(cfg, PCAM)
     n_train = cfg["data"]["tasks"]["pcam"]["train"]["n"]
     assert len(seen["train"]) == n_train and len(seen["valid"]) > 0
-    rest = M.pcam_table(PCAM / "valid", seen["valid"])
+    rest = pcam.pcam_table(PCAM / "valid", seen["valid"])
     assert not {f.resolve() for f in rest.files} & seen["valid"]

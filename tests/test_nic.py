@@ -174,7 +174,7 @@ def test_train_cli_refuses_to_overwrite_a_run_and_bad_specs(tmp_path):
         (["--data", str(PCAM)], "DIR@MPP"),
         (["--data", f"{PCAM}@abc"], "not a number"),
         (["--data", "/nonexistent@0.5"], "not found"),
-        (["--method", "gan"], "choose one of"),
+        (["--method", "gan"], "unknown NIC method 'gan'; choose from vae, contrastive, bigan"),
         (["--patch-size", "30"], "multiple of 16"),
     ]:
         args = ["train", "encoder", "--method", "vae", "-o", str(tmp_path / "x"), *bad]

@@ -14,17 +14,14 @@ from typer.testing import CliRunner
 
 from slidepress.cli.eval import app
 from slidepress.encoders import Encoder
-from slidepress.eval.probe import (
+from slidepress.eval import (
     ProbeResult,
     ResampleWarning,
-    bootstrap_auc,
-    bootstrap_indices,
     comparison_sentence,
     embed_folder,
     prepare_image,
     probe_kather,
     probe_pcam,
-    roc_auc,
     train_mlp_probe,
 )
 
@@ -78,21 +75,6 @@ def test_prepare_image_resamples_then_centre_crops():
     assert out is img or np.array_equal(out, img)
     out, _ = prepare_image(img[:100], 0.5, 0.25, None)  # mpp only: 2x, aspect kept
     assert out.shape == (200, 300, 3)
-
-
-def test_bootstrap_auc_matches_sklearn_and_is_stratified():
-    rng = np.random.default_rng(1)
-    y = rng.integers(0, 3, 40)
-    p = rng.dirichlet([1, 1, 1], 40)
-    idx = bootstrap_indices(y, 20, seed=3)
-    assert all(np.array_equal(np.bincount(y[i], minlength=3), np.bincount(y)) for i in idx)
-    np.testing.assert_allclose(bootstrap_auc(y, p, idx), [roc_auc(y[i], p[i]) for i in idx])
-    yb = rng.integers(0, 2, 60)
-    q = np.round(rng.random(60), 1)  # ties count 1/2, as in sklearn
-    pb = np.stack([1 - q, q], axis=1)
-    idx = bootstrap_indices(yb, 20, seed=3)
-    np.testing.assert_allclose(bootstrap_auc(yb, pb, idx), [roc_auc(yb[i], pb[i]) for i in idx])
-    assert np.array_equal(idx, bootstrap_indices(yb, 20, seed=3))
 
 
 def test_mlp_probe_learns_and_is_deterministic():

@@ -1,3 +1,9 @@
+"""Slide readers: geometry, mpp, pixel identity between backends, hostile and odd inputs.
+
+Each test on the shared slides has a twin on a pyramid written here (`synthetic.slides`:
+tiled JPEG / deflate pages, 2x pyramid, resolution tags), so readers are tested without
+../shared too."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +13,8 @@ from PIL import Image
 
 from slidepress.errors import MppError, SlideError
 from slidepress.slide import open_slide
-from slidepress.slide.mpp import load_mpp_csv, lookup_override, resolve_mpp
+from slidepress.slide.mpp import load_mpp_csv, lookup_override
+from slidepress.synthetic.slides import tissue_texture, write_pyramid_tiff
 
 from .conftest import needs_shared
 
@@ -21,21 +28,48 @@ EXPECTED = [
 ]
 
 
-@needs_shared
-@pytest.mark.parametrize(("name", "reader", "dims", "levels", "mpp"), EXPECTED)
-def test_shared_slides_open_with_right_geometry(shared_slides, name, reader, dims, levels, mpp):
-    with open_slide(shared_slides / name) as s:
+def _check_geometry(path, reader, dims, levels, mpp) -> None:
+    """Reader, size, levels and the settled mpp; an implausible or missing file mpp is an
+    error only where one is required, and an override replaces it."""
+    with open_slide(path) as s:
         assert s.info.reader == reader
         assert s.info.dimensions == dims
         assert s.info.level_count == levels
         if mpp is None:
-            with pytest.raises(MppError, match="implausible.*--mpp-override"):
-                resolve_mpp(s.info)
-            assert resolve_mpp(s.info, override=0.5) == 0.5
+            assert s.mpp is None and s.mpp_source is None
+            with pytest.raises(MppError, match="(implausible|no resolution).*--mpp-override"):
+                s.require_mpp()
         else:
-            assert resolve_mpp(s.info) == pytest.approx(mpp)
-        region = s.read_region((1000, 1000), 0, (64, 48))
+            assert s.require_mpp() == pytest.approx(mpp) and s.mpp_source == "file"
+        region = s.read_region((1000, 700), 0, (64, 48))
         assert region.shape == (48, 64, 3) and region.dtype == np.uint8
+    with open_slide(path, mpp_override=0.5) as s:
+        assert s.require_mpp() == 0.5 and s.mpp_source == "override"
+
+
+@needs_shared
+@pytest.mark.parametrize(("name", "reader", "dims", "levels", "mpp"), EXPECTED)
+def test_shared_slides_open_with_right_geometry(shared_slides, name, reader, dims, levels, mpp):
+    _check_geometry(shared_slides / name, reader, dims, levels, mpp)
+
+
+# Written pyramids like the shared ones: (W, H), levels, file mpp (None: implausible or absent)
+GENERATED_GEOMETRY = {
+    "jpeg_0.25mpp": (dict(mpp=0.25, levels=4), (1536, 1024), 4, 0.25),
+    "deflate_odd_sides": (dict(mpp=0.499, levels=3, compression="zlib"), (1537, 1023), 3, 0.499),
+    "bogus_264mpp": (dict(mpp=264.0, levels=2), (1200, 900), 2, None),  # like CropBreastSlide
+    "no_resolution": (dict(levels=2), (1200, 900), 2, None),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(GENERATED_GEOMETRY))
+def test_generated_pyramids_open_with_right_geometry(tmp_path, kind):
+    kw, (w, h), levels, mpp = GENERATED_GEOMETRY[kind]
+    path = write_pyramid_tiff(tmp_path / f"{kind}.tiff", tissue_texture(h, w), **kw)
+    _check_geometry(path, "tifffile", (w, h), levels, mpp)
+    with open_slide(path) as s:  # floor-halved sides: downsamples as OpenSlide computes them
+        assert s.info.level_dimensions[1] == (w // 2, h // 2)
+        assert s.info.level_downsamples[1] == pytest.approx(((w / (w // 2)) + h / (h // 2)) / 2)
 
 
 def _random_boxes(rng, lw: int, lh: int, n: int) -> list[tuple[int, int, int, int]]:
@@ -99,32 +133,6 @@ def test_fast_reader_pixels_identical_on_sample_svs(sample_svs):
     _assert_same_pixels(sample_svs)
 
 
-def _tissue_like(h: int, w: int, seed: int = 0) -> np.ndarray:
-    """Smooth stained blobs on glass with pixel noise: JPEG has edges, chroma and flat areas."""
-    from scipy import ndimage
-
-    rng = np.random.default_rng(seed)
-    field = ndimage.gaussian_filter(rng.normal(size=(-(-h // 8), -(-w // 8), 3)), (3, 3, 0))
-    field = np.kron(field, np.ones((8, 8, 1)))[:h, :w]
-    tissue = np.clip(180 + 400 * field * np.array([1.0, -1.4, 0.6]), 40, 250)
-    glass = np.array([236.0, 234.0, 240.0])
-    mask = ndimage.gaussian_filter(rng.random((-(-h // 32), -(-w // 32))), 1.5) > 0.5
-    mask = np.kron(mask, np.ones((32, 32)))[:h, :w, None].astype(bool)
-    img = np.where(mask, tissue, glass) + rng.normal(0, 3, (h, w, 3))
-    return np.clip(img, 0, 255).astype(np.uint8)
-
-
-def write_pyramid(path, img: np.ndarray, levels: int = 3, **kw) -> None:
-    """Generic pyramidal TIFF: 256 px tiles, 2x box-downsampled reduced pages."""
-    import tifffile
-
-    with tifffile.TiffWriter(path) as tw:
-        for level in range(levels):
-            tw.write(img, tile=(256, 256), subfiletype=1 if level else 0, **kw)
-            h, w = img.shape[0] // 2 * 2, img.shape[1] // 2 * 2
-            img = img[:h, :w].reshape(h // 2, 2, w // 2, 2, 3).mean(axis=(1, 3)).astype(np.uint8)
-
-
 # photometric YCbCr 4:2:0 JPEG (tifffile's default for RGB), RGB JPEG, lossless deflate
 GENERATED = {
     "jpeg_ycbcr": dict(compression="jpeg", compressionargs={"level": 90}, photometric="rgb"),
@@ -140,10 +148,20 @@ GENERATED = {
 def test_fast_reader_pixels_identical_on_generated_pyramid(tmp_path, kind):
     """Integer downsamples (1536 x 1024, 2x pages): identical to OpenSlide everywhere."""
     path = tmp_path / f"{kind}.tiff"
-    write_pyramid(path, _tissue_like(1024, 1536), **GENERATED[kind])
+    write_pyramid_tiff(path, tissue_texture(1024, 1536), levels=3, **GENERATED[kind])
     with open_slide(path) as s:
         assert s.info.reader == "tifffile"
         assert s.info.level_downsamples == (1.0, 2.0, 4.0)
+    _assert_same_pixels(path, n=12)
+
+
+def test_fast_reader_pixels_identical_on_generated_odd_pyramid(tmp_path):
+    """Odd sides (1537 x 1023): non-integer downsamples, as in the shared pyramid TIFF (2967 px
+    side). The fast path returns the stored pixels there; OpenSlide agrees at the origin."""
+    path = write_pyramid_tiff(tmp_path / "odd.tiff", tissue_texture(1023, 1537), levels=3)
+    with open_slide(path) as s:
+        assert s.info.reader == "tifffile"
+        assert all(d != int(d) for d in s.info.level_downsamples[1:])
     _assert_same_pixels(path, n=12)
 
 
@@ -151,7 +169,7 @@ def test_sparse_tile_reads_white_like_openslide(tmp_path):
     """A tile declared empty (bytecount 0) is "not scanned": white in both readers."""
     import tifffile
 
-    img = _tissue_like(512, 512)
+    img = tissue_texture(512, 512)
     path = tmp_path / "sparse.tiff"
     tiles = iter([img[:256, :256], None, img[256:, :256], img[256:, 256:]])
     tifffile.imwrite(
@@ -168,7 +186,7 @@ def test_auto_choice_per_format(tmp_path, sample_svs):
     """The fast path only where its pixels were verified; OpenSlide or tiffslide elsewhere."""
     import tifffile
 
-    img = _tissue_like(600, 700)
+    img = tissue_texture(600, 700)
     cases = {"sample.svs": (sample_svs, "tifffile")}
     for name, kw, expected in [
         ("jpeg.tiff", dict(compression="jpeg"), "tifffile"),
@@ -195,20 +213,31 @@ def test_auto_choice_per_format(tmp_path, sample_svs):
             assert s.read_region((10, 20), 0, (30, 40)).shape == (40, 30, 3)
 
 
-@needs_shared
-def test_backends_read_the_same_place(shared_slides):
+def _assert_tiffslide_reads_the_same_place(path, x: int, y: int) -> None:
     """tiffslide (level coordinates passed straight through) must equal tifffile's own decode
     exactly at every level, like the fast path."""
     import tifffile
 
-    path = shared_slides / "CMU-1-Small-Region_pyramid_jpeg90.tiff"
-    series = tifffile.TiffFile(path).series[0]
-    with open_slide(path, reader="tiffslide") as b:
-        for level in (0, 1, 2, 3):
+    with tifffile.TiffFile(path) as tf, open_slide(path, reader="tiffslide") as b:
+        series = tf.series[0]
+        assert b.info.level_count == len(series.levels) > 1
+        for level in range(b.info.level_count):
             ds = b.info.level_downsamples[level]
-            lx, ly = round(900 / ds), round(1300 / ds)
+            lx, ly = round(x / ds), round(y / ds)
             ref = series.levels[level].asarray()[ly : ly + 40, lx : lx + 50]
-            np.testing.assert_array_equal(b.read_region((900, 1300), level, (50, 40)), ref)
+            assert ref.shape == (40, 50, 3)
+            np.testing.assert_array_equal(b.read_region((x, y), level, (50, 40)), ref)
+
+
+@needs_shared
+def test_backends_read_the_same_place(shared_slides):
+    path = shared_slides / "CMU-1-Small-Region_pyramid_jpeg90.tiff"
+    _assert_tiffslide_reads_the_same_place(path, 900, 1300)
+
+
+def test_backends_read_the_same_place_generated(tmp_path):
+    path = write_pyramid_tiff(tmp_path / "p.tiff", tissue_texture(1023, 1537), mpp=0.5, levels=4)
+    _assert_tiffslide_reads_the_same_place(path, 700, 500)
 
 
 def test_argb_composite_on_white():
@@ -282,8 +311,9 @@ def test_plain_image_reader(tmp_path):
         assert s.info.reader == "image" and s.info.dimensions == (200, 300)
         assert s.info.mpp is None
         np.testing.assert_array_equal(s.read_region((10, 20), 0, (50, 40)), img[20:60, 10:60])
+        assert s.mpp is None
         with pytest.raises(MppError, match="no resolution"):
-            resolve_mpp(s.info)
+            s.require_mpp()
 
 
 @pytest.mark.parametrize(

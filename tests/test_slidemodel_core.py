@@ -11,12 +11,13 @@ import pytest
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
+from slidepress.errors import UsageError  # noqa: E402
+from slidepress.metrics.stats import bootstrap_ci  # noqa: E402
 from slidepress.slidemodel import (  # noqa: E402
     ABMIL,
     NICCNN,
     SLIDE_MODELS,
     TASKS,
-    bootstrap_ci,
     build_slide_model,
     build_task,
     cox_ph_loss,
@@ -176,7 +177,7 @@ def test_registry():
     assert {"nic-cnn", "abmil"} <= set(SLIDE_MODELS)
     assert isinstance(build_slide_model("nic-cnn", 4, 3, width=8), NICCNN)
     assert isinstance(build_slide_model("abmil", 4, 1), ABMIL)
-    with pytest.raises(ValueError, match="abmil"):
+    with pytest.raises(UsageError, match="unknown slide model 'nope'; choose from nic-cnn, abmil"):
         build_slide_model("nope", 4, 2)
 
 
@@ -327,7 +328,7 @@ def test_task_registry_and_outputs():
     assert build_task("survival").n_outputs() == 1
     primaries = [build_task(n).primary for n in ("classify", "regress", "survival")]
     assert primaries == ["auc", "spearman", "c_index"]
-    with pytest.raises(ValueError):
+    with pytest.raises(UsageError, match="unknown task 'segment'; choose from classify, regress"):
         build_task("segment")
 
 
@@ -379,16 +380,16 @@ def test_bootstrap_ci_brackets_point_estimate():
     logits = np.stack([np.zeros(40), y + rng.normal(size=40)], axis=1)
     task = build_task("classify")
 
-    def auc(o, t):
+    def auc(t, o):  # truth first, as metrics.stats takes it
         return task.metrics(o, t)["auc"]
 
-    point = auc(logits, y)
-    low, high = bootstrap_ci(auc, logits, y, n=200, seed=0)
+    point = auc(y, logits)
+    low, high = bootstrap_ci(auc, y, logits, n=200, seed=0)
     assert low <= point <= high and low < high
-    assert (low, high) == bootstrap_ci(auc, logits, y, n=200, seed=0)  # seeded
-    slow, shigh = bootstrap_ci(auc, logits, y, n=200, seed=1, stratify=y)
+    assert (low, high) == bootstrap_ci(auc, y, logits, n=200, seed=0)  # seeded
+    slow, shigh = bootstrap_ci(auc, y, logits, n=200, seed=1, stratify=y)
     assert slow <= point <= shigh
 
     # tiny sample: resamples with one class are skipped, not fatal
-    low, high = bootstrap_ci(auc, logits[[0, 1, 38, 39]], y[[0, 1, 38, 39]], n=50)
+    low, high = bootstrap_ci(auc, y[[0, 1, 38, 39]], logits[[0, 1, 38, 39]], n=50)
     assert math.isfinite(low) and low <= high

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from slidepress.bench import synthetic as syn
+from slidepress.synthetic import digits as syn
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +168,7 @@ def test_tiny_end_to_end(pools):
     )  # fmt: skip
     task = build_task("classify")
     model, rows = fit_model(
-        task, "classify", (items["train"], labels["train"]), (items["test"], labels["test"]), 10, s
+        task, (items["train"], labels["train"]), (items["test"], labels["test"]), 10, s
     )
     assert len(rows) == 2
     out = predict_items(model, "classify", items["test"], s)

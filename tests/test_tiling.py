@@ -1,3 +1,6 @@
+"""The grid at a target mpp (level choice, cell boxes, block reads) and tissue detection, on the
+bundled sample slide, pyramids written here, and the shared slides when present."""
+
 from __future__ import annotations
 
 import math
@@ -8,6 +11,7 @@ import pytest
 from slidepress.errors import UsageError
 from slidepress.slide import open_slide
 from slidepress.slide.tissue import detect_tissue, segment_tissue
+from slidepress.synthetic.slides import tissue_texture, write_pyramid_tiff
 from slidepress.tiling import GridSpec, plan_grid
 
 from .conftest import needs_shared
@@ -42,18 +46,38 @@ def test_grid_shape_rule_sample(sample_svs, patch, stride, mpp):
     assert o[0, 1, 0] == round(stride * scale) and o[1, 0, 1] == round(stride * scale)
 
 
-@needs_shared
-def test_grid_uses_pyramid_level(shared_slides):
-    path = shared_slides / "CMU-1-Small-Region_pyramid_jpeg90.tiff"
+def _check_level_choice(path, slide_mpp: float) -> None:
+    """1 um/px on a 2x pyramid at ~0.5 um/px: level 1 read as stored, its patches equal to
+    direct reads; 3 um/px falls between levels 2 and 3: level 2, resampled."""
     with open_slide(path) as s:
-        g = plan_grid(s, 0.499, GridSpec(128, 128, 1.0))
+        w0, h0 = s.info.dimensions
         ds = s.info.level_downsamples
+        g = plan_grid(s, slide_mpp, GridSpec(128, 128, 1.0))
         assert g.level == 1 and not g.resample
-        assert (g.rows, g.cols) == expected_shape(2220, 2967, 0.499, ds, g.spec)[:2]
-        g2 = plan_grid(s, 0.499, GridSpec(128, 128, 3.0))  # between levels 2 and 3: resample
+        assert (g.rows, g.cols) == expected_shape(w0, h0, slide_mpp, ds, g.spec)[:2]
+        patches = g.cut_patches(g.read_block(s, 1, 3, 2, 5), 1, 3, 2, 5)
+        o = g.origins()
+        for i, j in [(0, 0), (1, 2)]:
+            x, y = o[1 + i, 2 + j]
+            np.testing.assert_array_equal(patches[i, j], s.read_region((x, y), 1, (128, 128)))
+        g2 = plan_grid(s, slide_mpp, GridSpec(128, 128, 3.0))
         assert g2.level == 2 and g2.resample
         block = g2.read_block(s, 0, 2, 0, 3)
         assert block.shape == (2 * 128, 3 * 128, 3)
+
+
+@needs_shared
+def test_grid_uses_pyramid_level(shared_slides):
+    _check_level_choice(shared_slides / "CMU-1-Small-Region_pyramid_jpeg90.tiff", 0.499)
+
+
+def test_grid_uses_pyramid_level_generated(tmp_path):
+    """The same on a pyramid written here (odd sides: non-integer downsamples)."""
+    img = tissue_texture(1601, 2401)
+    path = write_pyramid_tiff(tmp_path / "p.tiff", img, mpp=0.499, levels=4)
+    with open_slide(path) as s:
+        assert s.require_mpp() == pytest.approx(0.499)
+    _check_level_choice(path, 0.499)
 
 
 def test_patches_cut_from_block_equal_direct_reads(sample_svs):

@@ -8,14 +8,12 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .common import check_report_folder, console, expand_slides, guarded
+from ..bench.codecs.options import DEFAULT_CODECS
+from ..codecs import CODECS
+from .common import check_report_folder, console, expand_slides, guarded, progress_bars
 
 if TYPE_CHECKING:
     from ..bench.codecs import BenchmarkResult
-
-# Spelled out (not imported) so that `--help` does not load imagecodecs; a test keeps it equal
-# to slidepress.bench.codecs.DEFAULT_CODECS.
-DEFAULT_CODECS = "jpeg,jpegxl,webp,avif,jpeg2000,htj2k"
 
 bench_app = typer.Typer(
     help="Benchmarks: conventional codecs on real tiles (rate, quality, speed, BD-rate vs JPEG).",
@@ -37,9 +35,10 @@ def codecs_cmd(
         typer.Argument(help="Images (PNG, JPEG...), slides, DICOM folders, folders, @sample."),
     ],
     output: Annotated[Path, typer.Option("-o", "--output", help="Report folder.")],
-    codecs: Annotated[str, typer.Option(help="Comma-separated codecs to compare.")] = (
-        DEFAULT_CODECS
-    ),
+    codecs: Annotated[
+        str,
+        typer.Option(help=f"Comma-separated codecs to compare (from: {', '.join(CODECS)})."),
+    ] = ",".join(DEFAULT_CODECS),
     qualities: Annotated[
         str | None,
         typer.Option(
@@ -72,10 +71,12 @@ def codecs_cmd(
 
         names = [c.strip() for c in codecs.split(",") if c.strip()]
         paths = expand_slides(inputs)
-        res = run_codec_benchmark(
-            paths, output, names, parse_qualities(qualities), tile=tile, threads=threads,
-            max_tiles_per_input=max_tiles, seed=seed, mpp_override=mpp_override, progress=True,
-        )  # fmt: skip
+        with progress_bars("tiles") as start:
+            res = run_codec_benchmark(
+                paths, output, names, parse_qualities(qualities), tile=tile, threads=threads,
+                max_tiles_per_input=max_tiles, seed=seed, mpp_override=mpp_override,
+                progress=start,
+            )  # fmt: skip
         _print_summary(res)
 
     guarded(body)

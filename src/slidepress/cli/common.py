@@ -6,8 +6,9 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
+import typer
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -21,6 +22,18 @@ from rich.progress import (
 from ..errors import SlidepressError, UsageError
 
 T = TypeVar("T")
+
+# Options several commands share, declared once (same flag, same help everywhere).
+SlidesArg = Annotated[
+    list[str], typer.Argument(help="Slide files, DICOM folders, folders of slides, @sample.")
+]
+MppOverrideOpt = Annotated[
+    float | None, typer.Option(help="Use this level-0 um/px instead of the file's.")
+]
+MppCsvOpt = Annotated[
+    Path | None, typer.Option(help="CSV 'slide,mpp' of per-slide level-0 overrides.")
+]
+ReaderOpt = Annotated[str | None, typer.Option(help="Force a reader backend.")]
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT / SIGTERM, as shells report them
 
@@ -73,6 +86,56 @@ def check_report_folder(folder: Path, marker: str, overwrite: bool) -> None:
     check_output(folder, folder=True)
     if (folder / marker).exists() and not overwrite:
         raise UsageError(f"{folder} already holds a report ({marker}); use --overwrite")
+
+
+def check_png(output: Path) -> None:
+    if output.suffix.lower() != ".png":
+        raise UsageError(f"{output}: the picture is written as PNG; name it .png")
+
+
+def slide_items(
+    slides: list[str], mpp_override: float | None = None, mpp_csv: Path | None = None
+) -> list:
+    """SlideItems for the slides named on the command line, each with its level-0 mpp
+    override (one for all, or per slide from a CSV table)."""
+    from ..pipeline.items import SlideItem
+    from ..slide.mpp import load_mpp_csv, lookup_override
+
+    if mpp_override is not None and mpp_csv is not None:
+        raise UsageError("give either --mpp-override or --mpp-csv, not both")
+    table = load_mpp_csv(mpp_csv) if mpp_csv else {}
+    items = []
+    for p in expand_slides(slides):
+        if table:
+            items.append(SlideItem(p, lookup_override(p, table), "table"))
+        else:
+            items.append(SlideItem(p, mpp_override))
+    return items
+
+
+def run_and_report(items: list, job, out_dir: Path, unit: str, report: Path | None) -> int:
+    """Run a batch with progress bars, print one line per slide, write `report` (report.csv)
+    and return the exit code: 0 all done or skipped, 2 a slide had bad input, 1 a bug."""
+    from ..pipeline.batch import run_batch, write_report
+
+    outcomes = []
+    with progress_bars(unit=unit) as start:
+        for o in run_batch(items, job, out_dir, progress=start):
+            outcomes.append(o)
+            if o.status == "failed":
+                error_line(o.error)
+            elif o.status == "skipped":
+                console.print(f"{o.slide}: up to date, skipped ({o.outputs[0]})")
+            else:
+                console.print(f"{o.slide} -> {o.summary}; {o.seconds:.1f} s")
+                for note in o.notes:
+                    console.print(f"  {note}")
+    # a lone slide that failed on bad input leaves nothing behind, not even a report
+    if report is not None and (len(outcomes) > 1 or any(o.status != "failed" for o in outcomes)):
+        write_report(report, outcomes)
+    if any(o.internal for o in outcomes):
+        return EXIT_INTERNAL
+    return EXIT_BAD_INPUT if any(o.status == "failed" for o in outcomes) else EXIT_OK
 
 
 def expand_slides(inputs: list[str]) -> list[Path]:

@@ -13,7 +13,7 @@ from ..errors import UsageError
 from .common import check_report_folder, console, guarded, progress_bars
 
 if TYPE_CHECKING:
-    from ..eval.probe import ProbeReport
+    from ..eval.run import ProbeReport
 
 app = typer.Typer(
     help="Evaluate frozen patch encoders on labelled patches (MLP probe, Tellez et al. 2019).",
@@ -78,7 +78,7 @@ def probe_cmd(
         check_range("--train-limit", train_limit, 1, 10_000_000)
         check_range("--test-limit", test_limit, 1, 10_000_000)
         check_report_folder(output, "probe.json", overwrite)
-        from ..eval.probe import ResampleWarning, run_probe
+        from ..eval import ResampleWarning, run_probe
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ResampleWarning)
@@ -100,7 +100,7 @@ def probe_cmd(
 
 
 def _shown(category: type[Warning]) -> bool:
-    from ..eval.probe import ResampleWarning
+    from ..eval.embedding import ResampleWarning
 
     return issubclass(category, ResampleWarning)
 
@@ -113,7 +113,7 @@ def _print_table(report: ProbeReport) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from ..eval.probe import comparison_sentence
+    from ..eval.report import comparison_sentence
 
     out = Console(highlight=False)
     if not out.is_terminal:  # rich's 80-column default would squeeze the table

@@ -8,10 +8,13 @@ from typing import Annotated
 import numpy as np
 import typer
 
+from ..slidemodel import SLIDE_MODELS, TASKS
 from .common import console, guarded, progress_bars
 
-TASKS = ("classify", "regress", "survival")
-MODELS = ("nic-cnn", "abmil")
+
+def _choices(registry) -> str:
+    """`name (summary)` per entry: help texts from the registries, without importing torch."""
+    return "; ".join(f"{n}: {registry.entry(n).summary}" for n in registry)
 
 
 def train_slide_model(
@@ -21,8 +24,8 @@ def train_slide_model(
         typer.Argument(help="CSV: slide, then label | value | time,event; optional fold."),
     ],
     output: Annotated[Path, typer.Option("-o", "--output", help="Run folder to create.")],
-    task: Annotated[str, typer.Option(help="classify, regress or survival.")] = "classify",
-    model: Annotated[str, typer.Option(help="nic-cnn (TPAMI 2019) or abmil.")] = "nic-cnn",
+    task: Annotated[str, typer.Option(help=f"{_choices(TASKS)}.")] = "classify",
+    model: Annotated[str, typer.Option(help=f"{_choices(SLIDE_MODELS)}.")] = "nic-cnn",
     folds: Annotated[int, typer.Option(help="k for cross-validation (>= 3).")] = 5,
     crop: Annotated[int, typer.Option(help="Crop side R in grid cells.")] = 64,
     epochs: Annotated[int, typer.Option(help="Maximum epochs per fold.")] = 40,
@@ -37,15 +40,10 @@ def train_slide_model(
     """Cross-validated slide-level model on grids with slide labels only (TPAMI 2019 NIC)."""
 
     def go() -> None:
-        from ..errors import UsageError
-        from ..slidemodel.cv import cross_validate
-        from ..slidemodel.data import find_grids, load_grids, read_labels
-        from ..slidemodel.fit import FitSettings
-
         if task not in TASKS:
-            raise UsageError(f"--task {task!r}: choose one of {', '.join(TASKS)}")
-        if model not in MODELS:
-            raise UsageError(f"--model {model!r}: choose one of {', '.join(MODELS)}")
+            raise TASKS.unknown(task)
+        if model not in SLIDE_MODELS:
+            raise SLIDE_MODELS.unknown(model)
         from ..bounds import MAX_BATCH, MAX_PATCH, check_range
 
         check_range("--crop", crop, 1, MAX_PATCH)
@@ -57,8 +55,13 @@ def train_slide_model(
         from ..store.atomic import check_output
 
         check_output(output, folder=True)
+        from ..slidemodel.data import find_grids, load_grids, read_labels
+
         lab = read_labels(labels, task)
         items = load_grids(find_grids([grids]), lab)
+        from ..slidemodel.cv import cross_validate  # torch from here on
+        from ..slidemodel.fit import FitSettings
+
         settings = FitSettings(
             model=model, crop=crop, epochs=epochs, steps_per_epoch=steps_per_epoch,
             batch_size=batch_size, lr=lr, patience=patience, tta_crops=tta_crops, seed=seed,
@@ -91,9 +94,9 @@ def predict(
     """Predict slides with a trained run (ensemble of its fold models, test-time crops)."""
 
     def go() -> None:
+        from ..slidemodel import build_task
         from ..slidemodel.cv import predict_run, prediction_rows
         from ..slidemodel.data import find_grids, load_grids
-        from ..slidemodel.tasks import build_task
         from ..store.atomic import check_output, write_csv
 
         check_output(output, overwrite=overwrite, inputs=[run, *grids])

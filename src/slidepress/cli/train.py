@@ -10,10 +10,12 @@ from typing import Annotated
 
 import typer
 
+from ..encoders.nic import DEFAULT_LR, METHODS, default_lr
 from .common import console, expand_slides, guarded, progress_bars
 
-METHOD_NAMES = ("vae", "contrastive", "bigan", "multitask", "supervised")
-DEFAULT_LR = {"bigan": 2e-4}
+# help texts from the method registry (names, summaries, learning rates: no torch import)
+_METHOD_HELP = "; ".join(f"{n}: {METHODS.entry(n).summary}" for n in METHODS)
+_LR_HELP = ", ".join(f"{n} {default_lr(n):g}" for n in METHODS if default_lr(n) != DEFAULT_LR)
 
 train_app = typer.Typer(
     help="Train models: NIC patch encoders and slide-level models on grids.",
@@ -45,7 +47,7 @@ def _parse_options(items: list[str]) -> dict:
 
 @train_app.command("encoder")
 def encoder_cmd(
-    method: Annotated[str, typer.Option(help=f"One of: {', '.join(METHOD_NAMES)}.")],
+    method: Annotated[str, typer.Option(help=f"Training method. {_METHOD_HELP}.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Run folder to create.")],
     data: Annotated[
         list[str] | None,
@@ -66,15 +68,19 @@ def encoder_cmd(
     steps_per_epoch: Annotated[
         int | None, typer.Option(help="Batches per epoch (default: one pass over the data).")
     ] = None,
-    lr: Annotated[float | None, typer.Option(help="Adam LR (default 1e-3; BiGAN 2e-4).")] = None,
+    lr: Annotated[
+        float | None,
+        typer.Option(help=f"Adam LR (default: the method's, {DEFAULT_LR:g}; {_LR_HELP})."),
+    ] = None,
     patience: Annotated[int, typer.Option(help="Early stop after N epochs w/o improvement.")] = 4,
     seed: Annotated[int, typer.Option(help="Seed for data order, augmentation, init.")] = 0,
     limit_per_class: Annotated[
         int | None, typer.Option(help="Use at most N training images per class.")
     ] = None,
     val_limit_per_class: Annotated[int, typer.Option(help="Validation images per class.")] = 256,
-    slide_mpp: Annotated[
-        float | None, typer.Option(help="Level-0 um/px of --slides lacking a plausible one.")
+    mpp_override: Annotated[
+        float | None,
+        typer.Option(help="Level-0 um/px for --slides, replacing the files' (e.g. none or bad)."),
     ] = None,
     augment: Annotated[float, typer.Option(help="Photometric augmentation strength.")] = 1.0,
     option: Annotated[
@@ -84,6 +90,9 @@ def encoder_cmd(
         str | None, typer.Option(help="cpu, cuda, cuda:1 (default: GPU if any).")
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run saved in --output.")] = False,
+    slide_mpp: Annotated[
+        float | None, typer.Option("--slide-mpp", hidden=True, help="Old name of --mpp-override.")
+    ] = None,
 ) -> None:
     """Train a NIC encoder; the folder then works as `--encoder nic:FOLDER` in `encode`."""
 
@@ -95,8 +104,11 @@ def encoder_cmd(
         from ..tiling import check_target_mpp
 
         # everything a user can get wrong is checked before torch loads (seconds)
-        if method not in METHOD_NAMES:
-            raise UsageError(f"--method {method!r}: choose one of {', '.join(METHOD_NAMES)}")
+        if method not in METHODS:
+            raise METHODS.unknown(method)
+        if slide_mpp is not None and mpp_override is not None and slide_mpp != mpp_override:
+            raise UsageError("--slide-mpp is the old name of --mpp-override: give one of them")
+        override = mpp_override if mpp_override is not None else slide_mpp
         if patch_size < 16 or patch_size % 16:
             raise UsageError(f"--patch-size {patch_size}: a multiple of 16, at least 16")
         check_range("--patch-size", patch_size, 16, MAX_PATCH)
@@ -105,36 +117,37 @@ def encoder_cmd(
         check_range("--batch-size", batch_size, 1, MAX_BATCH)
         check_range("--steps-per-epoch", steps_per_epoch, 1, 10_000_000)
         check_range("--val-limit-per-class", val_limit_per_class, 1, 10_000_000)
+        check_range("--lr", lr, 1e-9, 10.0)
         check_output(output, folder=True)
         check_target_mpp(mpp)
         slide_paths = expand_slides(slides or [])
         for s in slide_paths:
             if not s.exists():
                 raise UsageError(f"slide not found: {s}")
-            open_slide(s).close()  # a hostile or unreadable slide fails here, not mid-training
+            # a hostile or unreadable slide (or a bad override) fails here, not mid-training
+            open_slide(s, mpp_override=override).close()
 
         from ..encoders.nic import NICConfig
-        from ..train.data import DataSpec
+        from ..train.data import DataSpec, FeedInputs
         from ..train.encoder import train_from_args
         from ..train.loop import TrainSettings
 
-        specs = [DataSpec.parse(d) for d in data or []]
-        config = NICConfig(
-            method=method, patch_size=patch_size, mpp=mpp, code_size=code_size,
-            lr=lr or DEFAULT_LR.get(method, 1e-3), options=_parse_options(option or []),
+        inputs = FeedInputs(
+            data=[DataSpec.parse(d) for d in data or []], slides=slide_paths,
+            mpp_override=override, limit_per_class=limit_per_class,
+            val_limit_per_class=val_limit_per_class,
         )  # fmt: skip
+        config = NICConfig(method=method, patch_size=patch_size, mpp=mpp, code_size=code_size,
+                           lr=lr, options=_parse_options(option or []))  # fmt: skip
         settings = TrainSettings(
             epochs=epochs, batch_size=batch_size, steps_per_epoch=steps_per_epoch,
             patience=patience, seed=seed, device=device,
         )  # fmt: skip
         with progress_bars("steps") as start:
             final = train_from_args(
-                config, output, settings, resume=resume, progress=start,
-                log=lambda m: console.print(m, highlight=False),
+                config, output, settings, inputs, augment_strength=augment, resume=resume,
+                progress=start, log=lambda m: console.print(m, highlight=False),
                 command=shlex.join(["slidepress", *sys.argv[1:]]),
-                data=specs, slides=slide_paths, slide_mpp=slide_mpp,
-                limit_per_class=limit_per_class, val_limit_per_class=val_limit_per_class,
-                augment_strength=augment,
             )  # fmt: skip
         t = final["training"]
         console.print(

@@ -1,5 +1,6 @@
 """Conventional image codecs through imagecodecs (libjpeg-turbo, libjxl, libwebp, libavif,
-OpenJPEG, OpenJPH, libpng). Quality knobs are the libraries' own, documented per class."""
+OpenJPEG, OpenJPH, libpng). Quality knobs are the libraries' own, documented per class.
+Registered (lazily, by name) in codecs/__init__.py."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import numpy as np
 
 from ..errors import CodecError
 from .base import Codec, check_tile
-from .registry import register_codec
 
 
 class _ImagecodecsCodec(Codec):
@@ -38,7 +38,6 @@ class _ImagecodecsCodec(Codec):
         raise NotImplementedError
 
 
-@register_codec("jpeg")
 class Jpeg(_ImagecodecsCodec):
     """libjpeg-turbo baseline JPEG; quality 1-100 (scanners ship q80-90), 4:2:0 chroma."""
 
@@ -51,7 +50,6 @@ class Jpeg(_ImagecodecsCodec):
         return imagecodecs.jpeg8_decode(data, out=out)
 
 
-@register_codec("jpegxl")
 class JpegXL(_ImagecodecsCodec):
     """libjxl; quality 1-100 (mapped by libjxl to a Butteraugli distance), effort 3 (fast)."""
 
@@ -68,7 +66,6 @@ class JpegXL(_ImagecodecsCodec):
         return imagecodecs.jpegxl_decode(data, out=out)
 
 
-@register_codec("webp")
 class WebP(_ImagecodecsCodec):
     """libwebp lossy; quality 0-100. `lossless=False` is explicit: imagecodecs' default is
     lossless, which would silently turn every quality into PNG-like sizes."""
@@ -84,7 +81,6 @@ class WebP(_ImagecodecsCodec):
         return imagecodecs.webp_decode(data, out=out)
 
 
-@register_codec("avif")
 class Avif(_ImagecodecsCodec):
     """libavif (AV1 intra); quality 0-100, speed 8 (fast; 0 is slowest/best)."""
 
@@ -101,7 +97,6 @@ class Avif(_ImagecodecsCodec):
         return imagecodecs.avif_decode(data, out=out)
 
 
-@register_codec("jpeg2000")
 class Jpeg2000(_ImagecodecsCodec):
     """OpenJPEG JPEG 2000 (irreversible 9/7); quality = target PSNR in dB, 20-60
     (measured: 30 -> 29.4 dB, 40 -> 39.5 dB on H&E)."""
@@ -115,7 +110,6 @@ class Jpeg2000(_ImagecodecsCodec):
         return imagecodecs.jpeg2k_decode(data, out=out)
 
 
-@register_codec("htj2k")
 class HTJ2K(_ImagecodecsCodec):
     """OpenJPH high-throughput JPEG 2000; quality = quantisation step 0.001-1,
     SMALLER is better (0.01 -> ~41 dB, 0.1 -> ~30 dB on H&E).
@@ -136,7 +130,6 @@ class HTJ2K(_ImagecodecsCodec):
         return np.clip(imagecodecs.htj2k_decode(data, out=out), 0, 255).astype(np.uint8)
 
 
-@register_codec("png")
 class Png(_ImagecodecsCodec):
     """Lossless reference; quality = zlib level 0-9 (speed only, pixels are exact)."""
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 
 from .base import Encoder
-from .registry import register_encoder
 
 
 class MeanRGB(Encoder):
@@ -20,6 +19,5 @@ class MeanRGB(Encoder):
         return flat.mean(axis=1, dtype=np.float64).astype(np.float32)
 
 
-@register_encoder("mean-rgb")
 def mean_rgb(device: str | None = None) -> Encoder:  # noqa: ARG001 (numpy only)
     return MeanRGB()

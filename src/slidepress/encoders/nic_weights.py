@@ -8,15 +8,14 @@ is offline and needs no class path: the method registry rebuilds the networks fr
 from __future__ import annotations
 
 import json
-from functools import partial
 from pathlib import Path
 
 from ..errors import EncoderError
 from .base import Encoder, file_sha256
-from .registry import register_encoder, register_loader
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-SHIPPED = ("nic-vae", "nic-contrastive", "nic-bigan", "nic-multitask", "nic-supervised")
+# the shipped NIC encoders: one folder each (listing them imports nothing heavy)
+SHIPPED = tuple(sorted(p.name for p in WEIGHTS_DIR.glob("nic-*") if (p / "config.json").is_file()))
 
 
 def read_run_config(folder: Path) -> dict:
@@ -76,10 +75,24 @@ def load_nic(folder: str | Path, name: str | None = None, device: str | None = N
     return encoder
 
 
-@register_loader("nic")
-def _load_run(arg: str, device: str | None = None) -> Encoder:
+def shipped_summary(folder: str) -> str:
+    """One line for listings, from the folder's config.json (no torch)."""
+    try:
+        meta = json.loads((WEIGHTS_DIR / folder / "config.json").read_text())
+        enc = meta["encoder"]
+        return (
+            f"NIC {meta['config']['method']} encoder trained here, C={enc['dim']}, "
+            f"{enc['patch_size']} px at {enc['mpp']} um/px (see its MODEL_CARD.md)"
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return "NIC encoder trained here (see its MODEL_CARD.md)"
+
+
+def load_run(arg: str, device: str | None = None) -> Encoder:
+    """`nic:DIR`: a run folder written by `slidepress train encoder`."""
     return load_nic(arg, device=device)
 
 
-for _name in SHIPPED:
-    register_encoder(_name)(partial(load_nic, WEIGHTS_DIR / _name, _name))
+def load_shipped(folder: str, device: str | None = None) -> Encoder:
+    """`nic-*`: a run folder shipped with the package under `weights/` (named as the folder)."""
+    return load_nic(WEIGHTS_DIR / folder, folder, device=device)

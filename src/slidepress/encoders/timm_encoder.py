@@ -11,11 +11,9 @@ from pathlib import Path
 
 from ..errors import EncoderError
 from .base import Encoder, file_sha256
-from .registry import register_loader
 from .torch_encoder import TorchEncoder, read_sidecar
 
 
-@register_loader("timm")
 def load_timm(arg: str, device: str | None = None) -> Encoder:
     model_name, sep, weights = arg.partition("@")
     if not sep or not model_name or not weights:

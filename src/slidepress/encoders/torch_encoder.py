@@ -15,8 +15,6 @@ from ..errors import EncoderError
 from .base import Encoder
 from .memory import keep_freed_memory
 
-IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
-
 
 def pick_device(device: str | None = None) -> str:
     import torch

@@ -11,11 +11,9 @@ from pathlib import Path
 
 from ..errors import EncoderError
 from .base import Encoder, file_sha256
-from .registry import register_loader
 from .torch_encoder import TorchEncoder, read_sidecar
 
 
-@register_loader("torchscript")
 def load_torchscript(path: str, device: str | None = None) -> Encoder:
     p = Path(path)
     if not p.is_file():

@@ -19,9 +19,10 @@ the slide.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -33,17 +34,10 @@ import numpy as np
 from ..bounds import check_workers
 from ..codecs import Codec, get_codec
 from ..errors import TissueError, UsageError
-from ..metrics.fidelity import SlideFidelity, squared_error
-from ..slide import open_slide, resolve_slide_path
-from ..slide.glass import (
-    Glass,
-    Survey,
-    box_deviation,
-    box_factor,
-    estimate_glass,
-    survey_tiles,
-)
-from ..slide.mpp import resolve_mpp
+from ..metrics.fidelity import SlideFidelity
+from ..progress import ProgressStart
+from ..slide import SlideReader
+from ..slide.glass import Glass, Survey, estimate_glass, survey_tiles
 from ..store.atomic import atomic_path, check_output
 from ..store.container import (
     FORMAT_NAME,
@@ -54,12 +48,12 @@ from ..store.container import (
     level_dict,
 )
 from ..tiling import GridSpec, TileGrid, check_target_mpp, plan_grid
+from .coding import LevelCoder, MsSsimScorer, check_torch, children_kept
+from .items import SlideItem
 from .provenance import content_sha256, slide_record, stamp
 from .stream import iter_blocks
 
-ProgressStart = Callable[[str, int], Callable[[int], None]]
 BLOCK_TILES = 4  # blocks of up to 4 x 4 tiles per worker task
-MS_SSIM_BATCH = 32
 BACKGROUND_RULE = (
     "a level-0 tile is glass when no 2 um box of it deviates from the glass colour by more "
     "than the threshold (max over channels); tiles whose every pixel of a <= 2 um/px source "
@@ -75,7 +69,6 @@ class CompressOptions:
     tile: int = 256
     level: int | None = None  # source pyramid level to store (default 0) ...
     mpp: float | None = None  # ... or a target resolution
-    mpp_override: float | None = None
     background: str = "skip"  # skip | constant | keep
     workers: int = 2
     overwrite: bool = False
@@ -103,6 +96,7 @@ class CompressResult:
     seconds: float
     manifest: dict[str, Any]
     fidelity: SlideFidelity = field(default_factory=SlideFidelity)
+    skipped: bool = False  # the container was already there for this content and parameters
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -126,20 +120,6 @@ class CompressResult:
     @property
     def ratio_source(self) -> float:
         return self.source_bytes / self.container_bytes
-
-
-@dataclass
-class _Tile:
-    """What a worker reports for one tile: coded bytes (None: left out as glass) and scores."""
-
-    row: int
-    col: int
-    data: bytes | None
-    deviation: int = 0
-    sse: float = 0.0
-    values: int = 0
-    original: np.ndarray | None = None  # kept only when MS-SSIM is wanted
-    decoded: np.ndarray | None = None
 
 
 def _full_grid(grid: TileGrid) -> tuple[TileGrid, int, int]:
@@ -166,135 +146,64 @@ def _plan_levels(reader, slide_mpp: float, base_mpp: float, tile: int) -> list[t
     return levels
 
 
-def _children_kept(keep: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    """Tiles of the next (2x coarser) level that cover at least one kept tile."""
-    out = np.zeros((rows, cols), bool)
-    r, c = np.nonzero(keep)
-    out[np.minimum(r // 2, rows - 1), np.minimum(c // 2, cols - 1)] = True
-    return out
+def _params_hash(sha: str, slide_mpp: float, opts: CompressOptions, codec: Codec) -> str:
+    """What makes two containers the same: slide content and everything that shapes them."""
+    c = codec.describe()
+    params = {
+        "slide_sha256": sha,
+        "mpp_used": slide_mpp,
+        "codec": {k: c[k] for k in ("name", "quality", "params")},
+        "tile": opts.tile,
+        "level": opts.level,
+        "mpp": opts.mpp,
+        "background": opts.background,
+        "format_version": FORMAT_VERSION,
+    }
+    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
 
 
-class _LevelCoder:
-    """Runs in the worker threads: tests, codes and checks the tiles of one block (level 0),
-    or codes the tiles to store (coarser levels); tiles outside `todo` are not touched."""
+def _existing_hash(out: Path) -> str | None:
+    from ..errors import SlidepressError
+    from ..store.container import Container
 
-    def __init__(
-        self,
-        grid: TileGrid,
-        width: int,
-        height: int,
-        codec: Codec,
-        todo: np.ndarray,
-        level0: bool,
-        glass: Glass,
-        policy: str,
-        ms_ssim: bool,
-    ):
-        self.grid, self.width, self.height = grid, width, height
-        self.codec, self.todo, self.level0 = codec, todo, level0
-        self.glass, self.policy = glass, policy
-        self.ms_ssim = ms_ssim
-        self.factor = box_factor(grid.effective_mpp)
-
-    def __call__(self, block: tuple[int, int, int, int], pixels: np.ndarray) -> list[_Tile]:
-        r0, r1, c0, c1 = block
-        t = self.grid.spec.patch_size
-        tiles = self.grid.cut_patches(pixels, r0, r1, c0, c1)
-        out = []
-        for i in range(r1 - r0):
-            for j in range(c1 - c0):
-                r, c = r0 + i, c0 + j
-                if not self.todo[r, c]:  # glass by the survey / under no stored finer tile
-                    continue
-                if self.level0:
-                    out.append(self._level0_tile(r, c, tiles[i, j], t))
-                else:
-                    data = self.codec.encode(np.ascontiguousarray(tiles[i, j]))
-                    out.append(_Tile(r, c, data))
-        return out
-
-    def _level0_tile(self, r: int, c: int, tile: np.ndarray, t: int) -> _Tile:
-        tile = np.ascontiguousarray(tile)  # one copy out of the block, used for everything
-        vh, vw = min(t, self.height - r * t), min(t, self.width - c * t)
-        valid = tile[:vh, :vw] if (vh, vw) != (t, t) else tile
-        boxes = box_deviation(valid, self.glass, self.factor)
-        deviation = int(boxes.max())
-        if self.policy != "keep" and deviation <= self.glass.threshold:
-            return _Tile(r, c, None, deviation)
-        data = self.codec.encode(tile)
-        decoded = self.codec.decode(data, shape=tile.shape)  # checks the codec's round trip
-        restored = decoded[:vh, :vw]
-        sse, values = squared_error(valid, restored, boxes > self.glass.threshold, self.factor)
-        if not self.ms_ssim:
-            return _Tile(r, c, data, deviation, sse, values)
-        return _Tile(r, c, data, deviation, sse, values, valid.copy(), restored)
-
-
-class _MsSsimScorer:
-    """Batches stored tiles through torch's MS-SSIM (imported only when asked for)."""
-
-    def __init__(self, fidelity: SlideFidelity):
-        import torch
-
-        self.fidelity = fidelity
-        self.batch: list[_Tile] = []
-        torch.set_num_threads(1)  # small convolutions: 2 threads were ~5x slower when busy
-
-    def add(self, tile: _Tile) -> None:
-        if tile.original is None:
-            return
-        self.batch.append(tile)
-        if len(self.batch) >= MS_SSIM_BATCH:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.batch:
-            return
-        from ..metrics import score_tiles
-
-        scores = score_tiles([t.original for t in self.batch], [t.decoded for t in self.batch])
-        weights = np.array([t.values / 3 for t in self.batch])
-        self.fidelity.add_ms_ssim(scores.ms_ssim, weights)
-        self.batch = []
-
-
-def _check_torch() -> None:
     try:
-        import pytorch_msssim  # noqa: F401
-        import torch  # noqa: F401
-    except ImportError:
-        raise UsageError(
-            "--ms-ssim needs the torch extra: pip install 'slidepress[torch]'"
-        ) from None
+        with Container(out) as c:
+            return c.manifest.get("params_hash")
+    except SlidepressError:
+        return None
 
 
 def compress_slide(
-    slide: str | Path,
+    slide: str | Path | SlideItem,
     out: str | Path,
     opts: CompressOptions,
     progress_start: ProgressStart | None = None,
 ) -> CompressResult:
-    """Compress one slide into a container at `out` (written under a temporary name)."""
+    """Compress one slide (a path, or a SlideItem with its own mpp override) into a container
+    at `out` (written under a temporary name). An existing container made from the same slide
+    content with the same parameters is kept (`skipped`); another needs `overwrite`."""
     t0 = time.perf_counter()
-    path = resolve_slide_path(slide)
+    item = SlideItem.of(slide)
+    path = item.path
     out = Path(out)
-    check_output(out, overwrite=opts.overwrite, inputs=[path])
+    check_output(out, overwrite=True, inputs=[path])  # path checks; existing: decided below
     codec = get_codec(opts.codec, opts.quality)
     if opts.ms_ssim:
-        _check_torch()
+        check_torch()
 
-    with open_slide(path, reader=opts.reader) as reader:
-        info = reader.info
-        slide_mpp = resolve_mpp(info, opts.mpp_override)
-        if opts.mpp is not None:
-            base_mpp = opts.mpp
-        else:
-            level = opts.level or 0
-            if not 0 <= level < info.level_count:
+    with item.open(opts.reader) as reader:
+        slide_mpp = reader.require_mpp()
+        base_mpp = _base_mpp(reader, opts)
+        sha_now = None
+        if out.exists():  # re-run: same content and parameters -> nothing to do
+            sha_now = content_sha256(path)
+            params_hash = _params_hash(sha_now, slide_mpp, opts, codec)
+            if not opts.overwrite and _existing_hash(out) == params_hash:
+                return _skipped(out, path, reader, params_hash, t0)
+            if not opts.overwrite:
                 raise UsageError(
-                    f"{path.name}: level {level} out of range 0..{info.level_count - 1}"
+                    f"{out} exists (other slide content or parameters); use --overwrite"
                 )
-            base_mpp = slide_mpp * info.level_downsamples[level]
         levels = _plan_levels(reader, slide_mpp, base_mpp, opts.tile)
         thumbnail, _ = reader.thumbnail(1024)
         glass = estimate_glass(thumbnail)
@@ -306,14 +215,14 @@ def compress_slide(
                 reader, glass, opts.tile * base.scale, base.rows, base.cols, slide_mpp,
                 base.scale,
             )  # fmt: skip
-        reader_name = info.reader
 
     total = int(sum(g.rows * g.cols for g, _, _ in levels))
     advance = progress_start(path.name, total) if progress_start else None
     fidelity = SlideFidelity()
-    scorer = _MsSsimScorer(fidelity) if opts.ms_ssim else None
+    scorer = MsSsimScorer(fidelity) if opts.ms_ssim else None
     hashing = ThreadPoolExecutor(1, thread_name_prefix="sha256")
-    sha_future = hashing.submit(content_sha256, path)  # overlaps the coding (GIL released)
+    # overlaps the coding (hashlib releases the GIL)
+    sha_future = hashing.submit(lambda: sha_now or content_sha256(path))
 
     try:
         with atomic_path(out) as tmp:
@@ -332,14 +241,14 @@ def compress_slide(
                     elif opts.background == "keep":
                         todo = every
                     else:
-                        todo = _children_kept(keep, grid.rows, grid.cols)
-                    coder = _LevelCoder(
+                        todo = children_kept(keep, grid.rows, grid.cols)
+                    coder = LevelCoder(
                         grid, width, height, codec, todo, lv == 0, glass, opts.background,
                         opts.ms_ssim,
                     )  # fmt: skip
                     stored = np.zeros((grid.rows, grid.cols), bool)
                     blocks = iter_blocks(
-                        path, reader_name, grid, todo, opts.workers, BLOCK_TILES, process=coder
+                        reader.reopen, grid, todo, opts.workers, BLOCK_TILES, process=coder
                     )
                     with closing(blocks):
                         for (r0, r1, c0, c1), tiles in blocks:
@@ -370,9 +279,10 @@ def compress_slide(
                     keep = stored
                 sha = sha_future.result()
                 manifest = _manifest(
-                    path, info, sha, slide_mpp, opts, levels, codec, glass, survey, writer,
-                    fidelity,
+                    slide_record(path, reader, sha), opts, levels, codec, glass, survey,
+                    writer, fidelity,
                 )  # fmt: skip
+                manifest["params_hash"] = _params_hash(sha, slide_mpp, opts, codec)
                 writer.close(manifest)
             except BaseException:
                 writer.abort()
@@ -394,11 +304,42 @@ def compress_slide(
     )
 
 
+def _base_mpp(reader: SlideReader, opts: CompressOptions) -> float:
+    """Resolution of the container's level 0: --mpp, or a source level (default 0)."""
+    if opts.mpp is not None:
+        return opts.mpp
+    info = reader.info
+    level = opts.level or 0
+    if not 0 <= level < info.level_count:
+        raise UsageError(
+            f"{reader.path.name}: level {level} out of range 0..{info.level_count - 1}"
+        )
+    return reader.require_mpp() * info.level_downsamples[level]
+
+
+def _skipped(
+    out: Path, path: Path, reader: SlideReader, params_hash: str, t0: float
+) -> CompressResult:
+    from ..store.container import Container
+
+    with Container(out) as c:
+        m = c.manifest
+        lv0 = c.levels[0]
+    return CompressResult(
+        path=out,
+        container_bytes=out.stat().st_size,
+        source_bytes=m.get("source", {}).get("bytes", 0),
+        size=(lv0.width, lv0.height),
+        tiles_stored=m.get("tiles", {}).get("stored", 0),
+        tiles_total=m.get("tiles", {}).get("total", 0),
+        seconds=time.perf_counter() - t0,
+        manifest=m,
+        skipped=True,
+    )
+
+
 def _manifest(
-    path: Path,
-    info: Any,
-    sha: str,
-    slide_mpp: float,
+    record: dict[str, Any],
     opts: CompressOptions,
     levels: list[tuple[TileGrid, int, int]],
     codec: Codec,
@@ -425,7 +366,7 @@ def _manifest(
         "format_version": FORMAT_VERSION,
         **stamp(),
         "source": {
-            **slide_record(path, info, sha, slide_mpp, opts.mpp_override is not None),
+            **record,
             "level0_px_per_px": base.scale,
             "source_level": base.level,
             "resampled": base.resample,

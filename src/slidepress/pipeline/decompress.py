@@ -42,7 +42,7 @@ def decompress_container(
     container: str | Path,
     out: str | Path,
     *,
-    codec: str = "jpeg",
+    compression: str = "jpeg",
     quality: int = 95,
     lossless: bool = False,
     workers: int = 2,
@@ -57,8 +57,11 @@ def decompress_container(
     check_workers(workers)
     if out.suffix.lower() not in (".tif", ".tiff"):
         raise UsageError(f"{out.name}: decompress writes a pyramidal TIFF; name it .tiff")
-    if not lossless and codec != "jpeg":
-        raise UsageError("TIFF export supports --codec jpeg (OpenSlide reads it) or --lossless")
+    if not lossless and compression != "jpeg":
+        raise UsageError(
+            f"TIFF export supports --compression jpeg (OpenSlide reads it) or --lossless, "
+            f"not {compression!r}"
+        )
     if not lossless and not 1 <= quality <= 100:
         raise UsageError(f"JPEG quality must be within 1-100, got {quality}")
     if lossless:

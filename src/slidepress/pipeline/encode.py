@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,13 +18,14 @@ from .. import dihedral
 from ..bounds import MAX_BATCH, MAX_PATCH, check_range, check_workers
 from ..encoders import Encoder
 from ..errors import FormatError, SlideError, TissueError, UsageError
-from ..slide import open_slide, resolve_slide_path
-from ..slide.mpp import resolve_mpp
+from ..progress import Advance, ProgressStart
+from ..slide import SlideReader
 from ..slide.tissue import TissueMask, detect_tissue
 from ..store import EmbeddingGrid, format_for, read_grid, write_grid
 from ..store.atomic import check_output
 from ..tiling import GridSpec, TileGrid, check_target_mpp, plan_grid
 from ..viz import pca_rgb, save_png, tissue_overlay
+from .items import SlideItem
 from .provenance import content_sha256, slide_record, stamp
 from .stream import iter_blocks
 
@@ -33,7 +33,6 @@ GRID_RULE = (
     "cols = floor((floor(W0 / f) - P) / S) + 1, rows likewise, f = level-0 px per output px; "
     "cell (r, c) top-left at level-0 (round(c*S*f), round(r*S*f))"
 )
-ProgressFn = Callable[[int], None]
 READER_NICE = 19  # reader threads' niceness next to a CPU torch encoder
 
 
@@ -42,7 +41,6 @@ class EncodeOptions:
     patch_size: int | None = None  # None: the encoder's own, else 128
     stride: int | None = None  # None: = patch size
     mpp: float | None = None  # None: the encoder's own, else 0.5
-    mpp_override: float | None = None  # the slide's level-0 mpp, when the file's is wrong
     tissue_threshold: float = 0.5
     augment: str = "none"  # none | dihedral
     fmt: str = "zarr"
@@ -82,8 +80,8 @@ class EncodeResult:
     cells_kept: int = 0
 
 
-def output_paths(slide: Path, out_dir: Path, opts: EncodeOptions) -> list[Path]:
-    stem = slide.name if slide.is_dir() else slide.stem
+def output_paths(slide: Path | SlideItem, out_dir: Path, opts: EncodeOptions) -> list[Path]:
+    stem = SlideItem.of(slide).stem
     if opts.augment == "dihedral":
         return [out_dir / f"{stem}.d{k}.{opts.fmt}" for k in dihedral.VARIANTS]
     return [out_dir / f"{stem}.{opts.fmt}"]
@@ -110,14 +108,13 @@ def _already_done(paths: list[Path], previews: list[Path], params_hash: str) -> 
 
 
 def _encode_cells(
-    path: Path,
-    reader_name: str,
+    reader: SlideReader,
     grid: TileGrid,
     keep: np.ndarray,
     encoder: Encoder,
     variants: tuple[int, ...],
     opts: EncodeOptions,
-    progress: ProgressFn | None,
+    progress: Advance | None,
 ) -> list[np.ndarray]:
     """Feature arrays (rows, cols, C) in slide layout, one per dihedral variant."""
     feats: list[np.ndarray] = []
@@ -142,7 +139,7 @@ def _encode_cells(
 
     # torch keeps every core; the readers fill its gaps (see stream.iter_blocks)
     nice = READER_NICE if _uses_cpu_torch(encoder) else 0
-    blocks = iter_blocks(path, reader_name, grid, keep, opts.workers, opts.block_cells, nice=nice)
+    blocks = iter_blocks(reader.reopen, grid, keep, opts.workers, opts.block_cells, nice=nice)
     with closing(blocks):
         for (r0, r1, c0, c1), pixels in blocks:
             patches = grid.cut_patches(pixels, r0, r1, c0, c1)
@@ -169,20 +166,21 @@ def _uses_cpu_torch(encoder: Encoder) -> bool:
 
 
 def encode_slide(
-    slide: str | Path,
+    slide: str | Path | SlideItem,
     out_dir: str | Path,
     encoder: Encoder,
     opts: EncodeOptions,
     *,
-    progress_start: Callable[[str, int], ProgressFn] | None = None,
+    progress_start: ProgressStart | None = None,
 ) -> EncodeResult:
-    """Encode one slide into grid file(s) in `out_dir`; raises SlidepressError on bad input."""
-    path = resolve_slide_path(slide)
+    """Encode one slide (a path, or a SlideItem with its own mpp override) into grid file(s)
+    in `out_dir`; raises SlidepressError on bad input."""
+    item = SlideItem.of(slide)
+    path = item.path
     out_dir = check_output(out_dir, folder=True)
     spec = opts.grid_spec(encoder)
-    with open_slide(path, reader=opts.reader) as reader:
-        info = reader.info
-        slide_mpp = resolve_mpp(info, opts.mpp_override)
+    with item.open(opts.reader) as reader:
+        slide_mpp = reader.require_mpp()
         grid = plan_grid(reader, slide_mpp, spec)
         if grid.rows == 0 or grid.cols == 0:
             raise SlideError(
@@ -200,7 +198,7 @@ def encode_slide(
             "float16": opts.float16,
         }
         params_hash = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
-        outputs = output_paths(path, out_dir, opts)
+        outputs = output_paths(item, out_dir, opts)
         previews = preview_paths(outputs) if opts.previews else []
         if not opts.overwrite and _already_done(outputs, previews, params_hash):
             return EncodeResult(str(path), outputs, previews=previews, skipped=True)
@@ -221,14 +219,14 @@ def encode_slide(
                 f"{path.name}: no tissue found (no cell with tissue fraction >= "
                 f"{opts.tissue_threshold}); check the slide or lower --tissue-threshold"
             )
-        reader_name = info.reader
+        record = slide_record(path, reader, sha)
 
     n_kept = int(keep.sum())
     advance = progress_start(path.name, n_kept) if progress_start else None
-    feats = _encode_cells(path, reader_name, grid, keep, encoder, variants, opts, advance)
+    feats = _encode_cells(reader, grid, keep, encoder, variants, opts, advance)
 
     origins = grid.origins()
-    base_meta = _metadata(path, info, sha, slide_mpp, opts, grid, encoder, tissue, n_kept)
+    base_meta = _metadata(record, opts, grid, encoder, tissue, n_kept)
     base_meta["params_hash"] = params_hash
     out_dir.mkdir(parents=True, exist_ok=True)
     if previews:  # before the grids: the grids' presence marks the result complete
@@ -255,10 +253,7 @@ def encode_slide(
 
 
 def _metadata(
-    path: Path,
-    info: Any,
-    sha: str,
-    slide_mpp: float,
+    record: dict[str, Any],
     opts: EncodeOptions,
     grid: TileGrid,
     encoder: Encoder,
@@ -269,7 +264,7 @@ def _metadata(
     return {
         "format_version": 1,
         **stamp(),
-        "slide": slide_record(path, info, sha, slide_mpp, opts.mpp_override is not None),
+        "slide": record,
         "grid": {
             "patch_size": spec.patch_size,
             "stride": spec.stride,

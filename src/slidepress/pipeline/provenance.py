@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..slide import SlideInfo
+from ..slide import SlideReader
 
 
 def content_sha256(path: Path) -> str:
@@ -37,9 +37,10 @@ def stamp() -> dict[str, Any]:
     }
 
 
-def slide_record(
-    path: Path, info: SlideInfo, sha: str, slide_mpp: float, mpp_overridden: bool
-) -> dict[str, Any]:
+def slide_record(path: Path, reader: SlideReader, sha: str) -> dict[str, Any]:
+    """Where a grid or container came from: the file, its hash, the reader and the resolution
+    used (settled by `open_slide`: from the file, an override or a table)."""
+    info = reader.info
     return {
         "name": path.name,
         "path": str(path.resolve()),
@@ -49,6 +50,6 @@ def slide_record(
         "vendor": info.vendor,
         "dimensions": list(info.dimensions),
         "mpp_file": list(info.mpp) if info.mpp else None,
-        "mpp_used": slide_mpp,
-        "mpp_source": "override" if mpp_overridden else "file",
+        "mpp_used": reader.require_mpp(),
+        "mpp_source": reader.mpp_source,
     }

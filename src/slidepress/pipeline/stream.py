@@ -1,7 +1,8 @@
 """Read a slide's blocks of cells ahead of the consumer, in worker threads.
 
 OpenSlide, tifffile/imagecodecs, Pillow and torch release the GIL, so threads overlap decoding
-with the consumer's work. Each thread opens its own slide handle. A block can also be
+with the consumer's work. Each thread opens its own slide handle (backends are not
+thread-safe). A block can also be
 *processed* in the worker that read it (`process=`: e.g. cut, test and code its tiles), so the
 calling thread only collects results; at most `2 * workers + 2` blocks are in flight, so memory
 stays bounded whatever the slide size.
@@ -21,12 +22,11 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 
-from ..slide import SlideReader, open_slide
+from ..slide import SlideReader
 from ..tiling import TileGrid
 
 Block = tuple[int, int, int, int]
@@ -62,8 +62,7 @@ def _lower_priority(nice: int) -> None:
 
 
 def iter_blocks(
-    path: Path,
-    reader_name: str,
+    opener: Callable[[], SlideReader],
     grid: TileGrid,
     keep: np.ndarray,
     workers: int = 2,
@@ -72,8 +71,10 @@ def iter_blocks(
     nice: int = 0,
 ) -> Iterator[tuple[Block, Any]]:
     """Yield (block, pixels) in order — or (block, process(block, pixels)) when `process` is
-    given, computed in the worker thread. Close the generator (or exhaust it) to release the
-    threads and handles; `with contextlib.closing(...)` makes that explicit on errors.
+    given, computed in the worker thread. `opener` gives each worker its own handle on the
+    slide (e.g. `reader.reopen`: same file, backend and resolution). Close the generator (or
+    exhaust it) to release the threads and handles; `with contextlib.closing(...)` makes that
+    explicit on errors.
 
     `nice` > 0 lowers the reader threads' priority: when the consumer is a torch model using
     every core, readers then run in its gaps instead of preempting one of its threads (an
@@ -86,7 +87,7 @@ def iter_blocks(
         if not hasattr(local, "reader"):
             if nice:
                 _lower_priority(nice)
-            local.reader = open_slide(path, reader=reader_name)
+            local.reader = opener()
             with lock:
                 handles.append(local.reader)
         pixels = grid.read_block(local.reader, *block)

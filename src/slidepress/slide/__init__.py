@@ -13,17 +13,38 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from ..errors import SlideError
-from . import (  # noqa: F401 (register)
-    dicom_reader,
-    image_reader,
-    openslide_reader,
-    tifffile_reader,
-    tiffslide_reader,
-)
+from ..errors import MppError, SlideError
+from ..registry import Registry
 from .base import SlideInfo, SlideReader, plausible_mpp
 from .guard import check_info, inspect_tiff
-from .registry import READERS
+
+READERS: Registry[type[SlideReader]] = Registry("reader", SlideError, name_attr="name")
+# Registration order is the order of automatic choice.
+READERS.add(
+    "tifffile",
+    "slidepress.slide.tifffile_reader:TiffFileReader",
+    summary="plain tiled SVS / generic TIFF, tiles decoded directly",
+)
+READERS.add(
+    "openslide",
+    "slidepress.slide.openslide_reader:OpenSlideReader",
+    summary="OpenSlide 4: SVS, NDPI, MRXS, SCN, generic TIFF, DICOM file",
+)
+READERS.add(
+    "tiffslide",
+    "slidepress.slide.tiffslide_reader:TiffSlideReader",
+    summary="tiffslide: any TIFF OpenSlide refuses",
+)
+READERS.add(
+    "wsidicom",
+    "slidepress.slide.dicom_reader:WsiDicomReader",
+    summary="a folder of DICOM WSI files",
+)
+READERS.add(
+    "image",
+    "slidepress.slide.image_reader:ImageReader",
+    summary="PNG / JPEG / single-level TIFF held in memory",
+)
 
 __all__ = [
     "READERS",
@@ -36,8 +57,8 @@ __all__ = [
     "sample_slide_path",
 ]
 
-AUTO_ORDER = ("tifffile", "openslide", "tiffslide", "wsidicom", "image")
 SAMPLE_NAME = "@sample"
+MPP_SOURCES = ("override", "table")  # where an override may come from (else "file")
 
 
 def sample_slide_path() -> Path:
@@ -49,18 +70,34 @@ def resolve_slide_path(path: str | Path) -> Path:
     return sample_slide_path() if str(path) == SAMPLE_NAME else Path(path)
 
 
-def open_slide(path: str | Path, reader: str | None = None) -> SlideReader:
-    """Open `path` with the named reader, or the first backend that recognises it.
+def open_slide(
+    path: str | Path,
+    reader: str | None = None,
+    mpp_override: float | None = None,
+    *,
+    mpp_source: str = "override",
+) -> SlideReader:
+    """Open `path` with the named reader, or the first backend that recognises it, and settle
+    its level-0 resolution once: `mpp_override` (from the command line, or a table with
+    `mpp_source="table"`) if given and plausible, else the file's value if plausible. The
+    reader exposes `mpp` and `mpp_source`; an unknown or implausible file value is not an
+    error here (`info` shows it) but in `require_mpp()`, which pipelines call.
 
     Refuses (SlideError, one line naming the limit) a file that declares more than the limits
     allow, before any backend sees it (TIFF structure) or reads a pixel (geometry)."""
+    from .mpp import check_override, file_mpp
+
+    if mpp_source not in MPP_SOURCES:
+        raise ValueError(f"mpp_source must be one of {MPP_SOURCES}, got {mpp_source!r}")
     p = resolve_slide_path(path)
+    if mpp_override is not None:
+        check_override(p, mpp_override)  # before opening: a bad value costs nothing
     if not p.exists():
         raise SlideError(f"{p}: no such file or folder")
     if p.is_file() and p.stat().st_size == 0:
         raise SlideError(f"{p.name}: empty file (0 bytes)")
     if reader is not None and reader not in READERS:
-        raise SlideError(f"unknown reader {reader!r}; choose from {', '.join(READERS)}")
+        raise READERS.unknown(reader)
     if p.is_file():
         inspect_tiff(p)  # before OpenSlide's format probe: libtiff itself can loop or abort
     opened = READERS[reader](p) if reader is not None else _open_auto(p)
@@ -69,11 +106,25 @@ def open_slide(path: str | Path, reader: str | None = None) -> SlideReader:
     except BaseException:
         opened.close()
         raise
+    if mpp_override is not None:
+        opened.mpp, opened.mpp_source = float(mpp_override), mpp_source
+    else:
+        try:
+            opened.mpp, opened.mpp_source = file_mpp(opened.info), "file"
+        except MppError as e:
+            opened.mpp_problem = str(e)
+    opened._opened_with = {
+        "reader": opened.info.reader,
+        "mpp_override": mpp_override,
+        "mpp_source": mpp_source,
+    }
     return opened
 
 
 def _open_auto(p: Path) -> SlideReader:
-    candidates = [n for n in AUTO_ORDER if READERS[n].can_open(p)]
+    from .tifffile_reader import NotPreferred
+
+    candidates = [n for n in READERS if READERS[n].can_open(p)]
     if not candidates:
         if p.is_dir():
             raise SlideError(f"{p}: folder holds no slide (no .dcm files)")
@@ -82,7 +133,7 @@ def _open_auto(p: Path) -> SlideReader:
     for name in candidates:
         try:
             return READERS[name](p)
-        except tifffile_reader.NotPreferred:
+        except NotPreferred:
             continue  # the fast path does not apply; the next backend will say what is wrong
         except SlideError as e:
             first_error = first_error or e

@@ -57,6 +57,28 @@ class SlideReader(ABC):
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.info: SlideInfo  # set by subclass
+        # Level-0 resolution settled once by `open_slide` (file value, or an override from the
+        # command line / a table), so pipelines only read it. None: unknown or implausible,
+        # and `mpp_problem` says why; `require_mpp()` raises it where a resolution is needed.
+        self.mpp: float | None = None
+        self.mpp_source: str | None = None  # "file" | "override" | "table"
+        self.mpp_problem: str | None = None
+        self._opened_with: dict = {}
+
+    def require_mpp(self) -> float:
+        """The settled level-0 mpp, or MppError saying how to give one."""
+        if self.mpp is None:
+            from ..errors import MppError
+
+            raise MppError(self.mpp_problem or f"{self.path.name}: resolution (mpp) unknown")
+        return self.mpp
+
+    def reopen(self) -> SlideReader:
+        """Another handle on the same slide, reader and resolution (worker threads each need
+        their own: backends are not thread-safe)."""
+        from . import open_slide
+
+        return open_slide(self.path, **self._opened_with)
 
     # -- backend hooks -------------------------------------------------------------------
     @abstractmethod

@@ -9,11 +9,11 @@ from PIL import Image
 
 from ..errors import SlideError
 from .base import SlideInfo, SlideReader
-from .registry import register_reader
 
 
-@register_reader("wsidicom")
 class WsiDicomReader(SlideReader):
+    name = "wsidicom"
+
     @classmethod
     def can_open(cls, path: Path) -> bool:
         return path.is_dir() and any(path.glob("*.dcm"))

@@ -14,7 +14,6 @@ from PIL import Image
 from .. import limits
 from ..errors import SlideError
 from .base import SlideInfo, SlideReader
-from .registry import register_reader
 
 _SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
 _PILLOW_LIMIT = threading.Lock()  # Image.MAX_IMAGE_PIXELS is process-global
@@ -72,8 +71,9 @@ def load_image_rgb(path: Path) -> tuple[np.ndarray, tuple[float, float] | None]:
     return pixels, mpp_dpi
 
 
-@register_reader("image")
 class ImageReader(SlideReader):
+    name = "image"
+
     @classmethod
     def can_open(cls, path: Path) -> bool:
         return path.is_file() and path.suffix.lower() in _SUFFIXES

@@ -40,13 +40,15 @@ def lookup_override(slide_path: Path, table: dict[str, float]) -> float | None:
     return None
 
 
-def resolve_mpp(info: SlideInfo, override: float | None = None) -> float:
-    """Level-0 mpp to use: the override if given, else the file's value if plausible."""
+def check_override(path: Path, override: float) -> float:
+    if not plausible_mpp(override):
+        raise MppError(f"{Path(path).name}: mpp override {override} outside 0.1-20 um/px")
+    return float(override)
+
+
+def file_mpp(info: SlideInfo) -> float:
+    """The file's own level-0 mpp if present and plausible, else MppError with the hint."""
     name = Path(info.path).name
-    if override is not None:
-        if not plausible_mpp(override):
-            raise MppError(f"{name}: mpp override {override} outside 0.1-20 um/px")
-        return float(override)
     if info.mpp is None:
         raise MppError(f"{name}: the file gives no resolution (mpp); {HOW_TO_OVERRIDE}")
     mx, my = info.mpp

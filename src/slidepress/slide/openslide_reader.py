@@ -11,7 +11,6 @@ import numpy as np
 
 from ..errors import SlideError
 from .base import SlideInfo, SlideReader, argb_to_rgb_on_white, rgba_to_rgb_on_white
-from .registry import register_reader
 
 
 @functools.cache
@@ -33,8 +32,9 @@ def _float(value: str | None) -> float | None:
         return None
 
 
-@register_reader("openslide")
 class OpenSlideReader(SlideReader):
+    name = "openslide"
+
     @classmethod
     def can_open(cls, path: Path) -> bool:
         import openslide

@@ -30,7 +30,6 @@ import numpy as np
 from ..errors import SlideError
 from .guard import is_tiff
 from .openslide_reader import OpenSlideReader
-from .registry import register_reader
 
 FAST_VENDORS = ("aperio", "generic-tiff")
 # none, LZW, JPEG, Adobe deflate, deflate: lossless ones decode identically by definition,
@@ -56,8 +55,9 @@ class _Level:
     decode: Any  # tifffile's decode closure for this page
 
 
-@register_reader("tifffile")
 class TiffFileReader(OpenSlideReader):
+    name = "tifffile"
+
     @classmethod
     def can_open(cls, path: Path) -> bool:
         import openslide

@@ -10,7 +10,6 @@ import numpy as np
 
 from ..errors import SlideError
 from .base import SlideInfo, SlideReader
-from .registry import register_reader
 
 # tifffile logs warnings for damaged files; we report them as one SlideError line instead.
 logging.getLogger("tifffile").setLevel(logging.CRITICAL)
@@ -37,8 +36,9 @@ def _level_slide_class() -> type:
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
-@register_reader("tiffslide")
 class TiffSlideReader(SlideReader):
+    name = "tiffslide"
+
     @classmethod
     def can_open(cls, path: Path) -> bool:
         if not path.is_file():

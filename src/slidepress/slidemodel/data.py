@@ -19,8 +19,7 @@ from scipy import ndimage
 
 from .. import dihedral
 from ..errors import UsageError
-
-GRID_SUFFIXES = (".zarr", ".npz", ".mha", ".h5")
+from ..store.formats import grid_suffixes
 
 
 @dataclass
@@ -40,7 +39,6 @@ class Labels:
         )
 
 
-REQUIRED = {"classify": ("label",), "regress": ("value",), "survival": ("time", "event")}
 # Spellings of "no value" (pandas' default NA strings, compared lower-case): a label like this
 # is a missing label, never a class of its own.
 MISSING_LABELS = frozenset(
@@ -50,14 +48,64 @@ MISSING_LABELS = frozenset(
 )  # fmt: skip
 
 
+@dataclass
+class LabelTable:
+    """The rows of a labels CSV as a task reads them (`Task.parse_targets`): stripped cells,
+    numbers, and errors that name the file, line and slide."""
+
+    path: Path
+    rows: list[dict[str, str | None]]
+    lines: list[int]  # the CSV line each row ends on
+    slides: list[str] = field(default_factory=list)
+
+    def cell(self, i: int, c: str) -> str:
+        """The stripped text of column `c` in row `i`; a short row's absent cell is empty."""
+        return (self.rows[i].get(c) or "").strip()
+
+    def where(self, i: int) -> str:
+        return f"{self.path}: line {self.lines[i]} (slide {self.slides[i]})"
+
+    def error(self, message: str) -> UsageError:
+        return UsageError(f"{self.path}: {message}")
+
+    def text(self, c: str, missing: str) -> list[str]:
+        """Column `c` as text; a missing value (empty, NA, ...) is an error ending in `missing`."""
+        out = [self.cell(i, c) for i in range(len(self.rows))]
+        for i, v in enumerate(out):
+            if v.lower() in MISSING_LABELS:
+                raise UsageError(f"{self.where(i)}: {c} is missing ({v!r}); {missing}")
+        return out
+
+    def numbers(self, c: str) -> np.ndarray:
+        """Column `c` as finite floats (N,)."""
+        return np.array([self._number(i, c) for i in range(len(self.rows))], np.float64)
+
+    def _number(self, i: int, c: str) -> float:
+        text = self.cell(i, c)
+        if text.lower() in MISSING_LABELS:
+            raise UsageError(
+                f"{self.where(i)}: {c} is missing ({text!r}); fill it in or drop the row"
+            )
+        try:
+            v = float(text)
+        except ValueError:
+            raise UsageError(f"{self.where(i)}: {c}={text!r} is not a number") from None
+        if not math.isfinite(v):
+            raise UsageError(f"{self.where(i)}: {c}={text!r} is not finite")
+        return v
+
+
 def read_labels(path: str | Path, task: str) -> Labels:
+    """Slide names and targets of `task` (its columns, see `slidemodel.TASKS`), plus the
+    optional `fold` column; UsageError naming the line of anything unusable."""
+    from . import build_task
+
     path = Path(path)
-    if task not in REQUIRED:
-        raise UsageError(f"unknown task {task!r}; choose classify, regress or survival")
+    kind = build_task(task)  # an unknown task fails before the file is read
     try:
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
-            rows, lines = [], []  # the CSV line each row ends on, for messages
+            rows, lines = [], []
             for r in reader:
                 rows.append(r)
                 lines.append(reader.line_num)
@@ -66,63 +114,21 @@ def read_labels(path: str | Path, task: str) -> Labels:
     if not rows:
         raise UsageError(f"{path}: no rows")
     cols = set(rows[0])
-    missing = [c for c in ("slide", *REQUIRED[task]) if c not in cols]
+    missing = [c for c in ("slide", *kind.columns) if c not in cols]
     if missing:
         raise UsageError(f"{path}: task {task} needs column(s) {', '.join(missing)}")
-
-    def cell(i: int, c: str) -> str:
-        """The stripped text of column `c` in row `i`; a short row's absent cell is empty."""
-        return (rows[i].get(c) or "").strip()
-
+    table = LabelTable(path, rows, lines)
     for i in range(len(rows)):
-        if not cell(i, "slide"):
+        if not table.cell(i, "slide"):
             raise UsageError(f"{path}: line {lines[i]}: empty slide name; name every slide")
-    slides = [cell(i, "slide") for i in range(len(rows))]
+    slides = table.slides = [table.cell(i, "slide") for i in range(len(rows))]
     dup = sorted({s for s in slides if slides.count(s) > 1})
     if dup:
         raise UsageError(f"{path}: slide(s) listed twice: {', '.join(dup[:5])}")
-
-    def num(c: str, i: int) -> float:
-        text = cell(i, c)
-        where = f"{path}: line {lines[i]} (slide {slides[i]})"
-        if text.lower() in MISSING_LABELS:
-            raise UsageError(f"{where}: {c} is missing ({text!r}); fill it in or drop the row")
-        try:
-            v = float(text)
-        except ValueError:
-            raise UsageError(f"{where}: {c}={text!r} is not a number") from None
-        if not math.isfinite(v):
-            raise UsageError(f"{where}: {c}={text!r} is not finite")
-        return v
-
-    classes: list[str] = []
-    if task == "classify":
-        names = [cell(i, "label") for i in range(len(rows))]
-        for i, n in enumerate(names):
-            if n.lower() in MISSING_LABELS:
-                raise UsageError(
-                    f"{path}: line {lines[i]} (slide {slides[i]}): label is missing ({n!r}); "
-                    "give every slide a class or drop the row"
-                )
-        classes = sorted(set(names), key=lambda s: (len(s), s))  # "2" < "10"
-        if len(classes) < 2:
-            raise UsageError(f"{path}: classification needs at least 2 classes")
-        targets = np.array([classes.index(n) for n in names], np.int64)
-    elif task == "regress":
-        targets = np.array([num("value", i) for i in range(len(rows))], np.float32)
-    else:
-        t = np.array([num("time", i) for i in range(len(rows))], np.float32)
-        e = np.array([num("event", i) for i in range(len(rows))], np.float32)
-        if (t <= 0).any():
-            raise UsageError(f"{path}: survival times must be > 0")
-        if not np.isin(e, (0, 1)).all():
-            raise UsageError(f"{path}: event must be 0 (censored) or 1")
-        if e.sum() < 2:
-            raise UsageError(f"{path}: fewer than 2 events; a Cox model cannot learn")
-        targets = np.stack([t, e], 1)
+    targets, classes = kind.parse_targets(table)
     folds = None
-    if "fold" in cols and all(cell(i, "fold") for i in range(len(rows))):
-        folds = np.array([int(num("fold", i)) for i in range(len(rows))], np.int64)
+    if "fold" in cols and all(table.cell(i, "fold") for i in range(len(rows))):
+        folds = table.numbers("fold").astype(np.int64)
     return Labels(task, slides, targets, classes, folds)
 
 
@@ -150,25 +156,29 @@ class GridItem:
         return float(c[0, 1, 0] - c[0, 0, 0]) if c.shape[1] > 1 else float(c[1, 0, 1] - c[0, 0, 1])
 
 
+def _grid_suffix(path: Path) -> str | None:
+    """The grid-format suffix `path` ends in (any format in `store.formats`), or None."""
+    name = path.name.lower()
+    return next((s for s in grid_suffixes() if name.endswith(s)), None)
+
+
 def slide_id(path: Path) -> str:
-    name = path.name
-    for suf in GRID_SUFFIXES:
-        if name.endswith(suf):
-            return name[: -len(suf)]
-    return path.stem
+    suffix = _grid_suffix(path)
+    return path.name[: -len(suffix)] if suffix else path.stem
 
 
 def find_grids(inputs: list[str | Path]) -> list[Path]:
-    """Grid files/folders named, or found inside the folders named."""
+    """Grid files/folders named, or found inside the folders named (every suffix of every
+    registered grid format, e.g. .h5 and .hdf5)."""
     out: list[Path] = []
     for item in inputs:
         p = Path(item)
-        if p.name.endswith(GRID_SUFFIXES) and p.exists():
+        if _grid_suffix(p) and p.exists():
             out.append(p)
         elif p.is_dir():
-            found = sorted(c for c in p.iterdir() if c.name.endswith(GRID_SUFFIXES))
+            found = sorted(c for c in p.iterdir() if _grid_suffix(c))
             if not found:
-                raise UsageError(f"{p}: holds no grids ({', '.join(GRID_SUFFIXES)})")
+                raise UsageError(f"{p}: holds no grids ({', '.join(grid_suffixes())})")
             out += found
         else:
             raise UsageError(f"grid not found: {p}")

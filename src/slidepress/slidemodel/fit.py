@@ -17,7 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..progress import Advance
 from .data import GridItem, random_crop, tta_crops
+from .tasks import Task
 
 
 @dataclass
@@ -45,20 +47,24 @@ def _device(settings: FitSettings) -> str:
     return settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def n_outputs_for(task, targets: np.ndarray, classes: list[str]) -> int:
-    return task.n_outputs(len(classes)) if classes else task.n_outputs(0)
+def _as_task(task: Task | str) -> Task:
+    from . import build_task
+
+    return build_task(task) if isinstance(task, str) else task
 
 
 @torch.no_grad()
 def predict_items(
     model: torch.nn.Module,
-    task_name: str,
+    task: Task | str,
     items: list[GridItem],
     settings: FitSettings,
     n_crops: int | None = None,
     variants: int | None = None,
 ) -> np.ndarray:
-    """(N, n_outputs): predictions averaged over each slide's test-time crops."""
+    """(N, n_outputs): each slide's test-time crop outputs combined by the task (a `Task` or
+    its registered name)."""
+    task = _as_task(task)
     device = next(model.parameters()).device
     model.eval()
     out = []
@@ -72,21 +78,11 @@ def predict_items(
                 for i in range(0, len(crops), 32)
             ]
         )
-        if task_name == "classify":  # average probabilities; return their log ("logits"
-            y = torch.log(torch.softmax(y, dim=1).mean(0).clamp_min(1e-12))  # softmax-exact)
-        else:
-            y = y.mean(0)
-        out.append(y.cpu().numpy())
+        out.append(task.combine_crops(y).cpu().numpy())
     return np.stack(out)
 
 
-def _target_tensor(task_name: str, targets: np.ndarray) -> torch.Tensor:
-    if task_name == "classify":
-        return torch.from_numpy(targets.astype(np.int64))
-    return torch.from_numpy(targets.astype(np.float32))
-
-
-def _score(task, outputs: np.ndarray, targets: np.ndarray) -> float:
+def _score(task: Task, outputs: np.ndarray, targets: np.ndarray) -> float:
     """The model-selection score (higher is better); NaN when undefined on this split."""
     try:
         v = task.metrics(outputs, targets).get(task.primary, float("nan"))
@@ -96,18 +92,17 @@ def _score(task, outputs: np.ndarray, targets: np.ndarray) -> float:
 
 
 def fit_model(
-    task,
-    task_name: str,
+    task: Task,
     train: tuple[list[GridItem], np.ndarray],
     val: tuple[list[GridItem], np.ndarray],
     n_outputs: int,
     settings: FitSettings,
     *,
-    on_epoch: Callable[[int, int], Callable[[int], None] | None] | None = None,
+    on_epoch: Callable[[int, int], Advance | None] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> tuple[torch.nn.Module, list[dict]]:
     """Returns the best model (by validation score) and the per-epoch log rows."""
-    from .models import build_slide_model
+    from . import build_slide_model
 
     device = _device(settings)
     torch.manual_seed(settings.seed)
@@ -119,14 +114,8 @@ def fit_model(
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
         opt, mode="max", factor=0.5, patience=settings.lr_patience
     )
-    y_all = _target_tensor(task_name, targets)
-    # classification: balanced batches (slides per class drawn equally) — small cohorts are
-    # often imbalanced and a batch of one class teaches nothing about the boundary
-    by_class = (
-        [np.flatnonzero(targets == k) for k in range(n_outputs)]
-        if task_name == "classify"
-        else None
-    )
+    y_all = task.target_tensor(targets)
+    pools = task.batch_pools(targets, n_outputs)  # e.g. balanced classes
     best, best_state, bad, rows = -math.inf, None, 0, []
     for epoch in range(1, settings.epochs + 1):
         t0 = time.perf_counter()
@@ -134,8 +123,7 @@ def fit_model(
         advance = on_epoch(epoch, settings.steps_per_epoch) if on_epoch else None
         losses = []
         for _ in range(settings.steps_per_epoch):
-            if by_class:
-                pools = [p for p in by_class if len(p)]
+            if pools:
                 idx = np.array(
                     [rng.choice(pools[i % len(pools)]) for i in range(settings.batch_size)]
                 )
@@ -149,12 +137,10 @@ def fit_model(
             losses.append(loss.item())
             if advance:
                 advance(1)
-        val_out = predict_items(model, task_name, val[0], settings, n_crops=2, variants=2)
+        val_out = predict_items(model, task, val[0], settings, n_crops=2, variants=2)
         with torch.no_grad():
             raw = torch.from_numpy(val_out)
-            val_loss = float(
-                task.loss(raw.to(device), _target_tensor(task_name, val[1]).to(device))
-            )
+            val_loss = float(task.loss(raw.to(device), task.target_tensor(val[1]).to(device)))
         score = _score(task, val_out, val[1])
         select = score if math.isfinite(score) else -val_loss
         sched.step(select)

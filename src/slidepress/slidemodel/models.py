@@ -1,4 +1,4 @@
-"""Slide-level models trained on NIC embedding grids, and their registry.
+"""Slide-level models trained on NIC embedding grids (registered in `slidemodel.SLIDE_MODELS`).
 
 A grid is one slide compressed by a NIC encoder: a (C, H, W) tensor, one C-dim code per patch,
 all-zero on background, with a boolean tissue mask (H, W). Two models are provided:
@@ -17,31 +17,10 @@ Every model maps ``(x (N, C, H, W), mask (N, H, W) | None) -> (N, n_outputs)`` a
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
-
-SLIDE_MODELS: dict[str, type[nn.Module]] = {}
-
-
-def register_slide_model(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
-    """Class decorator: make a model buildable by `name` (sets ``cls.name``)."""
-
-    def deco(cls: type[nn.Module]) -> type[nn.Module]:
-        cls.name = name
-        SLIDE_MODELS[name] = cls
-        return cls
-
-    return deco
-
-
-def build_slide_model(name: str, in_channels: int, n_outputs: int, **kwargs) -> nn.Module:
-    """Build the registered model `name`; `kwargs` are its hyper-parameters."""
-    if name not in SLIDE_MODELS:
-        raise ValueError(f"unknown slide model {name!r}; known: {', '.join(sorted(SLIDE_MODELS))}")
-    return SLIDE_MODELS[name](in_channels, n_outputs, **kwargs)
 
 
 def tissue_mask(x: Tensor, mask: Tensor | None) -> Tensor:
@@ -72,7 +51,6 @@ class SeparableBlock(nn.Module):
         return self.drop(self.act(self.bn(self.pointwise(self.depthwise(x)))))
 
 
-@register_slide_model("nic-cnn")
 class NICCNN(nn.Module):
     """The NIC slide-level CNN (Tellez et al., TPAMI 2019, section 3.3).
 
@@ -132,7 +110,6 @@ class NICCNN(nn.Module):
         return self.head(self.dense(f))
 
 
-@register_slide_model("abmil")
 class ABMIL(nn.Module):
     """Gated attention MIL over grid cells (Ilse et al., ICML 2018, eq. 9).
 

@@ -139,19 +139,16 @@ def write_text(path: str | Path, text: str) -> Path:
 
 
 def write_json(path: str | Path, data: Any) -> Path:
-    """Indented JSON; numpy scalars/arrays become plain numbers/lists, other objects str()."""
+    """Indented JSON through `json_safe` (numpy -> numbers, NaN/inf -> null, paths -> str)."""
+    from ..jsonsafe import json_safe
 
-    def plain(v: Any) -> Any:
-        if hasattr(v, "tolist"):
-            return v.tolist()
-        return str(v)
-
-    return write_text(path, json.dumps(data, indent=2, default=plain) + "\n")
+    return write_text(path, json.dumps(json_safe(data), indent=2) + "\n")
 
 
-def write_csv(path: str | Path, rows: list[dict]) -> Path:
-    """Rows of dicts; the header is the union of their keys in first-seen order."""
-    keys = list(dict.fromkeys(k for r in rows for k in r))
+def write_csv(path: str | Path, rows: list[dict], columns: Sequence[str] = ()) -> Path:
+    """Rows of dicts; the header is `columns`, then the other keys of the rows in first-seen
+    order (so an empty table still has its header)."""
+    keys = list(dict.fromkeys([*columns, *(k for r in rows for k in r)]))
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()

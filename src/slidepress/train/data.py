@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import UsageError
 from ..imagefolder import list_image_folder, prepare_image, read_rgb
+from ..progress import Advance, ProgressStart
 
 
 @dataclass
@@ -100,7 +101,7 @@ def load_image_folder(
     name: str | None = None,
     limit_per_class: int | None = None,
     seed: int = 0,
-    progress: Callable[[int], None] | None = None,
+    progress: Advance | None = None,
 ) -> PatchSource:
     """An ImageFolder at `dst_mpp`, optional seeded subset per class.
 
@@ -140,6 +141,58 @@ def holdout(source: PatchSource, fraction: float, seed: int) -> tuple[PatchSourc
     return source.subset(train_idx), source.subset(val_idx, source.name)
 
 
+def pool(sources: list[PatchSource], name: str) -> PatchSource:
+    """Unlabelled union of several sources, centre-cropped to the smallest context."""
+    side = min(s.images.shape[1] for s in sources)
+
+    def centre(a: np.ndarray) -> np.ndarray:
+        o = (a.shape[1] - side) // 2
+        return a[:, o : o + side, o : o + side]
+
+    images = np.concatenate([centre(s.images) for s in sources])
+    return PatchSource(name, images, None, [], "; ".join(s.origin for s in sources))
+
+
+@dataclass
+class FeedInputs:
+    """What the command line gives training: patch folders, slides and how much to use.
+    Each feed takes the part its method needs (see `train.feeds`)."""
+
+    data: list[DataSpec] = field(default_factory=list)
+    slides: list[Path] = field(default_factory=list)
+    mpp_override: float | None = None  # level-0 um/px for slides lacking a plausible one
+    limit_per_class: int | None = None
+    val_limit_per_class: int | None = 256
+    val_fraction: float = 0.15  # held out of folders without a train/valid split
+    tissue_per_class: int = 2000  # multitask: tissue-task contexts per class
+    val_pairs: int = 512  # contrastive: validation pairs
+
+    def split(
+        self, spec: DataSpec, patch: int, mpp: float, seed: int, progress: ProgressStart | None
+    ) -> tuple[PatchSource, PatchSource]:
+        """Training and validation images of one `--data` folder at `mpp`."""
+        train_root, val_root = splits_of(spec.path)
+
+        def load(root: Path, lim: int | None, tag: str) -> PatchSource:
+            files, labels, _ = list_image_folder(root)
+            n = len(files)
+            if lim:
+                n = int(sum(min(lim, (labels == i).sum()) for i in np.unique(labels)))
+            advance = progress(f"loading {spec.name}/{tag}", n) if progress else None
+            return load_image_folder(root, spec.mpp, mpp, patch, name=spec.name,
+                                     limit_per_class=lim, seed=seed, progress=advance)  # fmt: skip
+
+        if val_root is not None:
+            return (
+                load(train_root, self.limit_per_class, "train"),
+                load(val_root, self.val_limit_per_class, "valid"),
+            )
+        return holdout(load(train_root, self.limit_per_class, "all"), self.val_fraction, seed)
+
+    def canvases(self, mpp: float) -> list[Canvas]:
+        return [load_canvas(s, mpp, self.mpp_override) for s in self.slides]
+
+
 # -- slides -------------------------------------------------------------------------------
 
 
@@ -156,12 +209,13 @@ MAX_CANVAS_SIDE = 8192  # larger slides are read at this side (a documented trai
 
 
 def load_canvas(path: str | Path, dst_mpp: float, mpp_override: float | None = None) -> Canvas:
+    """The slide at `dst_mpp`; `mpp_override` replaces its level-0 um/px (MppError when the
+    slide has no plausible one and none is given)."""
     from ..slide import open_slide
-    from ..slide.mpp import resolve_mpp
     from ..slide.tissue import detect_tissue
 
-    with open_slide(path) as reader:
-        mpp = resolve_mpp(reader.info, mpp_override)
+    with open_slide(path, mpp_override=mpp_override) as reader:
+        mpp = reader.require_mpp()
         w0, h0 = reader.info.dimensions
         side = min(MAX_CANVAS_SIDE, round(max(w0, h0) * mpp / dst_mpp))
         rgb, ds = reader.thumbnail(side)  # ds: level-0 px per canvas px

@@ -1,25 +1,59 @@
-"""What the training loop pulls batches from, one feed per `NICMethod.data_kind`.
+"""What the training loop pulls batches from, one feed per `NICMethod.data_kind` (`FEEDS`).
 
-Feeds turn uint8 contexts into augmented [-1, 1] tensors. Training batches are drawn with the
-epoch's generator (so a resumed run continues exactly); validation batches are built once,
-unaugmented (pairs: augmented under a fixed seed, else "same" would be trivial).
+Each feed builds itself from the command-line inputs (`Feed.build`), saying what it needs
+(images: `--data`; pairs: `--slides`; tasks: either). Feeds turn uint8 contexts into
+augmented [-1, 1] tensors. Training batches are drawn with the epoch's generator (so a
+resumed run continues exactly); validation batches are built once, unaugmented (pairs:
+augmented under a fixed seed, else "same" would be trivial).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from ..encoders.nic import NICConfig
+from ..errors import UsageError
+from ..progress import ProgressStart
+from ..registry import Registry
 from .augment import PatchAugmenter
-from .data import PairSampler, PatchSource
+from .data import (
+    DataSpec,
+    FeedInputs,
+    PairSampler,
+    PatchSource,
+    context_size,
+    holdout,
+    pool,
+    tissue_task,
+)
+
+if TYPE_CHECKING:
+    from .loop import TrainSettings
 
 
 class Feed(ABC):
     steps_per_epoch: int
+
+    @classmethod
+    @abstractmethod
+    def build(
+        cls,
+        config: NICConfig,
+        inputs: FeedInputs,
+        aug: PatchAugmenter,
+        settings: TrainSettings,
+        progress: ProgressStart | None = None,
+    ) -> Feed:
+        """Load what this feed needs from `inputs` (UsageError when it is not there)."""
+
+    def method_options(self) -> dict[str, Any]:
+        """Method options the data decides (e.g. the task list); merged into the config."""
+        return {}
 
     @abstractmethod
     def train_batches(self, rng: np.random.Generator) -> Iterator[Any]: ...
@@ -32,6 +66,16 @@ class Feed(ABC):
 
     @abstractmethod
     def describe(self) -> dict: ...
+
+
+def _split(
+    inputs: FeedInputs,
+    spec: DataSpec,
+    config: NICConfig,
+    settings: TrainSettings,
+    progress: ProgressStart | None,
+) -> tuple[PatchSource, PatchSource]:
+    return inputs.split(spec, config.patch_size, config.mpp, settings.seed, progress)
 
 
 def _chunks(n: int, size: int) -> list[slice]:
@@ -52,6 +96,14 @@ class ImageFeed(Feed):
         self.train, self.val, self.aug, self.batch = train, val, aug, batch
         self.steps_per_epoch = steps or max(1, len(train) // batch)
         self._val = [aug(val.images[s], train=False) for s in _chunks(len(val), 256)]
+
+    @classmethod
+    def build(cls, config, inputs, aug, settings, progress=None):
+        if not inputs.data:
+            raise UsageError(f"{config.method}: give at least one --data DIR@MPP")
+        parts = [_split(inputs, d, config, settings, progress) for d in inputs.data]
+        train, val = pool([p[0] for p in parts], "train"), pool([p[1] for p in parts], "val")
+        return cls(train, val, aug, settings.batch_size, settings.steps_per_epoch)
 
     def train_batches(self, rng):
         order = np.concatenate(
@@ -100,6 +152,26 @@ class TaskFeed(Feed):
                     b[name] = (aug(s.images[part], train=False), torch.from_numpy(s.labels[part]))
             self._val.append(b)
 
+    @classmethod
+    def build(cls, config, inputs, aug, settings, progress=None):
+        train, val = {}, {}
+        for d in inputs.data:
+            if d.name in train:
+                raise UsageError(f"two tasks named {d.name!r}; name them NAME=DIR@MPP")
+            train[d.name], val[d.name] = _split(inputs, d, config, settings, progress)
+        if inputs.slides:
+            size = context_size(config.patch_size)
+            t = tissue_task(
+                inputs.canvases(config.mpp), size, inputs.tissue_per_class, settings.seed
+            )
+            train["tissue"], val["tissue"] = holdout(t, inputs.val_fraction, settings.seed)
+        if not train:
+            raise UsageError(f"{config.method}: give --data folders (and/or --slides)")
+        return cls(train, val, aug, settings.batch_size, settings.steps_per_epoch)
+
+    def method_options(self):
+        return {"tasks": [{"name": n, "classes": s.classes} for n, s in self.train.items()]}
+
     def train_batches(self, rng):
         for _ in range(self.steps_per_epoch):
             b = {}
@@ -145,6 +217,19 @@ class PairFeed(Feed):
                 a, b, same = sampler.sample(s.stop - s.start, rng)
                 self._val.append(self._views(a, b, same))
 
+    @classmethod
+    def build(cls, config, inputs, aug, settings, progress=None):
+        if not inputs.slides:
+            raise UsageError(f"{config.method}: give --slides to sample location pairs from")
+        canvases = inputs.canvases(config.mpp)
+        others = None
+        if inputs.data:
+            splits = [_split(inputs, d, config, settings, progress) for d in inputs.data]
+            others = pool([train for train, _ in splits], "others")
+        sampler = PairSampler(canvases, others, context_size(config.patch_size), config.patch_size)
+        return cls(sampler, aug, settings.batch_size, settings.steps_per_epoch,
+                   inputs.val_pairs, settings.seed)  # fmt: skip
+
     def _views(self, a, b, same):
         return self.aug(a, train=True), self.aug(b, train=True), torch.from_numpy(same)
 
@@ -163,3 +248,9 @@ class PairFeed(Feed):
             "other_images": None if s.others is None else s.others.describe(),
             "pairs_per_batch": self.pairs,
         }
+
+
+FEEDS: Registry[type[Feed]] = Registry("data kind", UsageError)
+FEEDS.add("images", ImageFeed, summary="unlabelled images pooled from every --data folder")
+FEEDS.add("tasks", TaskFeed, summary="one labelled task per --data folder (+ tissue from --slides)")
+FEEDS.add("pairs", PairFeed, summary="same/different location pairs from --slides")

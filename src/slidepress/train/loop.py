@@ -21,6 +21,7 @@ import torch
 from .. import __version__
 from ..encoders.nic import NORMALIZATION, NICConfig, NICMethod, build_method
 from ..errors import UsageError
+from ..progress import Advance
 from ..store.atomic import atomic_path, save_figure, write_csv, write_json
 from ..viz import save_patch_rows
 from .feeds import Feed
@@ -125,7 +126,7 @@ def train_encoder(
     *,
     resume: bool = False,
     extra: dict | None = None,
-    on_epoch_start: Callable[[int, int], Callable[[int], None]] | None = None,
+    on_epoch_start: Callable[[int, int], Advance | None] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Train `config.method` on `feed`; returns the final `config.json` content."""

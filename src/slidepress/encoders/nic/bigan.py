@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import NICMethod, register_method
+from .base import NICMethod, optimizer_step
 from .blocks import ConvDecoder, ConvEncoder, check_patch, conv_bn_act
 
 
@@ -50,7 +50,6 @@ class Discriminator(nn.Module):
         return self.joint(torch.cat([self.x_path(x), self.z_path(z)], 1)).squeeze(1)
 
 
-@register_method("bigan")
 class BiGAN(NICMethod):
     data_kind = "images"
     defaults = {"widths": [64, 128, 256], "downscale": 2, "dropout": 0.2, "betas": [0.5, 0.999]}
@@ -98,16 +97,12 @@ class BiGAN(NICMethod):
         loss_d = F.binary_cross_entropy_with_logits(
             real, ones
         ) + F.binary_cross_entropy_with_logits(fake, zeros)
-        opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        opt_d.step()
+        optimizer_step(loss_d, opt_d)
         real, fake = self._logits(x)  # G/E step: swapped labels (non-saturating minimax)
         loss_ge = F.binary_cross_entropy_with_logits(
             real, zeros
         ) + F.binary_cross_entropy_with_logits(fake, ones)
-        opt_ge.zero_grad(set_to_none=True)
-        loss_ge.backward()
-        opt_ge.step()
+        optimizer_step(loss_ge, opt_ge)
         return {"loss_d": loss_d.item(), "loss_ge": loss_ge.item()}
 
     @torch.no_grad()

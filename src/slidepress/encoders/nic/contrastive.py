@@ -11,11 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import NICMethod, register_method, single_step
+from .base import NICMethod
 from .blocks import ConvEncoder
 
 
-@register_method("contrastive")
 class Contrastive(NICMethod):
     data_kind = "pairs"
     defaults = {"widths": [32, 64, 128, 256, 512], "dense": 512, "head": 256}
@@ -33,7 +32,7 @@ class Contrastive(NICMethod):
     def embedder(self) -> nn.Module:
         return self.encoder
 
-    def _losses(self, batch):
+    def losses(self, batch):
         a, b, same = batch
         n = a.shape[0]
         codes = self.encoder(torch.cat([a, b]))  # one pass keeps BN statistics shared
@@ -41,12 +40,3 @@ class Contrastive(NICMethod):
         loss = F.binary_cross_entropy_with_logits(logit, same.float())
         acc = ((logit > 0) == same.bool()).float().mean()
         return loss, {"loss": loss.item(), "accuracy": acc.item()}
-
-    def training_step(self, batch, optimizers):
-        loss, logs = self._losses(batch)
-        single_step(loss, optimizers[0])
-        return logs
-
-    @torch.no_grad()
-    def validation_step(self, batch):
-        return self._losses(batch)[1]

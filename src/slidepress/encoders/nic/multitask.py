@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import NICMethod, register_method, single_step
+from ...errors import UsageError
+from .base import NICMethod
 from .blocks import ConvEncoder
 
 
@@ -27,7 +28,6 @@ def task_head(code_size: int, n_classes: int, hidden: int = 256, dropout: float 
     )
 
 
-@register_method("multitask")
 class Multitask(NICMethod):
     """`options["tasks"]`: list of {"name": str, "classes": [str, ...]}."""
 
@@ -46,40 +46,39 @@ class Multitask(NICMethod):
     def embedder(self) -> nn.Module:
         return self.encoder
 
-    def _losses(self, batch: dict[str, tuple[torch.Tensor, torch.Tensor]], pooled: bool = False):
+    def losses(self, batch: dict[str, tuple[torch.Tensor, torch.Tensor]], pooled: bool = False):
         names = list(batch)
         xs = torch.cat([batch[t][0] for t in names])
         codes = self.encoder(xs).split([batch[t][0].shape[0] for t in names])
-        logs, losses = {}, []
+        logs, per_task = {}, []
         for t, code in zip(names, codes, strict=True):
             y = batch[t][1]
             logit = self.heads[t](code)
             loss_t = F.cross_entropy(logit, y)
-            losses.append(loss_t)
+            per_task.append(loss_t)
             logs[f"{t}_loss"] = loss_t.item()
             logs[f"{t}_accuracy"] = (logit.argmax(1) == y).float().mean().item()
-        loss = torch.stack(losses).mean()
+        loss = torch.stack(per_task).mean()
         if pooled:
             sizes = torch.tensor([float(len(batch[t][1])) for t in names], device=loss.device)
-            logs["loss"] = (torch.stack(losses) * sizes).sum().item() / sizes.sum().item()
+            logs["loss"] = (torch.stack(per_task) * sizes).sum().item() / sizes.sum().item()
             logs["task_mean_loss"] = loss.item()
         else:
             logs["loss"] = loss.item()
         return loss, logs
 
-    def training_step(self, batch, optimizers):
-        loss, logs = self._losses(batch)
-        single_step(loss, optimizers[0])
-        return logs
-
     @torch.no_grad()
     def validation_step(self, batch):
-        return self._losses(batch, pooled=True)[1]
+        return self.losses(batch, pooled=True)[1]
 
 
-@register_method("supervised")
 class Supervised(Multitask):
     """The single-task baseline: the multitask network with exactly one task."""
+
+    @classmethod
+    def check_inputs(cls, n_data: int, n_slides: int) -> None:
+        if n_data != 1 or n_slides:  # --slides would add the tissue task
+            raise UsageError("supervised: exactly one --data folder (its classes are the task)")
 
     def __init__(self, config):
         super().__init__(config)

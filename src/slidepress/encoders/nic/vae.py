@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import NICMethod, register_method, single_step
+from .base import NICMethod
 from .blocks import ConvDecoder, ConvEncoder
 
 
@@ -24,7 +24,6 @@ class _Mu(nn.Module):
         return self.encoder(x)[0]
 
 
-@register_method("vae")
 class VAE(NICMethod):
     data_kind = "images"
     defaults = {"widths": [32, 64, 128, 256, 512], "dense": 512, "gamma": 5e-5}
@@ -38,7 +37,7 @@ class VAE(NICMethod):
     def embedder(self) -> nn.Module:
         return _Mu(self.encoder)
 
-    def _losses(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    def losses(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
         mu, logvar = self.encoder(x)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
         recon = self.decoder(z)
@@ -47,14 +46,9 @@ class VAE(NICMethod):
         loss = mse + self.opt["gamma"] * kl
         return loss, {"loss": loss.item(), "mse": mse.item(), "kl": kl.item()}
 
-    def training_step(self, batch, optimizers):
-        loss, logs = self._losses(batch)
-        single_step(loss, optimizers[0])
-        return logs
-
     @torch.no_grad()
     def validation_step(self, batch):
-        _, logs = self._losses(batch)
+        logs = self.losses(batch)[1]
         # PSNR of the reconstruction on the [0, 1] scale: (x in [-1,1]) -> range 2
         logs["psnr"] = float(10 * torch.log10(torch.tensor(4.0 / max(logs["mse"], 1e-12))))
         return logs

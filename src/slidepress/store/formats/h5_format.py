@@ -19,7 +19,6 @@ import numpy as np
 from ...errors import FormatError
 from ..grid import ARRAY_FIELDS, EmbeddingGrid
 from . import integrity
-from .registry import register_format
 
 _CHECKED = {"compression": "gzip", "fletcher32": True}
 
@@ -91,6 +90,3 @@ def read(path: Path) -> EmbeddingGrid:
     record = integrity.parse(path, text)
     integrity.verify(path, arrays, metadata, record)
     return EmbeddingGrid(**arrays, metadata=metadata)
-
-
-register_format("h5", (".h5", ".hdf5"), write, read)

@@ -32,7 +32,6 @@ import numpy as np
 from ...errors import FormatError
 from ..grid import ARRAY_FIELDS, EmbeddingGrid
 from . import integrity
-from .registry import register_format
 
 _CHUNK = 16000
 _PREFIX = "slidepress_"
@@ -180,6 +179,3 @@ def read(path: Path) -> EmbeddingGrid:
     )
     integrity.verify(path, arrays, metadata, integrity.parse(path, text))
     return EmbeddingGrid(**arrays, metadata=metadata)
-
-
-register_format("mha", (".mha",), write, read)

@@ -17,7 +17,6 @@ import numpy as np
 from ...errors import FormatError
 from ..grid import ARRAY_FIELDS, EmbeddingGrid
 from . import integrity
-from .registry import register_format
 
 
 def write(grid: EmbeddingGrid, path: Path, float16: bool = False) -> None:
@@ -55,6 +54,3 @@ def read(path: Path) -> EmbeddingGrid:
     record = integrity.parse(path, None if stored is None else str(stored))
     integrity.verify(path, arrays, metadata, record)
     return EmbeddingGrid(**arrays, metadata=metadata)
-
-
-register_format("npz", (".npz",), write, read)

@@ -17,7 +17,6 @@ import numpy as np
 from ...errors import FormatError
 from ..grid import ARRAY_FIELDS, EmbeddingGrid
 from . import integrity
-from .registry import register_format
 
 _META_KEY = "slidepress"
 
@@ -96,6 +95,3 @@ def read(path: Path) -> EmbeddingGrid:
         raise FormatError(f"{path.name}: metadata damaged (not a JSON object)")
     integrity.verify(path, arrays, metadata, record)
     return EmbeddingGrid(**arrays, metadata=dict(metadata))
-
-
-register_format("zarr", (".zarr",), write, read)

@@ -15,24 +15,23 @@ are glass: zero features, mask False).
   label-1 patches (metastasis in the patch centre), every other tissue cell a label-0 patch.
 - A *negative* slide holds label-0 patches only. The slide label is "tumour present".
 
-Cells hold patch *ids* (rows of a patch table), so a cohort is cheap to build and each PCam
-patch is encoded once (`embed_files`); `assemble` then gathers the cached codes into grids.
-Because a cell is exactly one encoder patch at the encoder's resolution and patch = stride,
-this equals encoding the rendered mosaic image with `slidepress encode` (`render` +
-`write_slide_tiff` produce that image; tests/test_mosaic.py checks the equality).
+Cells hold patch *ids* (rows of a patch table, `synthetic.pcam`), so a cohort is cheap to
+build and each PCam patch is encoded once (`pcam.embed_files`); `assemble` then gathers the
+cached codes into grids. Because a cell is exactly one encoder patch at the encoder's
+resolution and patch = stride, this equals encoding the rendered mosaic image with
+`slidepress encode` (`render` + `synthetic.slides.write_pyramid_tiff` produce that image;
+tests/test_mosaic.py checks the equality).
 
 Patch pools can be split per fold (`split_pool`) so that no patch appears in slides of two
 folds. `survival_outcomes` adds a toy survival endpoint whose hazard grows with the tumour
-burden (tumour cells / tissue cells).
+burden (tumour cells / tissue cells). This module only draws layouts (pure numpy); reading and
+encoding the PCam files is `synthetic.pcam`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -324,74 +323,7 @@ def survival_outcomes(
     return time.astype(np.float32), event.astype(np.float32), log_hazard
 
 
-# -- patches, codes, grids -----------------------------------------------------------------
-
-
-def load_patches(
-    files: Sequence[Path],
-    encoder_mpp: float | None,
-    patch_size: int | None,
-    dataset_mpp: float = PCAM_MPP,
-) -> np.ndarray:
-    """(N, P, P, 3) uint8: each image brought to the encoder's resolution and centre-cropped
-    to its patch size (`imagefolder.prepare_image`); encoders without a patch size (mean-rgb)
-    get the same `CELL_PX` crop as the NIC encoders."""
-    from ..imagefolder import prepare_image, read_rgb
-
-    size = patch_size or CELL_PX
-    out = np.empty((len(files), size, size, 3), np.uint8)
-    for j, f in enumerate(files):
-        out[j] = prepare_image(read_rgb(Path(f)), dataset_mpp, encoder_mpp, size)[0]
-    return out
-
-
-def embed_files(
-    files: Sequence[Path],
-    encoder: Any,
-    *,
-    batch: int = 256,
-    dataset_mpp: float = PCAM_MPP,
-    progress: Callable[[int], None] | None = None,
-) -> np.ndarray:
-    """(N, C) float32 codes of image files, read and encoded `batch` at a time."""
-    feats = np.empty((len(files), encoder.dim), np.float32)
-    for s in range(0, len(files), batch):
-        chunk = files[s : s + batch]
-        x = load_patches(chunk, encoder.mpp, encoder.patch_size, dataset_mpp)
-        feats[s : s + len(chunk)] = encoder.encode(x)
-        if progress:
-            progress(len(chunk))
-    return feats
-
-
-def cached_embeddings(
-    files: Sequence[Path],
-    encoder: Any,
-    cache_dir: str | Path,
-    *,
-    dataset_mpp: float = PCAM_MPP,
-    progress: Callable[[int], None] | None = None,
-) -> tuple[np.ndarray, bool]:
-    """`embed_files` through a cache keyed by the encoder's description and the file list
-    (names and sizes). Returns (codes, came_from_cache)."""
-    key = {
-        "encoder": encoder.describe(),
-        "dataset_mpp": dataset_mpp,
-        "files": [[str(f), Path(f).stat().st_size] for f in files],
-    }
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    name = str(encoder.name).replace(":", "_").replace("/", "_")
-    path = Path(cache_dir) / f"codes_{name}_{digest}.npy"
-    if path.exists():
-        feats = np.load(path)
-        if feats.shape == (len(files), encoder.dim):
-            return feats, True
-    feats = embed_files(files, encoder, dataset_mpp=dataset_mpp, progress=progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, feats)
-    tmp.replace(path)
-    return feats, False
+# -- codes to grids ------------------------------------------------------------------------
 
 
 def assemble(mosaic: Mosaic, codes: np.ndarray) -> np.ndarray:
@@ -443,105 +375,3 @@ def render(mosaic: Mosaic, patches: np.ndarray | Callable[[np.ndarray], np.ndarr
     img[...] = np.asarray(GLASS, np.uint8)
     img[mosaic.tissue] = pix
     return np.ascontiguousarray(img.transpose(0, 2, 1, 3, 4).reshape(n * p, n * p, 3))
-
-
-def write_slide_tiff(image: np.ndarray, path: str | Path, mpp: float = PCAM_MPP) -> Path:
-    """Write `image` as a tiled, lossless (zlib) TIFF with resolution tags for `mpp` and a 2x
-    pyramid down to ~256 px, readable by the slide readers (pixels round-trip exactly)."""
-    import tifffile
-    from PIL import Image
-
-    path = Path(path)
-    levels = [np.ascontiguousarray(image)]
-    while max(levels[-1].shape[:2]) > 256 and min(levels[-1].shape[:2]) >= 32:
-        h, w = levels[-1].shape[:2]
-        im = Image.fromarray(levels[-1]).resize((w // 2, h // 2), Image.Resampling.BOX)
-        levels.append(np.asarray(im))
-    with tifffile.TiffWriter(path, bigtiff=False) as tw:
-        for i, lv in enumerate(levels):
-            res = 1e4 / (mpp * 2**i)  # pixels per centimetre
-            tw.write(
-                lv,
-                tile=(64, 64),
-                photometric="rgb",
-                compression="zlib",
-                resolution=(res, res),
-                resolutionunit="CENTIMETER",
-                subfiletype=1 if i else 0,
-                metadata=None,
-            )
-    return path
-
-
-# -- pools ---------------------------------------------------------------------------------
-
-
-@dataclass
-class PatchTable:
-    """The patches a cohort may use: files, their labels (0 normal, 1 tumour) and, once
-    encoded, their codes (one row per file)."""
-
-    files: list[Path]
-    labels: np.ndarray
-    codes: np.ndarray | None = None
-    source: dict[str, Any] = field(default_factory=dict)
-
-    def ids(self, label: int) -> np.ndarray:
-        return np.flatnonzero(self.labels == label)
-
-
-def pcam_table(
-    split_dir: str | Path, exclude: set[Path] | None = None, limit_per_class: int | None = None
-) -> PatchTable:
-    """The PCam split folder (`<split>/{0,1}/*.jpg`) as a patch table, minus `exclude`
-    (e.g. the patches an encoder was trained on), optionally a seeded subset per class."""
-    from ..imagefolder import list_image_folder
-
-    files, labels, classes = list_image_folder(split_dir)
-    if classes != ["0", "1"]:
-        raise ValueError(f"{split_dir}: expected class folders 0 and 1, found {classes}")
-    excl = {Path(p).resolve() for p in (exclude or set())}
-    keep = [i for i, f in enumerate(files) if Path(f).resolve() not in excl]
-    files = [files[i] for i in keep]
-    labels = labels[keep]
-    if limit_per_class is not None:
-        rng = np.random.default_rng(0)
-        sel = np.sort(
-            np.concatenate(
-                [rng.permutation(np.flatnonzero(labels == k))[:limit_per_class] for k in (0, 1)]
-            )
-        )
-        files, labels = [files[i] for i in sel], labels[sel]
-    src = {
-        "folder": str(split_dir),
-        "n_excluded": len(excl),
-        "n_normal": int((labels == 0).sum()),
-        "n_tumour": int((labels == 1).sum()),
-    }
-    return PatchTable(files, labels, None, src)
-
-
-def encoder_pcam_files(config: dict[str, Any], pcam_root: str | Path) -> dict[str, set[Path]]:
-    """The PCam files a slidepress NIC encoder saw in training, per split ("train", "valid"),
-    from its run config (`config.json`): `train encoder` takes `limit_per_class` images per
-    class with `list_image_folder(..., seed=settings.seed)`, and the same call reproduces the
-    selection. Empty sets when the config has no PCam task."""
-    from ..imagefolder import list_image_folder
-
-    out: dict[str, set[Path]] = {"train": set(), "valid": set()}
-    task = (config.get("data") or {}).get("tasks", {}).get("pcam")
-    if not task:
-        return out
-    seed = int((config.get("settings") or {}).get("seed", 0))
-    for split, key in (("train", "train"), ("valid", "val")):
-        rec = task.get(key)
-        folder = Path(pcam_root) / split
-        if not rec or not folder.is_dir():
-            continue
-        counts = list(rec.get("classes", {}).values())
-        limit = max(counts) if counts else None
-        files, _, _ = list_image_folder(folder, limit_per_class=limit, seed=seed)
-        if len(files) != rec.get("n", len(files)):
-            raise ValueError(f"cannot reproduce the encoder's {split} selection from {folder}")
-        out[split] = {Path(f).resolve() for f in files}
-    return out

@@ -1,0 +1,285 @@
+"""Run one job (encode or compress) over many slides and record one outcome per slide.
+
+The CLI, the service and the Dask runner all drive this runner; they only parse and print.
+Everything crossing a process boundary is plain data: a slide item is a dict (`SlideItem`),
+a job is a dict (`job_to_dict` / `job_from_dict`), an outcome is a dict (`Outcome.row`). A
+slide's work is restartable: outputs are content-keyed (slide SHA-256 + parameters), so a
+re-run skips what is done and redoes what an interruption left unfinished.
+
+A bad slide (SlidepressError) is a `failed` outcome with its one-line message and the batch
+goes on; a bug in slidepress is also recorded (`internal error: ...`) so one slide cannot
+stop an archive run; Ctrl-C and SIGTERM stop the batch.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ..errors import SlidepressError, UsageError
+from ..progress import ProgressStart
+from ..store.atomic import write_csv
+from .items import SlideItem
+
+STATUSES = ("done", "skipped", "failed")
+REPORT_COLUMNS = (
+    "slide", "path", "status", "error", "seconds", "units", "count", "bytes_in", "bytes_out",
+    "ratio", "outputs",
+)  # fmt: skip
+
+
+@dataclass
+class Outcome:
+    """What happened to one slide."""
+
+    slide: str
+    path: str
+    status: str  # done | skipped | failed
+    error: str = ""  # one line, for failed
+    internal: bool = False  # failed by a bug, not by bad input (exit 1 rather than 2)
+    seconds: float = 0.0
+    units: str = ""  # what `count` counts: cells (encode) or tiles (compress)
+    count: int = 0
+    bytes_in: int = 0  # the slide's bytes
+    bytes_out: int = 0  # the outputs' bytes
+    outputs: list[str] = field(default_factory=list)
+    summary: str = ""  # one human line (shape, quality ...) for the CLI
+    notes: list[str] = field(default_factory=list)  # further lines for the CLI
+    metrics: dict[str, Any] = field(default_factory=dict)  # job-specific numbers (psnr_db ...)
+    fields: dict[str, Any] = field(default_factory=dict)  # passed through from the item
+
+    def row(self) -> dict[str, Any]:
+        """Flat record for report.csv (and JSON): the columns above, then the item's fields."""
+        ratio = self.bytes_in / self.bytes_out if self.bytes_out else ""
+        row = {
+            "slide": self.slide, "path": self.path, "status": self.status, "error": self.error,
+            "seconds": round(self.seconds, 3), "units": self.units, "count": self.count,
+            "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
+            "ratio": round(ratio, 3) if ratio != "" else "", "outputs": ";".join(self.outputs),
+        }  # fmt: skip
+        for k, v in {**self.metrics, **self.fields}.items():
+            row.setdefault(k, v)
+        return row
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Outcome:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+class Job(ABC):
+    """One kind of per-slide work with its options."""
+
+    kind: ClassVar[str]
+
+    def prepare(self) -> None:  # noqa: B027 - optional: load models once per process
+        """Load what every slide needs once (an encoder); errors here stop the batch."""
+
+    @abstractmethod
+    def run(self, item: SlideItem, out_dir: Path, progress: ProgressStart | None) -> Outcome:
+        """Process one slide; raise SlidepressError for bad input."""
+
+    @abstractmethod
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data that `job_from_dict` turns back into this job in another process."""
+
+
+def _bytes(paths: Iterable[Path]) -> int:
+    total = 0
+    for p in paths:
+        if p.is_dir():
+            total += sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+        elif p.exists():
+            total += p.stat().st_size
+    return total
+
+
+def _source_bytes(path: Path) -> int:
+    from .provenance import source_bytes
+
+    try:
+        return source_bytes(path)
+    except OSError:
+        return 0
+
+
+@dataclass
+class EncodeJob(Job):
+    """`encode`: NIC embedding grids (+ previews) per slide, in `out_dir`."""
+
+    kind: ClassVar[str] = "encode"
+    encoder: str = "mean-rgb"
+    device: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # EncodeOptions fields
+
+    def __post_init__(self) -> None:
+        from ..encoders import check_spec
+        from .encode import EncodeOptions
+
+        check_spec(self.encoder)  # unknown names fail now, before torch loads
+        self._opts = EncodeOptions(**self.options)
+        self._encoder = None
+
+    def prepare(self) -> None:
+        self._encoder = _cached_encoder(self.encoder, self.device)
+        self._opts.grid_spec(self._encoder)  # patch size / stride / mpp against the encoder
+
+    def run(self, item: SlideItem, out_dir: Path, progress: ProgressStart | None) -> Outcome:
+        from .encode import encode_slide
+
+        if self._encoder is None:
+            self.prepare()
+        res = encode_slide(item, out_dir, self._encoder, self._opts, progress_start=progress)
+        outputs = [*res.outputs, *res.previews]
+        r, c, ch = res.grid_shape or (0, 0, 0)
+        extra = f" (+{len(res.outputs) - 1} variants)" if len(res.outputs) > 1 else ""
+        return Outcome(
+            slide=item.name, path=str(item.path), status="skipped" if res.skipped else "done",
+            units="cells", count=res.cells_kept, bytes_in=_source_bytes(item.path),
+            bytes_out=_bytes(res.outputs), outputs=[str(p) for p in outputs],
+            summary=f"{res.outputs[0]}{extra}: grid {r}x{c}x{ch}, {res.cells_kept} tissue cells",
+        )  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "encoder": self.encoder, "device": self.device,
+                "options": dict(self.options)}  # fmt: skip
+
+
+_ENCODERS: dict[tuple[str, str | None], Any] = {}
+
+
+def _cached_encoder(spec: str, device: str | None) -> Any:
+    """One encoder per process and spec: a worker running many slides loads weights once."""
+    from ..encoders import get_encoder
+
+    key = (spec, device)
+    if key not in _ENCODERS:
+        _ENCODERS[key] = get_encoder(spec, device=device)
+    return _ENCODERS[key]
+
+
+@dataclass
+class CompressJob(Job):
+    """`compress`: one container per slide, `out_dir/STEM.spz` (or `output` for one slide)."""
+
+    kind: ClassVar[str] = "compress"
+    options: dict[str, Any] = field(default_factory=dict)  # CompressOptions fields
+    output: str | None = None  # explicit container path (single-slide runs)
+
+    def __post_init__(self) -> None:
+        from .compress import CompressOptions
+
+        self._opts = CompressOptions(**self.options)
+
+    def output_for(self, item: SlideItem, out_dir: Path) -> Path:
+        return Path(self.output) if self.output else out_dir / f"{item.stem}.spz"
+
+    def run(self, item: SlideItem, out_dir: Path, progress: ProgressStart | None) -> Outcome:
+        from .compress import compress_slide
+
+        out = self.output_for(item, out_dir)
+        r = compress_slide(item, out, self._opts, progress_start=progress)
+        c = r.manifest["codec"]
+        summary = (
+            f"{r.path}: {c['name']} q{c['quality']:g}, {r.tiles_stored}/{r.tiles_total} tiles "
+            f"stored, {r.container_bytes / 1e6:.2f} MB, {r.bpp:.3f} bpp, {r.ratio_raw:.1f}x vs "
+            f"raw 24 bpp, {r.ratio_source:.2f}x vs source file"
+        )
+        fid = r.manifest.get("fidelity") or {}
+        notes, metrics = [], {}
+        if fid:
+            glass = (r.manifest.get("background") or {}).get("glass") or {}
+            ms = f", MS-SSIM {fid['ms_ssim']:.4f}" if fid.get("ms_ssim") is not None else ""
+            psnr = fid.get("psnr_db")
+            psnr_txt = f"{psnr:.2f} dB" if isinstance(psnr, float) else str(psnr)
+            notes = [
+                f"whole slide, all {fid['tissue_pixels'] / 1e6:.2f} Mpx of tissue: PSNR "
+                f"{psnr_txt}{ms}",
+                f"left out as glass: {fid['tiles_dropped']} of "
+                f"{fid['tiles_dropped'] + fid['tiles_stored']} level-0 tiles (largest deviation "
+                f"from glass in any: {fid['max_dropped_deviation']}, threshold "
+                f"{glass.get('threshold')})",
+            ]
+            metrics = {"psnr_db": psnr, "ms_ssim": fid.get("ms_ssim"),
+                       "tiles_dropped": fid["tiles_dropped"], "bpp": round(r.bpp, 4)}  # fmt: skip
+        return Outcome(
+            slide=item.name, path=str(item.path), status="skipped" if r.skipped else "done",
+            units="tiles", count=r.tiles_stored, bytes_in=_source_bytes(item.path),
+            bytes_out=r.container_bytes, outputs=[str(r.path)], summary=summary, notes=notes,
+            metrics=metrics,
+        )  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "options": dict(self.options), "output": self.output}
+
+
+JOBS: dict[str, type[Job]] = {"encode": EncodeJob, "compress": CompressJob}
+
+
+def job_from_dict(d: Mapping[str, Any]) -> Job:
+    kind = d.get("kind")
+    if kind not in JOBS:
+        raise UsageError(f"unknown job kind {kind!r}; choose from {', '.join(JOBS)}")
+    return JOBS[kind](**{k: v for k, v in d.items() if k != "kind"})
+
+
+def job_to_dict(job: Job) -> dict[str, Any]:
+    return job.to_dict()
+
+
+def run_slide(
+    item: SlideItem | Mapping[str, Any] | str | Path,
+    job: Job,
+    out_dir: str | Path,
+    progress: ProgressStart | None = None,
+) -> Outcome:
+    """One slide, never raising for its own failure (Ctrl-C and SIGTERM still stop)."""
+    item = SlideItem.of(item)
+    t0 = time.perf_counter()
+    try:
+        outcome = job.run(item, Path(out_dir), progress)
+    except SlidepressError as e:
+        outcome = Outcome(item.name, str(item.path), "failed", error=str(e))
+    except Exception as e:  # a bug must not stop the other slides
+        msg = f"{item.name}: internal error: {type(e).__name__}: {e}"
+        outcome = Outcome(item.name, str(item.path), "failed", error=msg, internal=True)
+    outcome.seconds = time.perf_counter() - t0
+    outcome.fields = {**dict(item.fields), **outcome.fields}
+    return outcome
+
+
+def run_batch(
+    items: Iterable[SlideItem | Mapping[str, Any] | str | Path],
+    job: Job,
+    out_dir: str | Path,
+    progress: ProgressStart | None = None,
+) -> Iterator[Outcome]:
+    """Outcomes as slides finish, in order. `job.prepare()` runs once first: an encoder that
+    cannot load is an error for the whole batch, raised here."""
+    job.prepare()
+    for item in items:
+        yield run_slide(item, job, out_dir, progress)
+
+
+def run_slide_plain(item: Mapping[str, Any], job: Mapping[str, Any], out_dir: str) -> dict:
+    """`run_slide` with plain data in and out: what another process (a Dask worker, the
+    service's worker pool) calls."""
+    j = job_from_dict(job)
+    outcome = run_slide(SlideItem.from_dict(item), j, out_dir)
+    d = outcome.row()
+    d["internal"] = outcome.internal
+    return d
+
+
+def write_report(path: str | Path, outcomes: Iterable[Outcome]) -> Path:
+    """`report.csv`: one row per slide (columns REPORT_COLUMNS, then the job's metrics and the
+    items' pass-through fields)."""
+    rows = [o.row() for o in outcomes]
+    return write_csv(path, rows, columns=REPORT_COLUMNS)
