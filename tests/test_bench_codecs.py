@@ -184,10 +184,15 @@ def test_small_benchmark_run(tmp_path):
     inputs = [TILES / "histoqc_template1.png", TILES / "torchstain_source.png"]
     res = run_codec_benchmark(
         inputs, tmp_path / "rep", ["jpeg", "webp"], {"jpeg": [30, 80, 95], "webp": [30, 60, 90]},
-        tile=256, max_tiles_per_input=1,
+        tile=256, max_tiles_per_input=1, feature_similarity=False, embedding_encoder="none",
     )  # fmt: skip
     for name in ("results.csv", "results.json", "report.md", "rd_psnr.png", "rd_ms_ssim.png"):
         assert (tmp_path / "rep" / name).stat().st_size > 0, name
+    # similarity switched off: NaN columns, no plots, no section, no BD-rate on it
+    assert not (tmp_path / "rep" / "rd_featsim.png").exists()
+    assert not (tmp_path / "rep" / "rd_embsim.png").exists()
+    assert all(math.isnan(r["featsim_mean"]) and math.isnan(r["embsim"]) for r in res.rows)
+    assert math.isnan(res.bd_rates[0]["bd_rate_featsim_db_pchip"])
     assert res.plots["timing"].stat().st_size > 0
     assert len(res.rows) == 2 * 2 * 3
     assert [i["n_tiles"] for i in res.inputs] == [1, 1]
@@ -217,6 +222,42 @@ def test_small_benchmark_run(tmp_path):
     assert "](rd_psnr.png)" in report and "relative to the input as given" in report.lower()
     header = (tmp_path / "rep" / "results.csv").read_text().splitlines()[0]
     assert header.startswith("input,kind,codec,quality,")
+
+
+@needs_shared
+def test_benchmark_writes_feature_and_embedding_similarity(tmp_path):
+    """Both metrics on by default: per-depth featsim columns, featsim_db, embsim (nic-multitask)
+    in the rows and results.csv, their RD plots, the report section and a BD-rate on featsim."""
+    import csv
+
+    from slidepress.bench.codecs import run_codec_benchmark
+    from slidepress.metrics import DEPTHS
+
+    res = run_codec_benchmark(
+        [TILES / "tiatoolbox_target.png"], tmp_path / "rep", ["jpeg", "webp"],
+        {"jpeg": [20, 60, 90], "webp": [20, 60, 90]}, tile=256, max_tiles_per_input=2,
+    )  # fmt: skip
+    with open(tmp_path / "rep" / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    cols = [*(f"featsim_{d}" for d in DEPTHS), "featsim_mean", "featsim_db", "embsim"]
+    assert set(cols) <= set(rows[0]) and len(rows) == len(res.rows) == 7  # + JPEG q80
+    for codec in ("jpeg", "webp"):
+        sel = [r for r in res.rows if r["codec"] == codec]  # in quality order
+        for key in ("featsim_mean", "featsim_db", "embsim"):
+            values = [r[key] for r in sel]
+            assert values == sorted(values) and len(set(values)) == len(values), (codec, key)
+        for r in sel:
+            assert 0 < r["featsim_mean"] < 1 and 0 < r["embsim"] < 1
+            assert r["featsim_mean"] == pytest.approx(np.mean([r[f"featsim_{d}"] for d in DEPTHS]))
+            assert r["featsim_db"] == pytest.approx(-10 * math.log10(1 - r["featsim_mean"]))
+    for name in ("rd_featsim.png", "rd_embsim.png"):
+        assert (tmp_path / "rep" / name).stat().st_size > 0, name
+    assert math.isfinite(res.bd_rates[0]["bd_rate_featsim_db_pchip"])
+    report = (tmp_path / "rep" / "report.md").read_text()
+    assert "](rd_featsim.png)" in report and "`nic-multitask`" in report
+    sim = json.loads((tmp_path / "rep" / "results.json").read_text())["config"]["similarity"]
+    assert sim["feature_similarity"]["name"] == "featsim-resnet18"
+    assert sim["embedding_encoder"]["name"] == "nic-multitask"
 
 
 @needs_shared
@@ -269,10 +310,13 @@ def test_cli_bench_codecs(tmp_path):
     res = runner.invoke(
         bench_app,
         ["codecs", src, "-o", str(out), "--codecs", "jpeg,jpegxl", "--qualities",
-         "jpeg=40,90;jpegxl=50,85", "--max-tiles", "1", "--tile", "192"],
+         "jpeg=40,90;jpegxl=50,85", "--max-tiles", "1", "--tile", "192",
+         "--no-feature-similarity", "--embedding-encoder", "none"],
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     assert (out / "report.md").exists() and "jpegxl" in res.output
+    assert "feature sim" not in res.output and not (out / "rd_featsim.png").exists()
+    assert not (out / "rd_embsim.png").exists()
     again = runner.invoke(bench_app, ["codecs", src, "-o", str(out), "--codecs", "jpeg"])
     assert again.exit_code == 2 and "--overwrite" in again.output  # the report stays
     bad = runner.invoke(
@@ -280,3 +324,9 @@ def test_cli_bench_codecs(tmp_path):
     )
     assert bad.exit_code == 2
     assert "unknown codec 'foo'" in bad.output and "Traceback" not in bad.output
+    enc = runner.invoke(
+        bench_app, ["codecs", src, "-o", str(out), "--embedding-encoder", "nic-nope",
+                    "--overwrite"],
+    )  # fmt: skip
+    assert enc.exit_code == 2 and "unknown encoder 'nic-nope'" in enc.output
+    assert "Traceback" not in enc.output

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ..bench.codecs.options import DEFAULT_CODECS
+from ..bench.codecs.options import DEFAULT_CODECS, DEFAULT_EMBEDDING_ENCODER
 from ..codecs import CODECS
 from .common import check_report_folder, console, expand_slides, guarded, progress_bars
 
@@ -55,10 +55,25 @@ def codecs_cmd(
     mpp_override: Annotated[
         float | None, typer.Option(help="Level-0 um/px for slides whose file lacks it.")
     ] = None,
+    feature_similarity: Annotated[
+        bool,
+        typer.Option(
+            help="Feature similarity (ResNet18 features at 6 depths, shipped weights) per "
+            "codec and quality, its RD plot and BD-rate."
+        ),
+    ] = True,
+    embedding_encoder: Annotated[
+        str,
+        typer.Option(
+            help="Encoder whose patch embeddings of original vs decoded tiles give the "
+            "embedding similarity ('none' skips it; see `slidepress encoders`)."
+        ),
+    ] = DEFAULT_EMBEDDING_ENCODER,
     overwrite: Annotated[bool, typer.Option(help="Replace a report already in --output.")] = False,
 ) -> None:
-    """Rate, PSNR/SSIM/MS-SSIM and speed of each codec and quality on tiles of the inputs;
-    writes results.csv/.json, RD and timing plots, BD-rates vs JPEG and report.md."""
+    """Rate, PSNR/SSIM/MS-SSIM, feature and embedding similarity and speed of each codec and
+    quality on tiles of the inputs; writes results.csv/.json, RD and timing plots, BD-rates vs
+    JPEG and report.md."""
 
     def body() -> None:
         from ..bench.codecs import parse_qualities, run_codec_benchmark
@@ -75,6 +90,7 @@ def codecs_cmd(
             res = run_codec_benchmark(
                 paths, output, names, parse_qualities(qualities), tile=tile, threads=threads,
                 max_tiles_per_input=max_tiles, seed=seed, mpp_override=mpp_override,
+                feature_similarity=feature_similarity, embedding_encoder=embedding_encoder,
                 progress=start,
             )  # fmt: skip
         _print_summary(res)
@@ -97,7 +113,10 @@ def _print_summary(res: BenchmarkResult) -> None:
     out = Console(highlight=False)
     if res.bd_rates:
         t = Table(title="BD-rate vs JPEG (pchip, mean over inputs; negative = fewer bits)")
-        for col in ("codec", "PSNR", "MS-SSIM", "bpp @ JPEG q80 PSNR", "bpp @ q80 MS-SSIM"):
+        fs = any(math.isfinite(b.get("bd_rate_featsim_db_pchip", math.nan)) for b in res.bd_rates)
+        cols = ("codec", "PSNR", "MS-SSIM", *(("feature sim.",) if fs else ()),
+                "bpp @ JPEG q80 PSNR", "bpp @ q80 MS-SSIM")  # fmt: skip
+        for col in cols:
             t.add_column(col, justify="right")
         match = {m["codec"]: m for m in res.jpeg_q80_match}
         for b in res.bd_rates:
@@ -106,11 +125,13 @@ def _print_summary(res: BenchmarkResult) -> None:
                 b["codec"],
                 _pct(b["bd_rate_psnr_pchip"]),
                 _pct(b["bd_rate_ms_ssim_db_pchip"]),
+                *((_pct(b["bd_rate_featsim_db_pchip"]),) if fs else ()),
                 _bpp(m.get("bpp_psnr", math.nan)),
                 _bpp(m.get("bpp_ms_ssim_db", math.nan)),
             )
         if "jpeg" in match:
             j = match["jpeg"]
-            t.add_row("jpeg q80", "0", "0", _bpp(j["bpp_psnr"]), _bpp(j["bpp_ms_ssim_db"]))
+            zero = ("0",) * (3 if fs else 2)
+            t.add_row("jpeg q80", *zero, _bpp(j["bpp_psnr"]), _bpp(j["bpp_ms_ssim_db"]))
         out.print(t)
     console.print(f"{len(res.rows)} rows -> {res.report_path} ({res.csv_path.name}, plots)")

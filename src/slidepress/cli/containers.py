@@ -56,6 +56,21 @@ def compress(
     ms_ssim: Annotated[
         bool, typer.Option(help="Also MS-SSIM over every stored level-0 tile (loads torch).")
     ] = False,
+    feature_similarity: Annotated[
+        bool,
+        typer.Option(
+            help="Also feature similarity (ResNet18 features at 6 depths, shipped weights) over "
+            "every stored level-0 tile (loads torch)."
+        ),
+    ] = False,
+    embedding_similarity: Annotated[
+        str | None,
+        typer.Option(
+            metavar="ENCODER",
+            help="Also the embedding similarity of this encoder (e.g. nic-multitask; see "
+            "'encoders') over every stored level-0 tile (loads torch).",
+        ),
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
     reader: ReaderOpt = None,
 ) -> None:
@@ -77,7 +92,8 @@ def compress(
         options = dict(
             codec=codec, quality=quality, tile=tile, level=level, mpp=mpp,
             background=background, workers=workers, overwrite=overwrite, reader=reader,
-            ms_ssim=ms_ssim,
+            ms_ssim=ms_ssim, feature_similarity=feature_similarity,
+            embedding_similarity=embedding_similarity,
         )  # fmt: skip
         job = CompressJob(options=options, output=str(output) if single else None)
         if not single:

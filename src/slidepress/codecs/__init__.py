@@ -21,6 +21,11 @@ CODECS.add("avif", f"{_CONV}:Avif", summary="libavif AV1 intra, quality 0-100, s
 CODECS.add("jpeg2000", f"{_CONV}:Jpeg2000", summary="OpenJPEG JPEG 2000, target PSNR 20-60 dB")
 CODECS.add("htj2k", f"{_CONV}:HTJ2K", summary="OpenJPH HTJ2K, quantisation step (lower = better)")
 CODECS.add("png", f"{_CONV}:Png", summary="lossless reference (zlib level 0-9)")
+CODECS.add(
+    "learned",
+    "slidepress.codecs.learned.codec:LearnedCodec",
+    summary="slidepress's H&E-trained neural codec, quality 1-8 (exact integer decoder)",
+)
 
 register_codec = CODECS.register  # decorator for codecs defined outside this package
 

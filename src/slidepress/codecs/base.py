@@ -22,6 +22,7 @@ class Codec(ABC):
     higher_is_better: bool = True  # False where the knob is a quantisation step
     lossless: bool = False
     library: str = "imagecodecs"
+    batched: bool = False  # True where encode_batch / decode_batch beat one tile at a time
 
     def __init__(self, quality: float | None = None, **params: Any):
         q = self.default_quality if quality is None else float(quality)
@@ -40,6 +41,16 @@ class Codec(ABC):
     def decode(self, data: bytes, shape: tuple[int, int, int] | None = None) -> np.ndarray:
         """Coded bytes -> (H, W, 3) uint8. With `shape`, a tile declaring any other size is
         refused before its pixels are allocated (a few KB can declare 65535^2 pixels)."""
+
+    def encode_batch(self, tiles: list[np.ndarray]) -> list[bytes]:
+        """Several tiles at once; a codec that gains from batches (a neural network)
+        overrides this and sets `batched`."""
+        return [self.encode(t) for t in tiles]
+
+    def decode_batch(
+        self, blobs: list[bytes], shape: tuple[int, int, int] | None = None
+    ) -> list[np.ndarray]:
+        return [self.decode(b, shape) for b in blobs]
 
     def library_version(self) -> str:
         return ""

@@ -1,5 +1,8 @@
-"""Image quality and rate: PSNR, SSIM, MS-SSIM (pytorch-msssim), bits per pixel, ratios."""
+"""Image quality and rate: PSNR, SSIM, MS-SSIM (pytorch-msssim), bits per pixel, ratios;
+feature similarity (ResNet18 features at six depths) and embedding similarity (any encoder)."""
 
+from .embsim import embedding_similarity
+from .featsim import DEPTHS, FeatureScores, FeatureSimilarity, score_pairs
 from .quality import (
     MS_SSIM_WEIGHTS,
     RAW_BPP,
@@ -17,17 +20,22 @@ from .quality import (
 )
 
 __all__ = [
+    "DEPTHS",
+    "FeatureScores",
+    "FeatureSimilarity",
     "MS_SSIM_WEIGHTS",
     "RAW_BPP",
     "TileScores",
     "bits_per_pixel",
     "compression_ratio",
+    "embedding_similarity",
     "ms_ssim",
     "ms_ssim_db",
     "ms_ssim_scales",
     "mse",
     "psnr",
     "psnr_from_mse",
+    "score_pairs",
     "score_tiles",
     "ssim",
 ]

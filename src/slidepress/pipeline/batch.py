@@ -197,6 +197,11 @@ class CompressJob(Job):
         if fid:
             glass = (r.manifest.get("background") or {}).get("glass") or {}
             ms = f", MS-SSIM {fid['ms_ssim']:.4f}" if fid.get("ms_ssim") is not None else ""
+            fs, es = fid.get("feature_similarity") or {}, fid.get("embedding_similarity") or {}
+            if fs.get("mean") is not None:
+                ms += f", feature similarity {fs['mean']:.4f}"
+            if es.get("mean") is not None:
+                ms += f", embedding similarity ({es['encoder']}) {es['mean']:.5f}"
             psnr = fid.get("psnr_db")
             psnr_txt = f"{psnr:.2f} dB" if isinstance(psnr, float) else str(psnr)
             notes = [
@@ -209,6 +214,10 @@ class CompressJob(Job):
             ]
             metrics = {"psnr_db": psnr, "ms_ssim": fid.get("ms_ssim"),
                        "tiles_dropped": fid["tiles_dropped"], "bpp": round(r.bpp, 4)}  # fmt: skip
+            if fs:
+                metrics["feature_similarity"] = fs.get("mean")
+            if es:
+                metrics["embedding_similarity"] = es.get("mean")
         return Outcome(
             slide=item.name, path=str(item.path), status="skipped" if r.skipped else "done",
             units="tiles", count=r.tiles_stored, bytes_in=_source_bytes(item.path),

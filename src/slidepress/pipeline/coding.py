@@ -68,34 +68,40 @@ class LevelCoder:
         r0, r1, c0, c1 = block
         t = self.grid.spec.patch_size
         tiles = self.grid.cut_patches(pixels, r0, r1, c0, c1)
-        out = []
-        for i in range(r1 - r0):
-            for j in range(c1 - c0):
-                r, c = r0 + i, c0 + j
-                if not self.todo[r, c]:  # glass by the survey / under no stored finer tile
-                    continue
-                if self.level0:
-                    out.append(self._level0_tile(r, c, tiles[i, j], t))
-                else:
-                    data = self.codec.encode(np.ascontiguousarray(tiles[i, j]))
-                    out.append(CodedTile(r, c, data))
+        cells = [
+            (r0 + i, c0 + j, np.ascontiguousarray(tiles[i, j]))
+            for i in range(r1 - r0)
+            for j in range(c1 - c0)
+            if self.todo[r0 + i, c0 + j]  # else: glass by the survey / under no stored tile
+        ]
+        if not self.level0:
+            blobs = self.codec.encode_batch([tile for _, _, tile in cells])
+            return [CodedTile(r, c, d) for (r, c, _), d in zip(cells, blobs, strict=True)]
+        # level 0: test for glass, then code and decode the rest as one batch
+        out, coded = [], []
+        for r, c, tile in cells:
+            vh, vw = min(t, self.height - r * t), min(t, self.width - c * t)
+            valid = tile[:vh, :vw] if (vh, vw) != (t, t) else tile
+            boxes = box_deviation(valid, self.glass, self.factor)
+            deviation = int(boxes.max())
+            if self.policy != "keep" and deviation <= self.glass.threshold:
+                out.append(CodedTile(r, c, None, deviation))
+            else:
+                coded.append((r, c, tile, valid, boxes, deviation))
+        blobs = self.codec.encode_batch([x[2] for x in coded])
+        # decoded again: the whole-slide fidelity, and a check of the codec's round trip
+        decoded = self.codec.decode_batch(blobs, shape=(t, t, 3)) if coded else []
+        for (r, c, _, valid, boxes, deviation), data, dec in zip(
+            coded, blobs, decoded, strict=True
+        ):
+            restored = dec[: valid.shape[0], : valid.shape[1]]
+            mask = boxes > self.glass.threshold
+            sse, values = squared_error(valid, restored, mask, self.factor)
+            if self.ms_ssim:
+                out.append(CodedTile(r, c, data, deviation, sse, values, valid.copy(), restored))
+            else:
+                out.append(CodedTile(r, c, data, deviation, sse, values))
         return out
-
-    def _level0_tile(self, r: int, c: int, tile: np.ndarray, t: int) -> CodedTile:
-        tile = np.ascontiguousarray(tile)  # one copy out of the block, used for everything
-        vh, vw = min(t, self.height - r * t), min(t, self.width - c * t)
-        valid = tile[:vh, :vw] if (vh, vw) != (t, t) else tile
-        boxes = box_deviation(valid, self.glass, self.factor)
-        deviation = int(boxes.max())
-        if self.policy != "keep" and deviation <= self.glass.threshold:
-            return CodedTile(r, c, None, deviation)
-        data = self.codec.encode(tile)
-        decoded = self.codec.decode(data, shape=tile.shape)  # checks the codec's round trip
-        restored = decoded[:vh, :vw]
-        sse, values = squared_error(valid, restored, boxes > self.glass.threshold, self.factor)
-        if not self.ms_ssim:
-            return CodedTile(r, c, data, deviation, sse, values)
-        return CodedTile(r, c, data, deviation, sse, values, valid.copy(), restored)
 
 
 class MsSsimScorer:

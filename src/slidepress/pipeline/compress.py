@@ -8,7 +8,10 @@ Nothing is lost: every level-0 tile is read and tested on its own pixels (slide/
 only tiles of empty glass may be left out (policy `skip` / `constant`), and a coarser tile is
 stored whenever one of the finer tiles under it is. Every stored level-0 tile is decoded
 again and compared with the original, so the reported fidelity covers all tissue pixels of
-the slide (metrics/fidelity.py), not a sample.
+the slide (metrics/fidelity.py), not a sample. Opt-in scores over every stored level-0 tile,
+weighted by its tissue pixels: MS-SSIM, feature similarity (metrics/featsim.py, six depths of a
+ResNet18 trained on pathology) and embedding similarity (metrics/embsim.py, any registry
+encoder); they load torch and are recorded in the manifest's `fidelity`.
 
 Work is split by blocks of tiles: a worker thread reads a block, tests, codes and re-decodes
 its tiles (imagecodecs, Pillow and OpenSlide release the GIL); the calling thread only writes
@@ -26,6 +29,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +38,7 @@ import numpy as np
 from ..bounds import check_workers
 from ..codecs import Codec, get_codec
 from ..errors import TissueError, UsageError
+from ..metrics.featsim import DEPTHS
 from ..metrics.fidelity import SlideFidelity
 from ..progress import ProgressStart
 from ..slide import SlideReader
@@ -74,6 +79,8 @@ class CompressOptions:
     overwrite: bool = False
     reader: str | None = None
     ms_ssim: bool = False  # also MS-SSIM over every stored level-0 tile (needs torch)
+    feature_similarity: bool = False  # also featsim (shipped ResNet18) over them (needs torch)
+    embedding_similarity: str | None = None  # an encoder name: its embsim over them (torch)
 
     def __post_init__(self) -> None:
         check_background_policy(self.background)
@@ -83,6 +90,17 @@ class CompressOptions:
             raise UsageError("give either --level or --mpp, not both")
         check_workers(self.workers)
         check_target_mpp(self.mpp)
+        if self.embedding_similarity and self.embedding_similarity.lower() == "none":
+            self.embedding_similarity = None
+        if self.embedding_similarity:
+            from ..encoders import check_spec
+
+            check_spec(self.embedding_similarity)  # a typo fails before any tile is coded
+
+    @property
+    def keeps_pixels(self) -> bool:
+        """Whether stored level-0 tiles and their decodings go to a scorer."""
+        return self.ms_ssim or self.feature_similarity or bool(self.embedding_similarity)
 
 
 @dataclass
@@ -120,6 +138,77 @@ class CompressResult:
     @property
     def ratio_source(self) -> float:
         return self.source_bytes / self.container_bytes
+
+
+class SimilarityScorer:
+    """Feature and embedding similarity of stored level-0 tiles vs their decodings, in batches
+    on the calling thread (torch imported here), averaged over tiles weighted by their tissue
+    pixels as MS-SSIM is; `finish` writes them into `fidelity.extra`."""
+
+    BATCH = 32
+
+    def __init__(
+        self, fidelity: SlideFidelity, feature: bool, encoder: str | None, tile_mpp: float
+    ):
+        import torch
+
+        from ..metrics.embsim import resolve_encoder
+        from ..metrics.featsim import shipped
+
+        torch.set_num_threads(1)  # as MS-SSIM: next to the coding threads on a busy machine
+        self.fidelity, self.tile_mpp = fidelity, tile_mpp
+        self.featsim = shipped() if feature else None
+        self.encoder = resolve_encoder(encoder) if encoder else None
+        self.batch: list[Any] = []
+        self.weight = 0.0
+        self.tiles = 0
+        self.feat_sum = np.zeros(len(DEPTHS))
+        self.emb_sum = 0.0
+
+    def add(self, tile: Any) -> None:
+        if tile.original is None or tile.values <= 0:  # no tissue box: no weight
+            return
+        self.batch.append(tile)
+        if len(self.batch) >= self.BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.batch:
+            return
+        from ..metrics.embsim import embedding_similarity
+
+        orig = [t.original for t in self.batch]
+        dec = [t.decoded for t in self.batch]
+        w = np.array([t.values / 3 for t in self.batch], np.float64)
+        if self.featsim:
+            self.feat_sum += w @ self.featsim.score(orig, dec).per_depth
+        if self.encoder:
+            sims = embedding_similarity(self.encoder, orig, dec, tile_mpp=self.tile_mpp)
+            self.emb_sum += float(w @ sims)
+        self.weight += float(w.sum())
+        self.tiles += len(self.batch)
+        self.batch = []
+
+    def finish(self) -> None:
+        self.flush()
+        scope = "stored level-0 tiles, mean weighted by their tissue pixels"
+        if self.featsim:
+            per = self.feat_sum / self.weight if self.weight else np.full(len(DEPTHS), np.nan)
+            fs = self.featsim
+            self.fidelity.extra["feature_similarity"] = {
+                "mean": float(per.mean()) if self.weight else None,
+                "per_depth": {d: float(v) if self.weight else None
+                              for d, v in zip(DEPTHS, per, strict=True)},
+                "tiles": self.tiles, "scope": scope,
+                "weights": {"name": fs.name, "sha256": fs.weights_hash},
+            }  # fmt: skip
+        if self.encoder:
+            e = self.encoder.describe()
+            self.fidelity.extra["embedding_similarity"] = {
+                "mean": self.emb_sum / self.weight if self.weight else None,
+                "encoder": e.get("name"), "weights_sha256": e.get("weights_hash"),
+                "tile_mpp": self.tile_mpp, "tiles": self.tiles, "scope": scope,
+            }  # fmt: skip
 
 
 def _full_grid(grid: TileGrid) -> tuple[TileGrid, int, int]:
@@ -190,6 +279,11 @@ def compress_slide(
     codec = get_codec(opts.codec, opts.quality)
     if opts.ms_ssim:
         check_torch()
+    if (opts.feature_similarity or opts.embedding_similarity) and find_spec("torch") is None:
+        raise UsageError(
+            "--feature-similarity / --embedding-similarity need the torch extra: "
+            "pip install 'slidepress[torch]'"
+        )
 
     with item.open(opts.reader) as reader:
         slide_mpp = reader.require_mpp()
@@ -220,6 +314,11 @@ def compress_slide(
     advance = progress_start(path.name, total) if progress_start else None
     fidelity = SlideFidelity()
     scorer = MsSsimScorer(fidelity) if opts.ms_ssim else None
+    similarity = None
+    if opts.feature_similarity or opts.embedding_similarity:
+        similarity = SimilarityScorer(
+            fidelity, opts.feature_similarity, opts.embedding_similarity, base.effective_mpp
+        )
     hashing = ThreadPoolExecutor(1, thread_name_prefix="sha256")
     # overlaps the coding (hashlib releases the GIL)
     sha_future = hashing.submit(lambda: sha_now or content_sha256(path))
@@ -244,7 +343,7 @@ def compress_slide(
                         todo = children_kept(keep, grid.rows, grid.cols)
                     coder = LevelCoder(
                         grid, width, height, codec, todo, lv == 0, glass, opts.background,
-                        opts.ms_ssim,
+                        opts.keeps_pixels,
                     )  # fmt: skip
                     stored = np.zeros((grid.rows, grid.cols), bool)
                     blocks = iter_blocks(
@@ -263,6 +362,8 @@ def compress_slide(
                                         fidelity.add_stored(tile.sse, tile.values)
                                         if scorer:
                                             scorer.add(tile)
+                                        if similarity:
+                                            similarity.add(tile)
                             if advance:
                                 advance(int(todo[r0:r1, c0:c1].sum()))
                     if advance:  # tiles of this level ruled out without reading
@@ -270,6 +371,8 @@ def compress_slide(
                     if lv == 0:
                         if scorer:
                             scorer.flush()
+                        if similarity:
+                            similarity.finish()
                         if not stored.any():
                             raise TissueError(
                                 f"{path.name}: nothing but glass found (no tile deviates from "

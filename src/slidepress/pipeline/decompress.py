@@ -20,10 +20,9 @@ import numpy as np
 from .. import __version__
 from ..bounds import check_workers
 from ..errors import UsageError
+from ..progress import ProgressStart
 from ..store.atomic import atomic_path, check_output
 from ..store.container import Container
-
-ProgressStart = Callable[[str, int], Callable[[int], None]]
 
 
 def _level_tiles(
@@ -33,7 +32,10 @@ def _level_tiles(
     coords = ((r, col) for r in range(lv.rows) for col in range(lv.cols))  # lazy: may be 10^6
     window = max(1, min(64, (256 << 20) // (3 * c.tile**2)))  # decoded tiles held: <= 256 MB
     while chunk := list(islice(coords, window)):
-        yield from pool.map(lambda rc: c.read_tile(level, *rc), chunk)
+        if c.codec.batched:  # one batch per window (a neural codec decodes them together)
+            yield from c.read_tiles(level, chunk)
+        else:
+            yield from pool.map(lambda rc: c.read_tile(level, *rc), chunk)
         if advance:
             advance(len(chunk))
 

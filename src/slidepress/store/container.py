@@ -292,6 +292,26 @@ class Container:
             return self.decode(data, tile_name(level, row, col, self.codec.suffix))
         return self.background_tile()
 
+    def read_tiles(self, level: int, cells: list[tuple[int, int]]) -> list[np.ndarray]:
+        """Several tiles at once: a batched codec (a neural one) decodes them together."""
+        if not self.codec.batched:
+            return [self.read_tile(level, r, c) for r, c in cells]
+        blobs = {rc: self.tile_bytes(level, *rc) for rc in cells}
+        stored = [rc for rc in cells if blobs[rc] is not None]
+        t = self.tile
+        try:
+            tiles = self.codec.decode_batch([blobs[rc] for rc in stored], shape=(t, t, 3))
+        except CodecError as e:
+            raise ContainerError(
+                f"{self.path.name}: level {level} tiles cannot be decoded ({e})"
+            ) from None
+        decoded = dict(zip(stored, tiles, strict=True))
+        for rc, tile in decoded.items():
+            if tile.shape != (t, t, 3) or tile.dtype != np.uint8:
+                name = tile_name(level, *rc, self.codec.suffix)
+                raise ContainerError(f"{self.path.name}: {name} does not decode to {t} x {t} x 3")
+        return [decoded[rc] if rc in decoded else self.background_tile() for rc in cells]
+
     def background_tile(self) -> np.ndarray:
         if self._background_tile is None:
             if self.background == "constant":
@@ -325,15 +345,16 @@ class Container:
             )
         t = self.tile
         out = np.empty((h, w, 3), np.uint8)
-        for row in range(y // t, (y + h - 1) // t + 1):
-            for col in range(x // t, (x + w - 1) // t + 1):
-                tile = self.read_tile(level, row, col)
-                ty0, tx0 = row * t, col * t
-                a0, a1 = max(y, ty0), min(y + h, ty0 + t)
-                b0, b1 = max(x, tx0), min(x + w, tx0 + t)
-                out[a0 - y : a1 - y, b0 - x : b1 - x] = tile[
-                    a0 - ty0 : a1 - ty0, b0 - tx0 : b1 - tx0
-                ]
+        cells = [
+            (row, col)
+            for row in range(y // t, (y + h - 1) // t + 1)
+            for col in range(x // t, (x + w - 1) // t + 1)
+        ]
+        for (row, col), tile in zip(cells, self.read_tiles(level, cells), strict=True):
+            ty0, tx0 = row * t, col * t
+            a0, a1 = max(y, ty0), min(y + h, ty0 + t)
+            b0, b1 = max(x, tx0), min(x + w, tx0 + t)
+            out[a0 - y : a1 - y, b0 - x : b1 - x] = tile[a0 - ty0 : a1 - ty0, b0 - tx0 : b1 - tx0]
         return out
 
     def verify(self) -> list[str]:

@@ -276,11 +276,31 @@ class _Validator:
         if not isinstance(params, dict):
             self.fail(f"'codec.params' must be an object, got a JSON {_kind(params)}")
         try:
-            return get_codec(name, quality, **params)
+            codec = get_codec(name, quality, **params)
         except CodecError as e:
             self.fail(f"codec: {e}")
         except TypeError:  # a params key that collides with the codec's own arguments
             self.fail(f"'codec.params' {sorted(params)} are not accepted by codec {name!r}")
+        self.same_model(c, codec)
+        return codec
+
+    def same_model(self, recorded: dict[str, Any], codec: Codec) -> None:
+        """A learned codec decodes only with the weights it encoded with: other weights would
+        give wrong pixels without any error."""
+        want = recorded.get("model")
+        if want is None:
+            return
+        if not isinstance(want, dict):
+            self.fail(f"'codec.model' must be an object, got {_show(want)}")
+        have = codec.describe().get("model") or {}
+        w_sha, h_sha = want.get("weights_sha256"), have.get("weights_sha256")
+        if w_sha != h_sha:
+            self.fail(
+                f"coded with {want.get('name')} v{want.get('version')} (weights "
+                f"{str(w_sha)[:12]}), but this slidepress has {have.get('name')} "
+                f"v{have.get('version')} (weights {str(h_sha)[:12]}): decoding with other weights "
+                "would give wrong pixels; use the slidepress version that wrote it"
+            )
 
 
 def _kind(value: Any) -> str:

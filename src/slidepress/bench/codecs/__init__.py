@@ -5,6 +5,7 @@ match JPEG q80 (the quality scanners typically ship).
     options.py    default codecs and sweeps, the JPEG q80 anchor, `--qualities` parsing
     inputs.py     images and slides -> the tiles every codec codes (seeded samples)
     measuring.py  one codec, one quality, one input: bytes, PSNR/SSIM/MS-SSIM, time per tile
+    similarity.py feature similarity (6 depths) and embedding similarity columns
     summary.py    rows -> mean RD curve, BD-rates vs JPEG, rate to match JPEG q80
     report.py     results.csv / results.json / plots / report.md
     run.py        run_codec_benchmark: all of the above, in order
@@ -24,12 +25,15 @@ _EXPORTS = {
     "ANCHOR": "options",
     "ANCHOR_QUALITY": "options",
     "DEFAULT_CODECS": "options",
+    "DEFAULT_EMBEDDING_ENCODER": "options",
     "DEFAULT_QUALITIES": "options",
     "parse_qualities": "options",
     "resolve_qualities": "options",
     "BenchInput": "inputs",
     "load_inputs": "inputs",
     "measure": "measuring",
+    "Similarity": "similarity",
+    "load_similarity": "similarity",
     "bd_tables": "summary",
     "match_anchor": "summary",
     "mean_curve": "summary",
@@ -42,9 +46,12 @@ __all__ = [  # the names of _EXPORTS, spelled out for linters and type checkers
     "BenchInput",
     "BenchmarkResult",
     "DEFAULT_CODECS",
+    "DEFAULT_EMBEDDING_ENCODER",
     "DEFAULT_QUALITIES",
+    "Similarity",
     "bd_tables",
     "load_inputs",
+    "load_similarity",
     "match_anchor",
     "mean_curve",
     "measure",
@@ -60,11 +67,13 @@ if TYPE_CHECKING:
         ANCHOR,
         ANCHOR_QUALITY,
         DEFAULT_CODECS,
+        DEFAULT_EMBEDDING_ENCODER,
         DEFAULT_QUALITIES,
         parse_qualities,
         resolve_qualities,
     )
     from .run import BenchmarkResult, run_codec_benchmark
+    from .similarity import Similarity, load_similarity
     from .summary import bd_tables, match_anchor, mean_curve
 
 

@@ -32,12 +32,14 @@ class BenchInput:
     tiles: np.ndarray  # (N, h, w, 3) uint8
     source_bpp: float  # the input file's own bits per level-0 pixel
     note: str
+    mpp: float | None = None  # um/px of the tiles (slides; images do not say)
 
     def describe(self) -> dict[str, Any]:
         n, h, w = self.tiles.shape[:3]
         return {
             "name": self.name, "path": str(self.path), "kind": self.kind, "n_tiles": n,
             "tile_h": h, "tile_w": w, "source_bpp": self.source_bpp, "note": self.note,
+            "mpp": self.mpp,
         }  # fmt: skip
 
 
@@ -100,7 +102,7 @@ def _load_slide(
     if len(chosen) < len(cells):
         note += f" (seed {seed})"
     bpp = bits_per_pixel(_source_bytes(path), w0 * h0)  # whole file: all levels + label/macro
-    return BenchInput(path.name, path, "slide", tiles, bpp, note)
+    return BenchInput(path.name, path, "slide", tiles, bpp, note, mpp)
 
 
 def load_inputs(

@@ -26,6 +26,8 @@ DEFAULT_QUALITIES: dict[str, list[float]] = {
 # The lossy codecs with a tuned sweep (the lossless `png` reference is opt-in).
 DEFAULT_CODECS: tuple[str, ...] = tuple(DEFAULT_QUALITIES)
 ANCHOR, ANCHOR_QUALITY = "jpeg", 80.0  # the quality scanners typically ship
+# Whose embeddings `embsim` compares (any `slidepress.encoders` name; "none" skips it).
+DEFAULT_EMBEDDING_ENCODER = "nic-multitask"
 
 
 def parse_qualities(text: str | None) -> dict[str, list[float]]:

@@ -24,13 +24,22 @@ from ...jsonsafe import json_safe
 from ...store.atomic import save_figure, write_csv, write_text
 from .inputs import BenchInput
 from .options import ANCHOR, ANCHOR_QUALITY
-from .summary import METRICS, finite_mean
+from .similarity import COLUMNS as SIMILARITY
+from .summary import finite_mean
 
 COLUMNS = (
     "input", "kind", "codec", "quality", "n_tiles", "tile_h", "tile_w", "pixels", "bytes",
     "bpp", "ratio_raw", "source_bpp", "ratio_source", "psnr", "ssim", "ms_ssim", "ms_ssim_db",
     "ms_ssim_scales", "max_abs_error", "encode_ms", "decode_ms", "threads", "threads_applied",
+    *SIMILARITY,
 )  # fmt: skip
+# RD plots: metric -> (file, y label); the similarity plots only when they were measured
+PLOTS = {
+    "psnr": ("rd_psnr.png", "PSNR (dB)"),
+    "ms_ssim_db": ("rd_ms_ssim.png", "MS-SSIM (dB) = -10 log10(1 - MS-SSIM)"),
+    "featsim_mean": ("rd_featsim.png", "feature similarity (cosine, mean of 6 depths)"),
+    "embsim": ("rd_embsim.png", "embedding similarity (cosine)"),
+}
 
 
 def _cell(x: Any) -> str:
@@ -41,7 +50,7 @@ def _cell(x: Any) -> str:
 
 def write_results_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
     """COLUMNS of every row, floats to 6 significant digits."""
-    return write_csv(path, [{c: _cell(r[c]) for c in COLUMNS} for r in rows])
+    return write_csv(path, [{c: _cell(r.get(c, math.nan)) for c in COLUMNS} for r in rows])
 
 
 def write_results_json(path: Path, doc: dict[str, Any]) -> Path:
@@ -52,12 +61,15 @@ def write_results_json(path: Path, doc: dict[str, Any]) -> Path:
 def write_plots(
     out_dir: Path, curve: list[dict[str, Any]], codecs: Sequence[str]
 ) -> dict[str, Path]:
-    """rd_psnr.png and rd_ms_ssim.png (mean curves, JPEG q80 starred) and timing.png."""
+    """rd_psnr.png, rd_ms_ssim.png, rd_featsim.png and rd_embsim.png (mean curves, JPEG q80
+    starred; the last two when measured) and timing.png."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     paths: dict[str, Path] = {}
-    for metric, label in METRICS.items():
+    for metric, (file, label) in PLOTS.items():
+        if not any(math.isfinite(c.get(metric, math.nan)) for c in curve):
+            continue
         fig = Figure(figsize=(7, 5), layout="tight")
         ax = fig.subplots()
         for codec in codecs:
@@ -79,12 +91,11 @@ def write_plots(
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("bits per pixel (log scale)")
-        ax.set_ylabel(label + (" = -10 log10(1 - MS-SSIM)" if metric == "ms_ssim_db" else ""))
-        ax.set_title(f"Rate-distortion, mean over inputs: {label}")
+        ax.set_ylabel(label)
+        ax.set_title(f"Rate-distortion, mean over inputs: {label.split(' = ')[0]}")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
-        p = out_dir / f"rd_{metric.replace('_db', '')}.png"
-        paths[f"rd_{metric}"] = save_figure(fig, p)
+        paths[f"rd_{metric}"] = save_figure(fig, out_dir / file)
     fig = Figure(figsize=(7, 4.5), layout="tight")
     ax = fig.subplots()
     x = np.arange(len(codecs))
@@ -162,17 +173,21 @@ def render_report(
         "the pyramid and label/macro images, so it overstates level 0's own rate).",
         "",
     ]
+    has_fs = any(math.isfinite(c.get("featsim_mean", math.nan)) for c in curve)
     if bd:
         md += [f"## BD-rate vs {ANCHOR.upper()} (mean over inputs, pchip)", ""]
+        fs_head = ["BD-rate feature sim."] if has_fs else []
         md.append(
             _table(
-                ["codec", "BD-rate PSNR", "BD-rate MS-SSIM", "BD-PSNR (dB)", "BD-MS-SSIM (dB)",
-                 "inputs"],
+                ["codec", "BD-rate PSNR", "BD-rate MS-SSIM", *fs_head, "BD-PSNR (dB)",
+                 "BD-MS-SSIM (dB)", "inputs"],
                 [
                     [
                         b["codec"],
                         _fmt(b["bd_rate_psnr_pchip"], ".1f", pct=True),
                         _fmt(b["bd_rate_ms_ssim_db_pchip"], ".1f", pct=True),
+                        *([_fmt(b.get("bd_rate_featsim_db_pchip"), ".1f", pct=True)]
+                          if has_fs else []),
                         _fmt(b["bd_psnr_pchip"], "+.2f"),
                         _fmt(b["bd_ms_ssim_db_pchip"], "+.2f"),
                         f"{b['n_inputs_psnr']}/{b['n_inputs_ms_ssim_db']}",
@@ -189,7 +204,12 @@ def render_report(
             "-10 log10(1 - MS-SSIM), as in learned-compression papers. Only each curve's RD "
             "envelope enters BD-rate and matching: a point that does not beat a cheaper point "
             "of the same codec is left out (e.g. JPEG q95 after q90 on pixels that were JPEG "
-            "q90 already).",
+            "q90 already)."
+            + (
+                " Feature similarity enters BD-rate in dB too, -10 log10(1 - mean similarity)."
+                if has_fs
+                else ""
+            ),
             "",
             "The same with the original cubic-polynomial fit (VCEG-M33):",
             "",
@@ -260,6 +280,9 @@ def render_report(
         "`max err`: largest absolute pixel error over all tiles and inputs; 255 or close to it "
         "on a lossy codec at high quality points to wrapped (not clipped) decoder output.",
         "",
+    ]
+    md += _similarity_section(config, curve, plots)
+    md += [
         "## Speed",
         "",
         f"![timing]({plots['timing'].name})" if "timing" in plots else "",
@@ -316,6 +339,40 @@ def render_report(
         "",
     ]
     return "\n".join(md)
+
+
+def _similarity_section(
+    config: dict[str, Any], curve: list[dict[str, Any]], plots: dict[str, Path]
+) -> list[str]:
+    """Feature and embedding similarity per codec and quality (nothing when neither ran)."""
+    if not any(k in plots for k in ("rd_featsim_mean", "rd_embsim")):
+        return []
+    sim = config.get("similarity") or {}
+    fs, enc = sim.get("feature_similarity"), sim.get("embedding_encoder")
+    md = ["## Feature and embedding similarity (mean over tiles, then inputs)", ""]
+    md += [f"![{k}]({plots[k].name})" for k in ("rd_featsim_mean", "rd_embsim") if k in plots]
+    md += [
+        "",
+        "Feature similarity (Fischer et al., J Pathol Inform 2025): cosine similarity of the "
+        "original's and the decoded tile's flattened feature maps of a ResNet18 trained on "
+        "pathology, at six depths (stem, layer1-4, pooled), and their mean; 1 = identical "
+        + (f"(weights {fs['name']} @{str(fs['weights_hash'])[:12]}). " if fs else ". ")
+        + "Embedding similarity: mean cosine similarity of the "
+        + (f"`{enc['name']}`" if enc else "encoder's")
+        + " patch embeddings of original and decoded tiles (how far compression moves the "
+        "NIC grid). See `slidepress.metrics.featsim` / `embsim` for the exact definitions.",
+        "",
+    ]
+    depths = [k.removeprefix("featsim_") for k in SIMILARITY if k.startswith("featsim_")]
+    depths = [d for d in depths if d not in ("mean", "db")]
+    body = [
+        [c["codec"], f"{c['quality']:g}", _fmt(c["bpp"], ".3f"),
+         *[_fmt(c.get(f"featsim_{d}"), ".4f") for d in (*depths, "mean")],
+         _fmt(c.get("embsim"), ".5f")]
+        for c in curve
+    ]  # fmt: skip
+    md += [_table(["codec", "quality", "bpp", *depths, "mean", "embsim"], body), ""]
+    return md
 
 
 def environment(codecs: Sequence[str]) -> dict[str, Any]:

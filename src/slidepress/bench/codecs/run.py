@@ -13,8 +13,9 @@ from ...progress import ProgressStart, no_progress
 from ...store.atomic import write_text
 from .inputs import TISSUE_THRESHOLD, load_inputs
 from .measuring import make_codec, measure, single_thread_torch
-from .options import ANCHOR, ANCHOR_QUALITY, resolve_qualities
+from .options import ANCHOR, ANCHOR_QUALITY, DEFAULT_EMBEDDING_ENCODER, resolve_qualities
 from .report import environment, render_report, write_plots, write_results_csv, write_results_json
+from .similarity import load_similarity
 from .summary import BD_METHODS, bd_tables, match_anchor, mean_curve
 
 
@@ -59,19 +60,30 @@ def run_codec_benchmark(
     seed: int = 0,
     mpp_override: float | None = None,
     *,
+    feature_similarity: bool = True,
+    embedding_encoder: str | None = DEFAULT_EMBEDDING_ENCODER,
     progress: ProgressStart | None = None,
 ) -> BenchmarkResult:
     """Benchmark `codecs` on the tiles of `inputs`; write results.csv, results.json, RD and
     timing plots and report.md into `out_dir` (created; earlier results there replaced).
 
-    `progress` is started once per input, with that input's tiles times the quality points."""
+    `feature_similarity` adds the featsim columns (shipped network); `embedding_encoder` (an
+    encoder name, or None / "none") the embsim column. `progress` is started once per input,
+    with that input's tiles times the quality points."""
+    from ...encoders import check_spec
+
     out_dir = Path(out_dir)
     _check(inputs, out_dir, tile, threads, max_tiles_per_input)
     codecs = list(codecs)
     sweep = resolve_qualities(codecs, qualities)
+    if embedding_encoder and embedding_encoder.lower() == "none":
+        embedding_encoder = None
+    if embedding_encoder:
+        check_spec(embedding_encoder)  # a typo fails before any tile is coded
     if find_spec("torch") is None or find_spec("pytorch_msssim") is None:
         raise UsageError("SSIM/MS-SSIM need torch and pytorch-msssim: pip install -e '.[torch]'")
     loaded = load_inputs(inputs, tile, max_tiles_per_input, seed, mpp_override)
+    similarity = load_similarity(feature_similarity, embedding_encoder)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     start = progress or no_progress
@@ -84,7 +96,7 @@ def run_codec_benchmark(
             for name in codecs:
                 for q in sweep[name]:
                     codec, applied[name] = make_codec(name, q, threads)
-                    m = measure(inp, codec, advance)
+                    m = measure(inp, codec, advance, similarity)
                     rows.append(
                         {"input": inp.name, "kind": inp.kind, "codec": name, "quality": q, **m,
                          "threads": threads, "threads_applied": applied[name]}
@@ -99,6 +111,7 @@ def run_codec_benchmark(
         "max_tiles_per_input": max_tiles_per_input, "seed": seed, "mpp_override": mpp_override,
         "tissue_threshold": TISSUE_THRESHOLD, "anchor": f"{ANCHOR} q{ANCHOR_QUALITY:g}",
         "bd_methods": list(BD_METHODS),
+        "similarity": similarity.describe() if similarity else None,
     }  # fmt: skip
     env = environment(codecs)
     plots = write_plots(out_dir, curve, codecs)

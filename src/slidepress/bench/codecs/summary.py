@@ -15,9 +15,15 @@ import numpy as np
 from ...metrics import compression_ratio
 from ..bdrate import bd_quality, bd_rate, overlap_fraction, rate_at_quality
 from .options import ANCHOR, ANCHOR_QUALITY
+from .similarity import COLUMNS as SIMILARITY
 
 BD_METHODS = ("pchip", "cubic")
-METRICS = {"psnr": "PSNR (dB)", "ms_ssim_db": "MS-SSIM (dB)"}  # quality axes for BD and matching
+# quality axes for BD and matching (featsim_db is NaN when the feature similarity is off)
+METRICS = {
+    "psnr": "PSNR (dB)",
+    "ms_ssim_db": "MS-SSIM (dB)",
+    "featsim_db": "feature similarity (dB)",
+}
 
 
 def finite_mean(values: Sequence[float]) -> float:
@@ -28,7 +34,7 @@ def finite_mean(values: Sequence[float]) -> float:
 
 def _curve(rows: list[dict[str, Any]], inp: str, codec: str, metric: str):
     sel = [r for r in rows if r["input"] == inp and r["codec"] == codec]
-    return np.array([r["bpp"] for r in sel]), np.array([r[metric] for r in sel])
+    return np.array([r["bpp"] for r in sel]), np.array([r.get(metric, math.nan) for r in sel])
 
 
 def mean_curve(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -40,6 +46,7 @@ def mean_curve(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             sel = [r for r in rows if r["codec"] == codec and r["quality"] == q]
             d: dict[str, Any] = {"codec": codec, "quality": q, "n_inputs": len(sel)}
             d.update({k: float(np.mean([r[k] for r in sel])) for k in keys})
+            d.update({k: finite_mean([r.get(k, math.nan) for r in sel]) for k in SIMILARITY})
             d["ratio_raw"] = compression_ratio(d["bpp"])
             d["max_abs_error"] = max(r["max_abs_error"] for r in sel)
             out.append(d)
@@ -102,14 +109,14 @@ def match_anchor(rows: list[dict[str, Any]], codecs: Sequence[str]) -> list[dict
             for inp, a in anchors.items():
                 r, q = _curve(rows, inp, codec, metric)
                 try:
-                    b = rate_at_quality(r, q, a[metric])
+                    b = rate_at_quality(r, q, a.get(metric, math.nan))
                 except ValueError:
                     b = math.nan
                 if math.isfinite(b):
                     matched.append(b)
                     ref.append(a["bpp"])
                     saving.append(100.0 * (1.0 - b / a["bpp"]))
-            d[f"target_{metric}"] = finite_mean([a[metric] for a in anchors.values()])
+            d[f"target_{metric}"] = finite_mean([a.get(metric, math.nan) for a in anchors.values()])
             d[f"bpp_{metric}"] = finite_mean(matched)
             d[f"jpeg_q80_bpp_{metric}"] = finite_mean(ref)
             d[f"saving_pct_{metric}"] = finite_mean(saving)

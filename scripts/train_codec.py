@@ -1,0 +1,85 @@
+"""Retrain the shipped learned codec (codecs/learned) on the shared pathology data.
+
+Held out (never seen in training, used by benchmarks/bench_learned_codec.py): the lossless
+tiles in ../shared/data/tiles and the slide CropBreastSlide.tiff.
+
+    python scripts/train_codec.py -o runs/codec                # train (resumable; 1.45 h budget)
+    python scripts/train_codec.py -o runs/codec --hours 1 --resume   # continue
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from slidepress.codecs.learned.model import CodecConfig
+from slidepress.codecs.learned.train import (
+    CROP,
+    CropSampler,
+    TrainSettings,
+    load_folder_images,
+    load_slide_level0,
+    train,
+)
+
+# lambda * MSE (0-255) + bpp: ~24-38 dB on held-out H&E, the range JPEG-XL q30-95 covers there
+LAMBDAS = (0.005, 0.0088, 0.0153, 0.027, 0.047, 0.082, 0.143, 0.25)
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SLIDEPRESS_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def data_pools(pcam_limit: int = 12000, seed: int = 0) -> tuple[CropSampler, torch.Tensor]:
+    """The training crop sampler (PCam 55 %, CMU-1 level 0 35 %, Kather 10 %) and 96 fixed
+    validation crops (PCam valid + CMU-1)."""
+    pcam = load_folder_images(SHARED / "patches" / "pcam" / "train", pcam_limit)
+    kather = load_folder_images(SHARED / "patches" / "kather2016")
+    slide = [load_slide_level0(SHARED / "slides" / "CMU-1-Small-Region.svs")]
+    print(f"data: {len(pcam)} PCam, {len(kather)} Kather, CMU-1 level 0 {slide[0].shape}")
+    sampler = CropSampler([(pcam, 0.55), (slide, 0.35), (kather, 0.10)], seed=seed)
+    vs = CropSampler([(load_folder_images(SHARED / "patches" / "pcam" / "valid", 64, 1), 0.5),
+                      (slide, 0.5)], seed=123)  # fmt: skip
+    return sampler, vs.batch(96)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-o", "--output", type=Path, required=True)
+    ap.add_argument("--hours", type=float, default=1.45)
+    ap.add_argument("--steps", type=int, default=60000)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--pcam-limit", type=int, default=12000)
+    ap.add_argument("--distortion", default="mse", choices=["mse", "ms-ssim"])
+    ap.add_argument("--lambdas", default=",".join(map(str, LAMBDAS)),
+                    help="rate-distortion trade-off per quality level, low to high")  # fmt: skip
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--latent-stride", type=int, default=8, choices=[8, 16])
+    ap.add_argument("--m", type=int, default=96, help="latent channels")
+    ap.add_argument("--synthesis", default="64", help="hidden widths of the 2x layers")
+    ap.add_argument("--checkpoint-every", type=int, default=1000)
+    a = ap.parse_args()
+    t0 = time.perf_counter()
+    sampler, val = data_pools(a.pcam_limit)
+    print(f"data loaded ({time.perf_counter() - t0:.0f} s)")
+    lambdas = tuple(float(v) for v in a.lambdas.split(","))
+    cfg = CodecConfig(distortion=a.distortion, lambdas=lambdas, latent_stride=a.latent_stride,
+                      m=a.m, synthesis=tuple(int(v) for v in a.synthesis.split(",")))  # fmt: skip
+    s = TrainSettings(steps=a.steps, batch=a.batch, lr=a.lr, minutes=a.hours * 60,
+                      threads=a.threads, checkpoint_every=a.checkpoint_every,
+                      device=a.device)  # fmt: skip
+    print(f"crops {CROP} px, {cfg}")
+    train(cfg, sampler, val, a.output, s, resume=a.resume)
+    print(f"total {time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    np.random.seed(0)
+    main()

@@ -1,0 +1,177 @@
+"""A trained CodecNet -> the shipped weights folder.
+
+    encoder.safetensors   analysis + hyper-analysis (float16; the encoder needs no exactness)
+    decoder.npz           integer hyper-synthesis and synthesis layers, inverse gains, the
+                          entropy tables: everything a decoder needs, no float model
+    config.json           the architecture, calibration and training record
+    MODEL_CARD.md         written by the training script
+
+Post-training quantisation: activation scales are calibrated on real crops at every level;
+weights get per-output-channel power-of-two scales (exact.py). The fixed-point decoder differs
+from the float one by far less than a grey level (measured and recorded at export).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .entropy import Tables
+from .exact import IntLayer, frac_bits_for, quantize_layer
+from .model import LOG_SCALE_MAX, LOG_SCALE_MIN, PIXEL_CENTRE, PIXEL_SPREAD, CodecConfig, CodecNet
+
+GAIN_FRAC = 12  # inverse gains in fixed point
+QUALITY_STEPS = 16  # quality knob resolution: 1/16 of a level
+ENCODER_FILE, DECODER_FILE, CONFIG_FILE = "encoder.safetensors", "decoder.npz", "config.json"
+
+
+@torch.no_grad()
+def calibrate(net: CodecNet, crops: torch.Tensor) -> dict[str, list[float]]:
+    """Peak |activation| entering and leaving every decoder layer, over all levels."""
+    peaks: dict[str, list[float]] = {
+        "hyper": [0.0] * (len(_convs(net.hyper_synthesis)) + 1),
+        "synth": [0.0] * (len(_convs(net.synthesis)) + 1),
+    }
+    net.eval()
+    for lv in range(net.cfg.levels):
+        level = torch.full((len(crops),), lv, dtype=torch.long)
+        g = net.gain(level)
+        y = net.analysis(crops) * g
+        h = _track(net.hyper_synthesis, torch.round(net.hyper_analysis(y)), peaks["hyper"])
+        mu, _ = h.chunk(2, dim=1)
+        _track(net.synthesis, (torch.round(y - mu) + mu) / g, peaks["synth"])
+    net.train()
+    return peaks
+
+
+def _track(seq: torch.nn.Sequential, x: torch.Tensor, peaks: list[float]) -> torch.Tensor:
+    """Run `seq`, raising `peaks` to the largest |value| entering it and leaving each ReLU and
+    its last module; returns the output."""
+    acts = [x]
+    for mod in seq:
+        x = mod(x)
+        if isinstance(mod, torch.nn.ReLU) or mod is seq[-1]:
+            acts.append(x)
+    for i, a in enumerate(acts):
+        peaks[i] = max(peaks[i], float(a.abs().max()))
+    return x
+
+
+def _convs(seq: torch.nn.Sequential) -> list[torch.nn.Module]:
+    return [m for m in seq if isinstance(m, torch.nn.Conv2d | torch.nn.ConvTranspose2d)]
+
+
+def _layer(
+    conv: torch.nn.Module, in_frac: int, out_frac: int, relu: bool, shift: float = 0.0, **kw
+) -> IntLayer:
+    w = conv.weight.detach().double().numpy()
+    b = conv.bias.detach().double().numpy() + shift
+    if isinstance(conv, torch.nn.ConvTranspose2d):
+        stride = conv.stride[0]
+    else:  # 1x1 convolution (cout, cin, 1, 1) -> transposed layout (cin, cout, 1, 1)
+        if conv.kernel_size != (1, 1):
+            raise ValueError("only 1x1 convolutions are supported on the decoder side")
+        w, stride = w.transpose(1, 0, 2, 3), 1
+    return quantize_layer(w, b, stride, in_frac, out_frac, relu, **kw)
+
+
+def build_decoder(net: CodecNet, peaks: dict[str, list[float]]) -> dict[str, Any]:
+    """Integer layers, gains and tables as plain arrays (the contents of decoder.npz)."""
+    hyper_fracs = [0] + [frac_bits_for(p) for p in peaks["hyper"][1:]]
+    hyper_fracs[-1] = min(hyper_fracs[-1], 8)  # mu and log-scale: 8 fractional bits at most
+    hyper_convs = _convs(net.hyper_synthesis)
+    hyper = [
+        _layer(c, hyper_fracs[i], hyper_fracs[i + 1], relu=i < len(hyper_convs) - 1)
+        for i, c in enumerate(hyper_convs)
+    ]
+    synth_fracs = [frac_bits_for(p) for p in peaks["synth"][:-1]] + [0]
+    synth_convs = _convs(net.synthesis)
+    last = len(synth_convs) - 1
+    synth = [
+        _layer(
+            c,
+            synth_fracs[i],
+            synth_fracs[i + 1],
+            relu=i < last,
+            clip=i < last,
+            # the pixel un-centring (model.Affine) folded in: 255 * (v / spread + centre)
+            out_gain=255.0 / PIXEL_SPREAD if i == last else 1.0,
+            shift=PIXEL_CENTRE * PIXEL_SPREAD if i == last else 0.0,
+        )  # fmt: skip
+        for i, c in enumerate(synth_convs)
+    ]
+    mu_frac = hyper_fracs[-1]
+    lmin, lmax = LOG_SCALE_MIN, LOG_SCALE_MAX
+    tables = Tables.build(lmin, lmax, net.z_log_scale.detach().exp().double().numpy())
+    step = (lmax - lmin) / (len(tables.scales) - 1)
+    thresholds = np.floor((lmin + (np.arange(len(tables.scales) - 1) + 0.5) * step) * 2**mu_frac)
+    inv_gain = np.round(np.exp(-net.log_gain.detach().double().numpy()) * 2**GAIN_FRAC)
+    out: dict[str, Any] = {
+        "mu_frac": np.int64(mu_frac),
+        "synth_in_frac": np.int64(synth_fracs[0]),
+        "scale_thresholds": thresholds,
+        "inv_gain": inv_gain,
+        "log_scale_min": np.float64(lmin),
+        "log_scale_max": np.float64(lmax),
+        **{f"tables.{k}": v for k, v in tables.to_arrays().items()},
+    }
+    for name, layers in (("hyper", hyper), ("synth", synth)):
+        out[f"{name}.count"] = np.int64(len(layers))
+        for i, L in enumerate(layers):
+            p = f"{name}.{i}."
+            out[p + "weight"], out[p + "bias"], out[p + "w_exp"] = L.weight, L.bias, L.w_exp
+            out[p + "meta"] = np.array(
+                [L.stride, L.in_frac, L.out_frac, int(L.relu), int(L.clip is not None)]
+            )
+    return out
+
+
+def load_layers(arrays: dict[str, np.ndarray], name: str) -> list[IntLayer]:
+    layers = []
+    for i in range(int(arrays[f"{name}.count"])):
+        p = f"{name}.{i}."
+        stride, in_frac, out_frac, relu, clip = (int(v) for v in arrays[p + "meta"])
+        layers.append(IntLayer(
+            arrays[p + "weight"], arrays[p + "bias"], arrays[p + "w_exp"], stride, in_frac,
+            out_frac, bool(relu), 2.0**15 if clip else None,
+        ))  # fmt: skip
+    return layers
+
+
+def export(net: CodecNet, calib: torch.Tensor, out_dir: Path, record: dict) -> str:
+    """Write the weights folder; return its weights hash (SHA-256 of decoder + encoder)."""
+    from safetensors.torch import save_file
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    peaks = calibrate(net, calib)
+    arrays = build_decoder(net, peaks)
+    with open(out_dir / DECODER_FILE, "wb") as f:
+        np.savez_compressed(f, **arrays)
+    enc_state = {
+        k: v.detach().half().contiguous()
+        for k, v in net.state_dict().items()
+        if k.startswith(("analysis.", "hyper_analysis.", "log_gain", "z_log_scale"))
+    }
+    save_file(enc_state, str(out_dir / ENCODER_FILE))
+    cfg = {"config": net.cfg.to_dict(), "calibration": peaks, "gain_frac": GAIN_FRAC,
+           "quality_steps": QUALITY_STEPS, **record}  # fmt: skip
+    (out_dir / CONFIG_FILE).write_text(json.dumps(cfg, indent=1))
+    for p in out_dir.iterdir():
+        p.chmod(0o644)
+    return weights_hash(out_dir)
+
+
+def weights_hash(folder: Path) -> str:
+    h = hashlib.sha256()
+    for name in (DECODER_FILE, ENCODER_FILE):
+        h.update((folder / name).read_bytes())
+    return h.hexdigest()
+
+
+def config_of(folder: Path) -> CodecConfig:
+    return CodecConfig.from_dict(json.loads((folder / CONFIG_FILE).read_text())["config"])
