@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -16,6 +17,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SLIDEPRESS_SHARED_DATA", REPO.parent / "shared" / "data"))
 SLIDES = SHARED / "slides"
+TILES = SHARED / "tiles"  # lossless H&E tiles (codec tests)
 
 MARKERS = {"slow": "long tests, deselected by default (pyproject addopts); run with -m slow"}
 
@@ -30,6 +32,17 @@ def pytest_configure(config: pytest.Config) -> None:
 needs_shared = pytest.mark.skipif(
     not SLIDES.is_dir(), reason=f"shared test data not found at {SHARED} (see README)"
 )
+
+
+needs_tiles = pytest.mark.skipif(
+    not TILES.is_dir(), reason=f"shared lossless H&E tiles not found at {TILES} (see README)"
+)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR of uint8 images in dB (capped, so identical images give a finite 120 dB)."""
+    mse = np.mean((a.astype(np.float64) - b) ** 2)
+    return float(10 * np.log10(255**2 / max(mse, 1e-12)))
 
 
 @pytest.fixture

@@ -21,17 +21,7 @@ from slidepress.codecs.learned import codec as learned_codec
 from slidepress.codecs.learned.exact import tconv_exact
 from slidepress.errors import CodecError, ContainerError
 
-from .conftest import SHARED
-
-TILES = SHARED / "tiles"
-needs_tiles = pytest.mark.skipif(
-    not TILES.is_dir(), reason=f"shared lossless H&E tiles not found at {TILES} (see README)"
-)
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b) ** 2)
-    return float(10 * np.log10(255**2 / max(mse, 1e-12)))
+from .conftest import TILES, needs_tiles, psnr
 
 
 @pytest.fixture(scope="module")

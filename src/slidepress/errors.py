@@ -35,3 +35,8 @@ class ContainerError(SlidepressError):
 
 class UsageError(SlidepressError):
     """Invalid option values or paths."""
+
+
+class OutputExistsError(UsageError):
+    """An output of other slide content or parameters is in the way (replace: --overwrite).
+    Its own type, so a batch can replace such outputs when asked without parsing messages."""

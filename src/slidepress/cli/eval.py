@@ -132,3 +132,75 @@ def _print_table(report: ProbeReport) -> None:
     for ds in dict.fromkeys(r.dataset for r in report.results):
         out.print(comparison_sentence(report.results, ds), soft_wrap=True)
     console.print(f"report -> {report.paths['md']} (probe.csv, probe.json, probe.png)")
+
+
+@app.command("downstream")
+def downstream_cmd(
+    codecs: Annotated[
+        list[str],
+        typer.Option("--codecs", "-c", help="Codecs (comma list or repeat); NAME:weights=DIR."),
+    ],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Report folder.")],
+    pcam: Annotated[Path, typer.Option(help="PCam folder with train/<0|1> and valid/<0|1>.")],
+    qualities: Annotated[
+        list[str] | None,
+        typer.Option("--qualities", "-q", help="NAME=Q1,Q2,... per codec, or Q1,Q2 for all."),
+    ] = None,
+    encoder: Annotated[str, typer.Option(help="Encoder of the probe and the grids.")] = (
+        "nic-multitask"
+    ),
+    train_limit: Annotated[int, typer.Option(help="PCam training patches per class.")] = 1000,
+    test_limit: Annotated[int, typer.Option(help="PCam test patches per class.")] = 500,
+    epochs: Annotated[int, typer.Option(help="Probe training epochs.")] = 30,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the AUC CI.")] = 200,
+    featsim: Annotated[bool, typer.Option(help="Also the feature similarity.")] = True,
+    slide: Annotated[
+        str | None, typer.Option(help="Slide for the NIC-grid cosine (@sample; none: skip).")
+    ] = "@sample",
+    slide_max_side: Annotated[int, typer.Option(help="Central square of the slide, px.")] = 2048,
+    seed: Annotated[int, typer.Option(help="Seed for subsets, probe and bootstrap.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace a report already in --output.")] = False,
+) -> None:
+    """Re-run the PCam probe on patches decoded by each codec at each quality: accuracy / AUC
+    vs bits per pixel (downstream.png + table), next to embedding and feature similarity, and
+    the NIC grid of a slide from original vs decoded pixels."""
+
+    def body() -> None:
+        from ..bounds import check_range
+
+        check_range("--train-limit", train_limit, 2, 10_000_000)
+        check_range("--test-limit", test_limit, 2, 10_000_000)
+        check_range("--epochs", epochs, 1, 10_000)
+        check_range("--bootstrap", bootstrap, 0, 100_000)
+        check_range("--slide-max-side", slide_max_side, 256, 1_000_000)
+        check_report_folder(output, "downstream.json", overwrite)
+        from ..eval.downstream import run_downstream
+
+        specs = [s for item in codecs for s in _split_codecs(item)]
+        with progress_bars("items") as start:
+            rep = run_downstream(
+                specs, qualities or [], pcam=pcam, out_dir=output, encoder=encoder,
+                train_limit_per_class=train_limit, test_limit_per_class=test_limit,
+                epochs=epochs, seed=seed, n_bootstrap=bootstrap, featsim=featsim,
+                slide=None if slide in (None, "none") else slide, slide_max_side=slide_max_side,
+                progress=start,
+            )  # fmt: skip
+        for r in rep["rows"]:
+            q = "" if r["quality"] is None else f" q{r['quality']:g}"
+            console.print(f"{r['codec']}{q}: bpp {r['bpp']:.3f}, AUC {_f(r['auc'])}, acc "
+                          f"{_f(r['accuracy'])}, embsim {_f(r['embsim'])}, slide grid "
+                          f"{_f(r['slide_grid_cosine'])}", highlight=False)  # fmt: skip
+        console.print(f"report -> {rep['paths']['md']} (downstream.csv, .json, .png)")
+
+    guarded(body)
+
+
+def _split_codecs(item: str) -> list[str]:
+    """`jpeg,avif,ae-kl:weights=DIR` -> specs; a comma inside NAME:params belongs to it."""
+    out: list[str] = []
+    for part in item.split(","):
+        if out and ":" in out[-1] and "=" in part and ":" not in part:
+            out[-1] += "," + part
+        else:
+            out.append(part)
+    return [p for p in out if p]

@@ -218,15 +218,21 @@ def list_encoders() -> None:
 
 
 from . import containers  # noqa: E402 (commands registered after the main ones)
+from .batch import batch_app  # noqa: E402
 from .bench import bench_app  # noqa: E402
 from .eval import app as eval_app  # noqa: E402
+from .service import remote_app, serve, token_app  # noqa: E402
 from .slidemodel import heatmap, predict, train_slide_model  # noqa: E402
 from .train import train_app  # noqa: E402
 
 containers.register(app)
 app.add_typer(bench_app, name="bench")
+app.add_typer(batch_app, name="batch")
 app.add_typer(train_app, name="train")
 app.add_typer(eval_app, name="eval")
+app.add_typer(token_app, name="token")
+app.add_typer(remote_app, name="remote")
+app.command("serve")(serve)
 train_app.command("slide-model")(train_slide_model)
 app.command("predict")(predict)
 app.command("heatmap")(heatmap)

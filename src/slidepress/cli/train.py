@@ -157,3 +157,79 @@ def encoder_cmd(
         )
 
     guarded(go)
+
+
+@train_app.command("codec-decoder")
+def codec_decoder_cmd(
+    codec: Annotated[str, typer.Option(help="Autoencoder codec: pathae, ae-kl, ae-dc.")],
+    data: Annotated[
+        list[Path], typer.Option(help="Folder of H&E images (>= 96 px, searched recursively).")
+    ],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Run folder to create.")],
+    weights: Annotated[
+        Path | None, typer.Option(help="Bundle folder (default: the codec's shipped one).")
+    ] = None,
+    val_data: Annotated[
+        Path | None, typer.Option(help="Validation images (default: other crops of --data).")
+    ] = None,
+    quality: Annotated[int, typer.Option(help="Rate level whose latents the decoder sees.")] = 4,
+    steps: Annotated[int, typer.Option(help="Training steps.")] = 300,
+    batch_size: Annotated[int, typer.Option(help="96 px crops per step.")] = 8,
+    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-4,
+    perceptual: Annotated[
+        str, typer.Option(help="featsim (shipped network), none, or a resnet18 weights file.")
+    ] = "featsim",
+    perceptual_weight: Annotated[float, typer.Option(help="Weight of the perceptual term.")] = 0.5,
+    gan_weight: Annotated[float, typer.Option(help="PatchGAN weight (0: no GAN).")] = 0.0,
+    limit: Annotated[int, typer.Option(help="Images per --data folder at most.")] = 4000,
+    threads: Annotated[int, typer.Option(help="torch threads.")] = 1,
+    seed: Annotated[int, typer.Option(help="Seed for crops and init.")] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue the run saved in --output.")] = False,
+) -> None:
+    """Fine-tune only the decoder of an autoencoder codec (encoder + quantizer frozen: tiles
+    already coded keep their bytes); before/after numbers in results.json, the new bundle in
+    OUTPUT/bundle (use it as the codec's weights)."""
+
+    def go() -> None:
+        from ..bounds import MAX_BATCH, check_range
+        from ..errors import UsageError
+
+        check_range("--steps", steps, 1, 10_000_000)
+        check_range("--batch-size", batch_size, 1, MAX_BATCH)
+        check_range("--lr", lr, 1e-9, 10.0)
+        check_range("--threads", threads, 1, 256)
+        for d in [*data, *([val_data] if val_data else [])]:
+            if not d.is_dir():
+                raise UsageError(f"--data {d}: not a folder")
+        if perceptual not in ("featsim", "none") and not Path(perceptual).is_file():
+            raise UsageError(f"--perceptual {perceptual}: featsim, none or a weights file")
+        from ..codecs import CODECS
+
+        if codec not in ("pathae", "ae-kl", "ae-dc"):
+            known = ", ".join(CODECS)
+            raise UsageError(f"--codec {codec}: decoder fine-tuning needs an autoencoder codec "
+                             f"(pathae, ae-kl, ae-dc; known codecs: {known})")  # fmt: skip
+        from ..codecs import get_codec
+        from ..codecs.autoencoder.finetune import FinetuneSettings, finetune_decoder
+        from ..codecs.learned.train import CropSampler, load_folder_images
+
+        bundle = get_codec(codec, None, weights=str(weights) if weights else None).bundle
+        imgs = [a for d in data for a in load_folder_images(d, limit, seed)]
+        if not imgs:
+            raise UsageError("no images of at least 96 px under --data")
+        sampler = CropSampler([(imgs, 1.0)], seed=seed)
+        vimgs = load_folder_images(val_data, 256, seed) if val_data else imgs
+        s = FinetuneSettings(steps=steps, batch=batch_size, lr=lr, quality=quality,
+                             perceptual=perceptual, perceptual_weight=perceptual_weight,
+                             gan_weight=gan_weight, seed=seed, threads=threads)  # fmt: skip
+        val = CropSampler([(vimgs, 1.0)], seed=seed + 1).batch(s.val_crops)
+        res = finetune_decoder(bundle.folder, sampler, val, output, s, resume=resume,
+                               log=lambda m: console.print(m, highlight=False))  # fmt: skip
+        b, a = res["before"], res["after"]
+        console.print(
+            f"decoder fine-tuned: loss {b['loss']:.4f} -> {a['loss']:.4f}, PSNR "
+            f"{b['psnr']:.2f} -> {a['psnr']:.2f} dB, featsim {b['featsim_mean']:.4f} -> "
+            f"{a['featsim_mean']:.4f}\nbundle: {res['bundle']} (use weights={res['bundle']})"
+        )
+
+    guarded(go)

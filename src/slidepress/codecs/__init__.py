@@ -26,6 +26,14 @@ CODECS.add(
     "slidepress.codecs.learned.codec:LearnedCodec",
     summary="slidepress's H&E-trained neural codec, quality 1-8 (exact integer decoder)",
 )
+_AE = "slidepress.codecs.autoencoder.codec"
+CODECS.add(
+    "pathae",
+    f"{_AE}:AutoencoderCodec",
+    summary="slidepress's H&E autoencoder, K-means/int8 latents, quality = rate level 1-7",
+)
+CODECS.add("ae-kl", f"{_AE}:KLCodec", summary="a diffusers AutoencoderKL bundle (weights=DIR)")
+CODECS.add("ae-dc", f"{_AE}:DCCodec", summary="a diffusers AutoencoderDC bundle (weights=DIR)")
 
 register_codec = CODECS.register  # decorator for codecs defined outside this package
 

@@ -55,6 +55,12 @@ class Codec(ABC):
     def library_version(self) -> str:
         return ""
 
+    @classmethod
+    def ready(cls) -> bool:
+        """Whether `get_codec(name)` works with no parameters here: False for a codec that
+        needs weights the user supplies (the service offers only ready codecs)."""
+        return True
+
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..errors import SlidepressError, UsageError
+from ..errors import OutputExistsError, SlidepressError, UsageError
 from ..progress import ProgressStart
 from ..store.atomic import write_csv
 from .items import SlideItem
@@ -41,6 +41,7 @@ class Outcome:
     status: str  # done | skipped | failed
     error: str = ""  # one line, for failed
     internal: bool = False  # failed by a bug, not by bad input (exit 1 rather than 2)
+    output_exists: bool = False  # failed only because an output of other content is there
     seconds: float = 0.0
     units: str = ""  # what `count` counts: cells (encode) or tiles (compress)
     count: int = 0
@@ -137,6 +138,10 @@ class EncodeJob(Job):
         if self._encoder is None:
             self.prepare()
         res = encode_slide(item, out_dir, self._encoder, self._opts, progress_start=progress)
+        return self.outcome(item, res)
+
+    def outcome(self, item: SlideItem, res: Any) -> Outcome:
+        """The outcome of an `EncodeResult` (also for a slide merged from regions)."""
         outputs = [*res.outputs, *res.previews]
         r, c, ch = res.grid_shape or (0, 0, 0)
         extra = f" (+{len(res.outputs) - 1} variants)" if len(res.outputs) > 1 else ""
@@ -186,6 +191,10 @@ class CompressJob(Job):
 
         out = self.output_for(item, out_dir)
         r = compress_slide(item, out, self._opts, progress_start=progress)
+        return self.outcome(item, r)
+
+    def outcome(self, item: SlideItem, r: Any) -> Outcome:
+        """The outcome of a `CompressResult` (also for a slide merged from regions)."""
         c = r.manifest["codec"]
         summary = (
             f"{r.path}: {c['name']} q{c['quality']:g}, {r.tiles_stored}/{r.tiles_total} tiles "
@@ -254,6 +263,8 @@ def run_slide(
     t0 = time.perf_counter()
     try:
         outcome = job.run(item, Path(out_dir), progress)
+    except OutputExistsError as e:  # a batch with --overwrite may replace it (distributed/)
+        outcome = Outcome(item.name, str(item.path), "failed", error=str(e), output_exists=True)
     except SlidepressError as e:
         outcome = Outcome(item.name, str(item.path), "failed", error=str(e))
     except Exception as e:  # a bug must not stop the other slides

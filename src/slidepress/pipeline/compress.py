@@ -37,7 +37,7 @@ import numpy as np
 
 from ..bounds import check_workers
 from ..codecs import Codec, get_codec
-from ..errors import TissueError, UsageError
+from ..errors import OutputExistsError, TissueError, UsageError
 from ..metrics.featsim import DEPTHS
 from ..metrics.fidelity import SlideFidelity
 from ..progress import ProgressStart
@@ -236,12 +236,14 @@ def _plan_levels(reader, slide_mpp: float, base_mpp: float, tile: int) -> list[t
 
 
 def _params_hash(sha: str, slide_mpp: float, opts: CompressOptions, codec: Codec) -> str:
-    """What makes two containers the same: slide content and everything that shapes them."""
+    """What makes two containers the same: slide content and everything that shapes them,
+    the codec library's version included (an upgraded libjxl may code other bytes)."""
     c = codec.describe()
     params = {
         "slide_sha256": sha,
         "mpp_used": slide_mpp,
-        "codec": {k: c[k] for k in ("name", "quality", "params")},
+        # a learned codec's weights too ("model"; absent for conventional codecs)
+        "codec": {k: c.get(k) for k in ("name", "quality", "params", "library_version", "model")},
         "tile": opts.tile,
         "level": opts.level,
         "mpp": opts.mpp,
@@ -262,6 +264,102 @@ def _existing_hash(out: Path) -> str | None:
         return None
 
 
+@dataclass
+class CompressPlan:
+    """What is settled about a slide's container before any tile is coded: the pyramid, the
+    glass colour and survey, the content key. A whole-slide run and a run split into bands of
+    rows (`compress_band` per band, then `merge_bands`) share it, so they write the same
+    container."""
+
+    item: SlideItem
+    out: Path
+    codec: Codec
+    reader: SlideReader  # the closed planning handle: `reopen` and `info` only
+    slide_mpp: float
+    levels: list[tuple[TileGrid, int, int]]
+    glass: Glass
+    survey: Survey | None
+    sha256: str | None  # known when an output was there (or given by a split run)
+    params_hash: str | None = None
+    skipped: bool = False
+
+    @property
+    def base(self) -> TileGrid:
+        return self.levels[0][0]
+
+    def level0_todo(self) -> np.ndarray:
+        """Level-0 tiles to read: all of them, or those the survey does not rule out."""
+        base = self.base
+        every = np.ones((base.rows, base.cols), bool)
+        return self.survey.maybe_tissue() if self.survey is not None else every
+
+
+def _check_scorers(opts: CompressOptions) -> None:
+    if opts.ms_ssim:
+        check_torch()
+    if (opts.feature_similarity or opts.embedding_similarity) and find_spec("torch") is None:
+        raise UsageError(
+            "--feature-similarity / --embedding-similarity need the torch extra: "
+            "pip install 'slidepress[torch]'"
+        )
+
+
+def plan_compress(
+    slide: str | Path | SlideItem,
+    out: str | Path,
+    opts: CompressOptions,
+    codec: Codec,
+    *,
+    given: dict[str, Any] | None = None,
+) -> CompressPlan:
+    """Open the slide and settle its pyramid, glass colour and survey; `skipped` when `out`
+    holds a container of the same content and parameters, OutputExistsError when it holds
+    another (without `overwrite`). `given`: the `split_state` of a planning task (content
+    key, glass, survey), so a band or merge task neither re-hashes nor re-surveys the slide
+    and does not look at `out`."""
+    item = SlideItem.of(slide)
+    path = item.path
+    out = Path(out)
+    with item.open(opts.reader) as reader:
+        slide_mpp = reader.require_mpp()
+        base_mpp = _base_mpp(reader, opts)
+        if given is not None:
+            levels = _plan_levels(reader, slide_mpp, base_mpp, opts.tile)
+            glass, survey = _glass_survey_from(given)
+            return CompressPlan(
+                item, out, codec, reader, slide_mpp, levels, glass, survey, given["sha256"],
+                given["params_hash"],
+            )  # fmt: skip
+        sha_now = None
+        params_hash = None
+        if out.exists():  # re-run: same content and parameters -> nothing to do
+            sha_now = content_sha256(path)
+            params_hash = _params_hash(sha_now, slide_mpp, opts, codec)
+            if not opts.overwrite and _existing_hash(out) == params_hash:
+                return CompressPlan(
+                    item, out, codec, reader, slide_mpp, [], Glass((255, 255, 255), 0, 0, ""),
+                    None, sha_now, params_hash, skipped=True,
+                )  # fmt: skip
+            if not opts.overwrite:
+                raise OutputExistsError(
+                    f"{out} exists (other slide content or parameters); use --overwrite"
+                )
+        levels = _plan_levels(reader, slide_mpp, base_mpp, opts.tile)
+        thumbnail, _ = reader.thumbnail(1024)
+        glass = estimate_glass(thumbnail)
+        del thumbnail
+        base = levels[0][0]
+        survey = None
+        if opts.background != "keep":  # glass tiles need not be read at full resolution
+            survey = survey_tiles(
+                reader, glass, opts.tile * base.scale, base.rows, base.cols, slide_mpp,
+                base.scale,
+            )  # fmt: skip
+    return CompressPlan(
+        item, out, codec, reader, slide_mpp, levels, glass, survey, sha_now, params_hash
+    )
+
+
 def compress_slide(
     slide: str | Path | SlideItem,
     out: str | Path,
@@ -277,38 +375,13 @@ def compress_slide(
     out = Path(out)
     check_output(out, overwrite=True, inputs=[path])  # path checks; existing: decided below
     codec = get_codec(opts.codec, opts.quality)
-    if opts.ms_ssim:
-        check_torch()
-    if (opts.feature_similarity or opts.embedding_similarity) and find_spec("torch") is None:
-        raise UsageError(
-            "--feature-similarity / --embedding-similarity need the torch extra: "
-            "pip install 'slidepress[torch]'"
-        )
-
-    with item.open(opts.reader) as reader:
-        slide_mpp = reader.require_mpp()
-        base_mpp = _base_mpp(reader, opts)
-        sha_now = None
-        if out.exists():  # re-run: same content and parameters -> nothing to do
-            sha_now = content_sha256(path)
-            params_hash = _params_hash(sha_now, slide_mpp, opts, codec)
-            if not opts.overwrite and _existing_hash(out) == params_hash:
-                return _skipped(out, path, reader, params_hash, t0)
-            if not opts.overwrite:
-                raise UsageError(
-                    f"{out} exists (other slide content or parameters); use --overwrite"
-                )
-        levels = _plan_levels(reader, slide_mpp, base_mpp, opts.tile)
-        thumbnail, _ = reader.thumbnail(1024)
-        glass = estimate_glass(thumbnail)
-        del thumbnail
-        base = levels[0][0]
-        survey = None
-        if opts.background != "keep":  # glass tiles need not be read at full resolution
-            survey = survey_tiles(
-                reader, glass, opts.tile * base.scale, base.rows, base.cols, slide_mpp,
-                base.scale,
-            )  # fmt: skip
+    _check_scorers(opts)
+    plan = plan_compress(item, out, opts, codec)
+    if plan.skipped:
+        return _skipped(out, t0)
+    reader, levels, glass, survey = plan.reader, plan.levels, plan.glass, plan.survey
+    sha_now, slide_mpp = plan.sha256, plan.slide_mpp
+    base = plan.base
 
     total = int(sum(g.rows * g.cols for g, _, _ in levels))
     advance = progress_start(path.name, total) if progress_start else None
@@ -325,30 +398,21 @@ def compress_slide(
 
     try:
         with atomic_path(out) as tmp:
-            writer = ContainerWriter(tmp, codec)
+            writer = open_writer(tmp, codec, opts, glass)
             try:
-                if opts.background == "constant":
-                    flat = np.full((opts.tile, opts.tile, 3), glass.colour, np.uint8)
-                    writer.add_background(codec.encode(flat))
                 keep = np.ones((base.rows, base.cols), bool)
-                for lv, (grid, width, height) in enumerate(levels):
+                for lv, (grid, _, _) in enumerate(levels):
                     every = np.ones((grid.rows, grid.cols), bool)
                     if lv == 0:
-                        todo = survey.maybe_tissue() if survey is not None else every
+                        todo = plan.level0_todo()
                         if survey is not None:  # ruled out by the survey: glass, not read
                             fidelity.add_dropped_many(survey.deviation[~todo])
                     elif opts.background == "keep":
                         todo = every
                     else:
                         todo = children_kept(keep, grid.rows, grid.cols)
-                    coder = LevelCoder(
-                        grid, width, height, codec, todo, lv == 0, glass, opts.background,
-                        opts.keeps_pixels,
-                    )  # fmt: skip
                     stored = np.zeros((grid.rows, grid.cols), bool)
-                    blocks = iter_blocks(
-                        reader.reopen, grid, todo, opts.workers, BLOCK_TILES, process=coder
-                    )
+                    blocks = _level_blocks(plan, lv, todo, opts)
                     with closing(blocks):
                         for (r0, r1, c0, c1), tiles in blocks:
                             for tile in tiles:
@@ -374,11 +438,7 @@ def compress_slide(
                         if similarity:
                             similarity.finish()
                         if not stored.any():
-                            raise TissueError(
-                                f"{path.name}: nothing but glass found (no tile deviates from "
-                                f"the glass colour {glass.colour} by more than "
-                                f"{glass.threshold}); use --background keep to store it all"
-                            )
+                            raise _nothing_but_glass(path, glass)
                     keep = stored
                 sha = sha_future.result()
                 manifest = _manifest(
@@ -394,6 +454,16 @@ def compress_slide(
         sha_future.cancel()
         hashing.shutdown(wait=True)
 
+    return _result(out, levels, manifest, fidelity, t0)
+
+
+def _result(
+    out: Path,
+    levels: list[tuple[TileGrid, int, int]],
+    manifest: dict[str, Any],
+    fidelity: SlideFidelity,
+    t0: float,
+) -> CompressResult:
     return CompressResult(
         path=out,
         container_bytes=out.stat().st_size,
@@ -405,6 +475,43 @@ def compress_slide(
         manifest=manifest,
         fidelity=fidelity,
     )
+
+
+def open_writer(tmp: Path, codec: Codec, opts: CompressOptions, glass: Glass) -> ContainerWriter:
+    """A container writer, with the one background tile when glass is stored as constant."""
+    writer = ContainerWriter(tmp, codec)
+    if opts.background == "constant":
+        flat = np.full((opts.tile, opts.tile, 3), glass.colour, np.uint8)
+        writer.add_background(codec.encode(flat))
+    return writer
+
+
+def _nothing_but_glass(path: Path, glass: Glass) -> TissueError:
+    return TissueError(
+        f"{path.name}: nothing but glass found (no tile deviates from "
+        f"the glass colour {glass.colour} by more than "
+        f"{glass.threshold}); use --background keep to store it all"
+    )
+
+
+def _level_blocks(plan: CompressPlan, lv: int, todo: np.ndarray, opts: CompressOptions) -> Any:
+    """(block, coded tiles) of level `lv`'s tiles in `todo`, in order, coded in the worker
+    threads (see stream.iter_blocks); close it to release them."""
+    grid, width, height = plan.levels[lv]
+    coder = LevelCoder(
+        grid, width, height, plan.codec, todo, lv == 0, plan.glass, opts.background,
+        opts.keeps_pixels,
+    )  # fmt: skip
+    return iter_blocks(plan.reader.reopen, grid, todo, opts.workers, BLOCK_TILES, process=coder)
+
+
+def _glass_survey_from(given: dict[str, Any]) -> tuple[Glass, Survey | None]:
+    g = dict(given["glass"])
+    glass = Glass(**{**g, "colour": tuple(g["colour"])})
+    sv = given.get("survey")
+    survey = None if sv is None else Survey(np.asarray(sv["deviation"]), sv["level"], sv["mpp"],
+                                            sv["threshold"])  # fmt: skip
+    return glass, survey
 
 
 def _base_mpp(reader: SlideReader, opts: CompressOptions) -> float:
@@ -420,9 +527,7 @@ def _base_mpp(reader: SlideReader, opts: CompressOptions) -> float:
     return reader.require_mpp() * info.level_downsamples[level]
 
 
-def _skipped(
-    out: Path, path: Path, reader: SlideReader, params_hash: str, t0: float
-) -> CompressResult:
+def _skipped(out: Path, t0: float) -> CompressResult:
     from ..store.container import Container
 
     with Container(out) as c:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 from .. import dihedral
 from ..bounds import MAX_BATCH, MAX_PATCH, check_range, check_workers
 from ..encoders import Encoder
-from ..errors import FormatError, SlideError, TissueError, UsageError
+from ..errors import FormatError, OutputExistsError, SlideError, TissueError, UsageError
 from ..progress import Advance, ProgressStart
 from ..slide import SlideReader
 from ..slide.tissue import TissueMask, detect_tissue
@@ -108,15 +109,19 @@ def _already_done(paths: list[Path], previews: list[Path], params_hash: str) -> 
 
 
 def _encode_cells(
-    reader: SlideReader,
+    opener: Callable[[], SlideReader],
     grid: TileGrid,
     keep: np.ndarray,
     encoder: Encoder,
     variants: tuple[int, ...],
     opts: EncodeOptions,
     progress: Advance | None,
+    row0: int = 0,
+    nrows: int | None = None,
 ) -> list[np.ndarray]:
-    """Feature arrays (rows, cols, C) in slide layout, one per dihedral variant."""
+    """Feature arrays (rows, cols, C) in slide layout, one per dihedral variant; with `nrows`,
+    only grid rows [row0, row0 + nrows) (a band: `keep` must be False outside it)."""
+    nrows = grid.rows - row0 if nrows is None else nrows
     feats: list[np.ndarray] = []
     p = grid.spec.patch_size
     bs = opts.batch_size
@@ -132,14 +137,14 @@ def _encode_cells(
         for i, k in enumerate(variants):
             out = encoder.encode(dihedral.apply(patches, k, axes=(1, 2)) if k else patches)
             if len(feats) <= i:
-                feats.append(np.zeros((grid.rows, grid.cols, out.shape[1]), np.float32))
-            feats[i][rr, cc] = out
+                feats.append(np.zeros((nrows, grid.cols, out.shape[1]), np.float32))
+            feats[i][rr - row0, cc] = out
         if progress:
             progress(m)
 
     # torch keeps every core; the readers fill its gaps (see stream.iter_blocks)
     nice = READER_NICE if _uses_cpu_torch(encoder) else 0
-    blocks = iter_blocks(reader.reopen, grid, keep, opts.workers, opts.block_cells, nice=nice)
+    blocks = iter_blocks(opener, grid, keep, opts.workers, opts.block_cells, nice=nice)
     with closing(blocks):
         for (r0, r1, c0, c1), pixels in blocks:
             patches = grid.cut_patches(pixels, r0, r1, c0, c1)
@@ -165,16 +170,43 @@ def _uses_cpu_torch(encoder: Encoder) -> bool:
     return getattr(encoder, "device", "cpu") == "cpu" and hasattr(encoder, "module")
 
 
-def encode_slide(
+@dataclass
+class EncodePlan:
+    """Everything about one slide's encoding that is settled before any cell is encoded: the
+    grid, the cells kept, the content key. Whole-slide runs and region runs (a Dask task per
+    band of rows, merged later: `slidepress.distributed.regions`) share it, so their grids are
+    the same."""
+
+    item: SlideItem
+    opener: Callable[[], SlideReader]  # reader.reopen of the closed planning handle
+    grid: TileGrid
+    keep: np.ndarray
+    fractions: np.ndarray
+    tissue: TissueMask | None  # None when skipped
+    record: dict[str, Any]
+    params_hash: str
+    sha256: str
+    outputs: list[Path]
+    previews: list[Path]
+    variants: tuple[int, ...]
+    skipped: bool = False
+
+    @property
+    def cells_kept(self) -> int:
+        return int(self.keep.sum())
+
+
+def plan_encode(
     slide: str | Path | SlideItem,
     out_dir: str | Path,
     encoder: Encoder,
     opts: EncodeOptions,
     *,
-    progress_start: ProgressStart | None = None,
-) -> EncodeResult:
-    """Encode one slide (a path, or a SlideItem with its own mpp override) into grid file(s)
-    in `out_dir`; raises SlidepressError on bad input."""
+    sha256: str | None = None,
+) -> EncodePlan:
+    """Open the slide, plan its grid, compute the content key and the tissue cells; `skipped`
+    when complete outputs for this key exist. `sha256`: the slide's hash when already known
+    (region tasks get it from the planning task instead of re-reading the file)."""
     item = SlideItem.of(slide)
     path = item.path
     out_dir = check_output(out_dir, folder=True)
@@ -186,7 +218,7 @@ def encode_slide(
             raise SlideError(
                 f"{path.name}: smaller than one {spec.patch_size} px patch at {spec.mpp} um/px"
             )
-        sha = content_sha256(path)
+        sha = sha256 or content_sha256(path)
         variants = dihedral.VARIANTS if opts.augment == "dihedral" else (0,)
         params = {
             "slide_sha256": sha,
@@ -201,11 +233,14 @@ def encode_slide(
         outputs = output_paths(item, out_dir, opts)
         previews = preview_paths(outputs) if opts.previews else []
         if not opts.overwrite and _already_done(outputs, previews, params_hash):
-            return EncodeResult(str(path), outputs, previews=previews, skipped=True)
+            return EncodePlan(
+                item, reader.reopen, grid, np.zeros((0, 0), bool), np.zeros((0, 0)), None,
+                {}, params_hash, sha, outputs, previews, variants, skipped=True,
+            )  # fmt: skip
         # grids of the same slide and parameters are an interrupted run's: redo them
         clash = [p for p in outputs if p.exists() and _grid_hash(p) != params_hash]
         if clash and not opts.overwrite:
-            raise UsageError(
+            raise OutputExistsError(
                 f"{clash[0]} exists (other slide content or parameters); use --overwrite"
             )
 
@@ -220,36 +255,86 @@ def encode_slide(
                 f"{opts.tissue_threshold}); check the slide or lower --tissue-threshold"
             )
         record = slide_record(path, reader, sha)
+    return EncodePlan(
+        item, reader.reopen, grid, keep, fractions, tissue, record, params_hash, sha, outputs,
+        previews, variants,
+    )  # fmt: skip
 
-    n_kept = int(keep.sum())
-    advance = progress_start(path.name, n_kept) if progress_start else None
-    feats = _encode_cells(reader, grid, keep, encoder, variants, opts, advance)
 
+def encode_rows(
+    plan: EncodePlan,
+    encoder: Encoder,
+    opts: EncodeOptions,
+    rows: tuple[int, int] | None = None,
+    progress: Advance | None = None,
+) -> list[np.ndarray]:
+    """Features per variant of the kept cells: (rows, cols, C) for the whole grid, or
+    (r1 - r0, cols, C) for the band of grid rows `rows` = (r0, r1); cells not kept are zero.
+    Bands starting at multiples of `opts.block_cells` read the same blocks as a whole-slide
+    run, so their pixels (and features) are the same."""
+    if rows is None:
+        return _encode_cells(plan.opener, plan.grid, plan.keep, encoder, plan.variants, opts,
+                             progress)  # fmt: skip
+    r0, r1 = rows
+    keep = np.zeros_like(plan.keep)
+    keep[r0:r1] = plan.keep[r0:r1]
+    return _encode_cells(
+        plan.opener, plan.grid, keep, encoder, plan.variants, opts, progress, r0, r1 - r0
+    )
+
+
+def write_encoded(
+    plan: EncodePlan, feats: list[np.ndarray], encoder: Encoder, opts: EncodeOptions
+) -> EncodeResult:
+    """Previews, then the grid file(s) (atomically; their presence marks the result done)."""
+    grid, keep, tissue = plan.grid, plan.keep, plan.tissue
+    assert tissue is not None, "a skipped plan has nothing to write"
+    n_kept = plan.cells_kept
     origins = grid.origins()
-    base_meta = _metadata(record, opts, grid, encoder, tissue, n_kept)
-    base_meta["params_hash"] = params_hash
-    out_dir.mkdir(parents=True, exist_ok=True)
+    base_meta = _metadata(plan.record, opts, grid, encoder, tissue, n_kept)
+    base_meta["params_hash"] = plan.params_hash
+    outputs, previews = plan.outputs, plan.previews
+    outputs[0].parent.mkdir(parents=True, exist_ok=True)
     if previews:  # before the grids: the grids' presence marks the result complete
         save_png(tissue_overlay(tissue.thumbnail, tissue.mask), previews[0])
         save_png(pca_rgb(feats[0], keep), previews[1])
-    for i, k in enumerate(variants):
+    for i, k in enumerate(plan.variants):
         meta = dict(base_meta, augment=dihedral.describe(k) | {"mode": opts.augment})
         g = EmbeddingGrid(
             features=dihedral.apply(feats[i], k),
             mask=dihedral.apply(keep, k),
             coords=dihedral.apply(origins, k),
-            tissue_fraction=dihedral.apply(fractions.astype(np.float32), k),
+            tissue_fraction=dihedral.apply(plan.fractions.astype(np.float32), k),
             tissue_mask=dihedral.apply(tissue.mask, k),
             metadata=meta,
         )
         write_grid(g, outputs[i], float16=opts.float16)
     return EncodeResult(
-        str(path),
+        str(plan.item.path),
         outputs,
         previews=previews,
         grid_shape=(grid.rows, grid.cols, feats[0].shape[2]),
         cells_kept=n_kept,
     )
+
+
+def encode_slide(
+    slide: str | Path | SlideItem,
+    out_dir: str | Path,
+    encoder: Encoder,
+    opts: EncodeOptions,
+    *,
+    progress_start: ProgressStart | None = None,
+) -> EncodeResult:
+    """Encode one slide (a path, or a SlideItem with its own mpp override) into grid file(s)
+    in `out_dir`; raises SlidepressError on bad input."""
+    plan = plan_encode(slide, out_dir, encoder, opts)
+    if plan.skipped:
+        return EncodeResult(str(plan.item.path), plan.outputs, previews=plan.previews, skipped=True)
+    name = plan.item.path.name
+    advance = progress_start(name, plan.cells_kept) if progress_start else None
+    feats = encode_rows(plan, encoder, opts, None, advance)
+    return write_encoded(plan, feats, encoder, opts)
 
 
 def _metadata(

@@ -34,7 +34,8 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this host still runs (someone else's counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -56,7 +57,7 @@ def remove_stale_partials(target: Path) -> list[Path]:
         if not (p.name.startswith(prefix) and p.name.endswith(target.suffix)):
             continue
         m = _PARTIAL.search(p.name[len(target.stem) + 1 :])
-        if m and m["host"] == _HOST and not _alive(int(m["pid"])):
+        if m and m["host"] == _HOST and not pid_alive(int(m["pid"])):
             _remove(p)
             removed.append(p)
     return removed

@@ -1,0 +1,257 @@
+"""`slidepress serve`, `slidepress token ...` and `slidepress remote ...`: the service, its
+API tokens, and the Python client from the command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .common import EXIT_BAD_INPUT, console, expand_slides, guarded
+
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option("--data-dir", envvar="SLIDEPRESS_DATA_DIR",
+                 help="Folder for uploads, results and the SQLite database."),
+]  # fmt: skip
+DatabaseOpt = Annotated[
+    str | None,
+    typer.Option("--database", envvar="SLIDEPRESS_DATABASE_URL", show_envvar=True,
+                 help="SQLAlchemy URL, e.g. postgresql://user@/db?host=/run/postgresql "
+                 "(default: SQLite in the data dir). Put passwords in the environment."),
+]  # fmt: skip
+UrlOpt = Annotated[
+    str, typer.Option("--url", envvar="SLIDEPRESS_URL", help="The service's address.")
+]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option("--token", envvar="SLIDEPRESS_TOKEN", show_envvar=True,
+                 help="API token (better: set SLIDEPRESS_TOKEN, so it stays out of ps)."),
+]  # fmt: skip
+
+
+def serve(
+    data_dir: DataDirOpt = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    database: DatabaseOpt = None,
+    workers: Annotated[int, typer.Option(help="Worker processes running jobs.")] = 2,
+    max_upload_gb: Annotated[float, typer.Option(help="Largest upload accepted.")] = 20.0,
+    max_jobs_per_user: Annotated[
+        int, typer.Option(help="Jobs one user may have queued or running.")
+    ] = 8,
+    threads_per_job: Annotated[int, typer.Option(help="Reader threads in one job.")] = 1,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Run the REST service and its web page (http://HOST:PORT/, API docs at /docs)."""
+    from ..service.config import GB, ServiceConfig
+
+    def body() -> None:
+        import uvicorn
+
+        from ..service import create_app
+
+        cfg = ServiceConfig.from_env(
+            data_dir, database_url=database, workers=workers,
+            max_upload_bytes=int(max_upload_gb * GB), threads_per_job=threads_per_job,
+            max_active_jobs_per_user=max_jobs_per_user,
+        )  # fmt: skip
+        app = create_app(cfg)
+        console.print(f"slidepress service on http://{host}:{port}/ (data in {cfg.data_dir})")
+        uvicorn.run(app, host=host, port=port, log_level=log_level)
+
+    guarded(body)
+
+
+token_app = typer.Typer(help="Create, list and revoke API tokens.", no_args_is_help=True)
+
+
+def _sessions(data_dir: Path | None, database: str | None):
+    from ..service.config import ServiceConfig
+    from ..service.db import make_engine, sessions
+
+    cfg = ServiceConfig.from_env(data_dir, database_url=database)
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    return sessions(make_engine(cfg.url))
+
+
+@token_app.command("create")
+def token_create(
+    name: Annotated[str, typer.Argument(help="User name; created on first use.")],
+    data_dir: DataDirOpt = None,
+    database: DatabaseOpt = None,
+) -> None:
+    """Create a token for user NAME and print it once (only its hash is stored)."""
+
+    def body() -> None:
+        from ..service.auth import create_token
+
+        with _sessions(data_dir, database)() as s:
+            token, key = create_token(s, name)
+        console.print(f"token for {name} (key {key}); shown once, store it safely:")
+        typer.echo(token)
+
+    guarded(body)
+
+
+@token_app.command("list")
+def token_list(data_dir: DataDirOpt = None, database: DatabaseOpt = None) -> None:
+    """List tokens (key, user, revoked); tokens themselves are not stored."""
+
+    def body() -> None:
+        from ..service.auth import list_tokens
+
+        with _sessions(data_dir, database)() as s:
+            for t in list_tokens(s):
+                state = "revoked" if t["revoked"] else "active"
+                typer.echo(f"{t['key']}  {t['user']}  {state}")
+
+    guarded(body)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    key_or_name: Annotated[str, typer.Argument(help="A token key, or a user (all tokens).")],
+    data_dir: DataDirOpt = None,
+    database: DatabaseOpt = None,
+) -> None:
+    """Revoke a token by its key, or every token of a user."""
+
+    def body() -> None:
+        from ..service.auth import revoke
+
+        with _sessions(data_dir, database)() as s:
+            n = revoke(s, key_or_name)
+        console.print(f"revoked {n} token(s)")
+
+    guarded(body)
+
+
+remote_app = typer.Typer(
+    help="Use a running service: upload slides, submit jobs, wait, download results.",
+    no_args_is_help=True,
+)
+
+
+def _client(url: str, token: str | None):
+    from ..client import Client
+
+    return Client(url, token)
+
+
+@remote_app.command("upload")
+def remote_upload(
+    slides: Annotated[list[str], typer.Argument(help="Slide files, DICOM folders or @sample.")],
+    url: UrlOpt = "http://127.0.0.1:8000",
+    token: TokenOpt = None,
+) -> None:
+    """Upload slides; prints one upload id per line (stdout)."""
+
+    def body() -> None:
+        from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+
+        with _client(url, token) as c, Progress(
+            *Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(),
+            console=console, transient=True,
+        ) as prog:  # fmt: skip
+            for path in expand_slides(slides):
+                task = prog.add_task(path.name, total=None)
+                up = c.upload(path, lambda sent, total, t=task: prog.update(
+                    t, completed=sent, total=total))  # fmt: skip
+                console.print(f"{path.name}: uploaded as {up['id']} ({up['kind']})")
+                typer.echo(up["id"])
+
+    guarded(body)
+
+
+def _value(raw: str):
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+@remote_app.command("submit")
+def remote_submit(
+    kind: Annotated[str, typer.Argument(help="encode or compress.")],
+    uploads: Annotated[list[str], typer.Argument(help="Upload ids.")],
+    url: UrlOpt = "http://127.0.0.1:8000",
+    token: TokenOpt = None,
+    option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Job option KEY=VALUE (repeatable), e.g. encoder=mean-rgb, "
+            "augment=dihedral, format=mha, codec=jpegxl, quality=80; see /docs.",
+        ),
+    ] = None,  # fmt: skip
+) -> None:
+    """Queue a job; prints its id (stdout)."""
+
+    def body() -> None:
+        from ..errors import UsageError
+
+        opts = {}
+        for kv in option or []:
+            key, sep, raw = kv.partition("=")
+            if not sep or not key:
+                raise UsageError(f"--set {kv!r}: expected KEY=VALUE")
+            opts[key.replace("-", "_")] = _value(raw)
+        with _client(url, token) as c:
+            job = c.submit(kind, uploads, **opts)
+        console.print(f"job {job['id']} queued ({kind}, {len(uploads)} slide(s))")
+        typer.echo(job["id"])
+
+    guarded(body)
+
+
+@remote_app.command("wait")
+def remote_wait(
+    job_id: Annotated[str, typer.Argument(help="A job id.")],
+    url: UrlOpt = "http://127.0.0.1:8000",
+    token: TokenOpt = None,
+    timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 3600,
+) -> None:
+    """Wait for a job with a progress bar; exit 0 if it succeeded, 2 otherwise."""
+
+    def body() -> int:
+        from rich.progress import Progress
+
+        with _client(url, token) as c, Progress(console=console, transient=True) as prog:
+            task = prog.add_task("queued", total=1.0)
+
+            def show(job: dict) -> None:
+                prog.update(task, completed=job["progress"], description=job["message"][:60])
+
+            job = c.wait(job_id, timeout=timeout, progress=show, check=False)
+        if job["state"] != "succeeded":
+            console.print(f"job {job_id} {job['state']}: {job['error'] or job['message']}")
+            return EXIT_BAD_INPUT
+        console.print(f"job {job_id} succeeded: {job['message']}")
+        return 0
+
+    raise typer.Exit(guarded(body))
+
+
+@remote_app.command("download")
+def remote_download(
+    job_id: Annotated[str, typer.Argument(help="A job id.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Folder (or .zip file).")],
+    url: UrlOpt = "http://127.0.0.1:8000",
+    token: TokenOpt = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing files.")] = False,
+) -> None:
+    """Download a job's results into a folder, or as one zip when OUTPUT ends in .zip."""
+
+    def body() -> None:
+        with _client(url, token) as c:
+            if output.suffix == ".zip":
+                paths = [c.download_zip(job_id, output, overwrite=overwrite)]
+            else:
+                paths = c.download(job_id, output, overwrite=overwrite)
+        for p in paths:
+            typer.echo(str(p))
+
+    guarded(body)

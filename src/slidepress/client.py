@@ -1,0 +1,269 @@
+"""Python client of the slidepress service: upload slides, submit jobs, wait, download, and
+load the grids as numpy.
+
+    from slidepress.client import Client
+    c = Client("http://127.0.0.1:8000")            # token from SLIDEPRESS_TOKEN
+    up = c.upload("slide.svs")
+    job = c.submit("encode", [up["id"]], augment="dihedral", format="mha")
+    c.wait(job["id"])
+    grids = [c.load_grid(p) for p in c.download(job["id"], "out/", roles=["grid"])]
+
+The token never lives in code: pass it, or set SLIDEPRESS_TOKEN.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+import uuid
+import zipfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from .errors import SlidepressError, UsageError
+
+CHUNK = 1 << 20
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+class ServiceError(SlidepressError):
+    """The service refused a request (status code and its message) or cannot be reached."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+def _detail(resp: httpx.Response) -> str:
+    try:
+        detail = resp.json().get("detail", resp.text)
+    except ValueError:
+        detail = resp.text
+    if isinstance(detail, list):  # FastAPI validation errors
+        detail = "; ".join(
+            f"{'.'.join(str(x) for x in d.get('loc', [])[1:])}: {d.get('msg')}" for d in detail
+        )
+    return str(detail).strip() or resp.reason_phrase
+
+
+def _file_chunks(path: Path, progress: Callable[[int, int], None] | None) -> Iterator[bytes]:
+    total, sent = path.stat().st_size, 0
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            sent += len(chunk)
+            if progress:
+                progress(sent, total)
+            yield chunk
+
+
+def _zip_folder(folder: Path) -> Path:
+    """A DICOM folder travels as a zip of its files (stored, DICOM pixel data is coded)."""
+    fd, name = tempfile.mkstemp(suffix=".zip", prefix="slidepress-dicom-")
+    os.close(fd)
+    with zipfile.ZipFile(name, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for f in sorted(folder.rglob("*")):
+            if f.is_file():
+                zf.write(f, f.relative_to(folder).as_posix())
+    return Path(name)
+
+
+class Client:
+    """One service, one token. Methods return the service's JSON (dicts)."""
+
+    def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 300):
+        url = url or os.environ.get("SLIDEPRESS_URL") or "http://127.0.0.1:8000"
+        token = token or os.environ.get("SLIDEPRESS_TOKEN")
+        if not token:
+            raise UsageError("no API token: pass token=... or set SLIDEPRESS_TOKEN")
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(
+            base_url=self.url,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=httpx.Timeout(timeout, connect=10),
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- plumbing -----------------------------------------------------------------------------
+    def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        try:
+            resp = self._http.request(method, path, **kw)
+        except httpx.TransportError as e:
+            raise ServiceError(f"cannot reach the service at {self.url}: {e}") from None
+        if resp.status_code >= 400:
+            raise ServiceError(f"{resp.status_code}: {_detail(resp)}", resp.status_code)
+        return resp
+
+    def _json(self, method: str, path: str, **kw: Any) -> Any:
+        return self._request(method, path, **kw).json()
+
+    # -- API ----------------------------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        return self._json("GET", "/api/health")
+
+    def me(self) -> dict[str, Any]:
+        return self._json("GET", "/api/me")
+
+    def upload(
+        self, path: str | Path, progress: Callable[[int, int], None] | None = None
+    ) -> dict[str, Any]:
+        """Upload a slide file, or a DICOM folder (zipped on the fly), streamed in chunks."""
+        path = Path(path)
+        if not path.exists():
+            raise UsageError(f"{path}: no such file or folder")
+        body, name = path, path.name
+        if path.is_dir():
+            body, name = _zip_folder(path), path.name + ".zip"
+        try:
+            return self._json(
+                "POST", "/api/uploads", params={"filename": name},
+                content=_file_chunks(body, progress),
+                headers={"Content-Length": str(body.stat().st_size),
+                         "Content-Type": "application/octet-stream"},
+            )  # fmt: skip
+        finally:
+            if body is not path:
+                body.unlink(missing_ok=True)
+
+    def uploads(self) -> list[dict[str, Any]]:
+        return self._json("GET", "/api/uploads")
+
+    def delete_upload(self, upload_id: str) -> None:
+        self._request("DELETE", f"/api/uploads/{upload_id}")
+
+    def submit(self, kind: str, uploads: Sequence[str] | str, **options: Any) -> dict[str, Any]:
+        """Queue an `encode` or `compress` job; options as in POST /api/jobs (see /docs)."""
+        ids = [uploads] if isinstance(uploads, str) else list(uploads)
+        return self._json("POST", "/api/jobs", json={"kind": kind, "uploads": ids, **options})
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self._json("GET", f"/api/jobs/{job_id}")
+
+    def jobs(self, state: str | None = None) -> list[dict[str, Any]]:
+        return self._json("GET", "/api/jobs", params={"state": state} if state else None)
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return self._json("POST", f"/api/jobs/{job_id}/cancel")
+
+    def delete_job(self, job_id: str) -> None:
+        self._request("DELETE", f"/api/jobs/{job_id}")
+
+    def wait(
+        self,
+        job_id: str,
+        timeout: float = 3600,
+        progress: Callable[[dict[str, Any]], None] | None = None,
+        poll: float = 0.25,
+        max_poll: float = 5.0,
+        check: bool = True,
+    ) -> dict[str, Any]:
+        """Poll until the job ends (backoff doubling from `poll` up to `max_poll` seconds).
+        With `check`, a failed or cancelled job raises ServiceError with its message."""
+        deadline = time.monotonic() + timeout
+        delay = poll
+        while True:
+            job = self.job(job_id)
+            if progress:
+                progress(job)
+            if job["state"] in FINAL:
+                break
+            if time.monotonic() + delay > deadline:
+                raise ServiceError(f"job {job_id} still {job['state']} after {timeout:g} s")
+            time.sleep(delay)
+            delay = min(delay * 2, max_poll)
+        if check and job["state"] != "succeeded":
+            raise ServiceError(f"job {job_id} {job['state']}: {job['error'] or job['message']}")
+        return job
+
+    def results(self, job_id: str) -> list[dict[str, Any]]:
+        return self._json("GET", f"/api/jobs/{job_id}/results")
+
+    def _save(self, url: str, dest: Path, overwrite: bool) -> Path:
+        if dest.exists() and not overwrite:
+            raise UsageError(f"{dest} exists; pass overwrite=True to replace it")
+        tmp = dest.with_name(f".{dest.name}.partial-{uuid.uuid4().hex[:8]}")
+        try:
+            with self._http.stream("GET", url) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    raise ServiceError(f"{resp.status_code}: {_detail(resp)}", resp.status_code)
+                with open(tmp, "wb") as f:
+                    for chunk in resp.iter_bytes(CHUNK):
+                        f.write(chunk)
+            os.replace(tmp, dest)
+        except httpx.TransportError as e:
+            raise ServiceError(f"download from {self.url} failed: {e}") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+        return dest
+
+    def download(
+        self,
+        job_id: str,
+        dest: str | Path,
+        roles: Iterable[str] | None = None,
+        overwrite: bool = False,
+    ) -> list[Path]:
+        """Save a job's results into folder `dest`; a zarr grid (a folder) is unpacked.
+        `roles` picks some: grid, container, preview, report."""
+        dest = Path(dest)
+        dest.mkdir(parents=True, exist_ok=True)
+        wanted = set(roles) if roles else None
+        paths = []
+        for r in self.results(job_id):
+            if wanted and r["role"] not in wanted:
+                continue
+            rel = Path(r.get("path") or r["name"])
+            if rel.is_absolute() or ".." in rel.parts:
+                raise ServiceError(f"refusing a result path outside {dest}: {rel}")
+            target = dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if r["name"].endswith(".zarr.zip"):
+                folder = target.with_name(target.name[: -len(".zip")])
+                if folder.exists() and not overwrite:
+                    raise UsageError(f"{folder} exists; pass overwrite=True to replace it")
+                self._save(r["url"], target, overwrite=True)
+                tmp = folder.with_name(f".{folder.name}.partial-{uuid.uuid4().hex[:8]}")
+                with zipfile.ZipFile(target) as zf:
+                    zf.extractall(tmp)  # our own zip, members under the grid's name
+                shutil.rmtree(folder, ignore_errors=True)
+                os.replace(tmp / folder.name, folder)
+                shutil.rmtree(tmp, ignore_errors=True)
+                target.unlink()
+                paths.append(folder)
+            else:
+                paths.append(self._save(r["url"], target, overwrite))
+        return paths
+
+    def download_zip(self, job_id: str, dest: str | Path, overwrite: bool = False) -> Path:
+        """All of a job's results as one zip file."""
+        return self._save(f"/api/jobs/{job_id}/download", Path(dest), overwrite)
+
+    # -- grids --------------------------------------------------------------------------------
+    @staticmethod
+    def load_grid(path: str | Path):  # -> EmbeddingGrid
+        """Any grid file (.mha, .npz, .zarr, .h5) as numpy arrays with its metadata."""
+        from .store import read_grid
+
+        return read_grid(path)
+
+    @staticmethod
+    def mha_to_npz(path: str | Path, dest: str | Path | None = None) -> Path:
+        """Convert a grid (e.g. the .mha the NIC web app delivered) to .npz next to it."""
+        from .store import read_grid, write_grid
+
+        path = Path(path)
+        out = Path(dest) if dest else path.with_suffix(".npz")
+        return write_grid(read_grid(path), out)

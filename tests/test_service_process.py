@@ -1,0 +1,214 @@
+"""The service as a real process on loopback: killed with SIGKILL mid-job and restarted,
+concurrent uploads, orphaned jobs resumed or failed."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from .service_fixtures import ServerProcess, create_token, database_url, pg_server  # noqa: F401
+
+pytest.importorskip("fastapi")
+
+from slidepress.client import Client, ServiceError  # noqa: E402
+from slidepress.service import ServiceConfig  # noqa: E402
+from slidepress.service.db import Job, make_engine, sessions  # noqa: E402
+from slidepress.service.worker import HOST, release_orphans  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory) -> Path:
+    from slidepress.slide import sample_slide_path
+
+    return sample_slide_path()
+
+
+@pytest.mark.parametrize("db", ["sqlite", "postgresql"])
+def test_sigkill_mid_job_then_restart_resumes_and_lists_no_partials(
+    db,
+    tmp_path,
+    sample,
+    pg_server,  # noqa: F811
+):
+    data = tmp_path / "data"
+    data.mkdir()
+    url = database_url(db, pg_server, data)
+    token = create_token(data, "alice", url)
+    server = ServerProcess(data, url, workers=1).start()
+    try:
+        c = Client(server.url, token)
+        ids = []
+        for i in range(4):  # same pixels, four names: four slides to compress
+            copy = tmp_path / f"s{i}.svs"
+            copy.write_bytes(sample.read_bytes())
+            ids.append(c.upload(copy)["id"])
+        job = c.submit("compress", ids, codec="jpegxl", quality=80)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # past the first slide, inside a later one
+            j = c.job(job["id"])
+            if j["state"] == "running" and j["progress"] > 0.3:
+                break
+            assert j["state"] in ("queued", "running"), j
+            time.sleep(0.05)
+        server.kill()
+        assert c.job  # the client object survives; the server is gone
+        with pytest.raises(ServiceError, match="cannot reach"):
+            c.job(job["id"])
+        with sessions(make_engine(url))() as s:
+            assert s.get(Job, job["id"]).state == "running"  # as the kill left it
+        server = ServerProcess(data, url, workers=1).start()
+        c = Client(server.url, token)
+        assert c.health()["status"] == "ok"
+        final = c.wait(job["id"], timeout=180, check=False)
+        assert final["state"] == "succeeded", final
+        assert final["attempts"] == 2
+        statuses = [o["status"] for o in final["outcomes"]]
+        assert "skipped" in statuses and len(statuses) == 4  # finished slides not redone
+        results = c.results(job["id"])
+        containers = [r for r in results if r["role"] == "container"]
+        assert sorted(r["name"] for r in containers) == [f"s{i}.spz" for i in range(4)]
+        assert not any(".partial-" in r["path"] for r in results)
+        out = data / "jobs" / job["id"] / "out"
+        assert not [p for p in out.rglob("*") if ".partial-" in p.name]
+        from slidepress.store.container import Container
+
+        for r in containers:
+            with Container(out / r["path"]) as box:
+                assert box.verify() == []
+        assert c.submit("encode", ids[:1])["state"] == "queued"  # still serving
+    finally:
+        server.stop()
+
+
+def test_twenty_concurrent_uploads_all_accounted_for(tmp_path, sample):
+    data = tmp_path / "data"
+    data.mkdir()
+    token = create_token(data, "alice")
+    server = ServerProcess(data, workers=1).start()
+    digest = hashlib.sha256(sample.read_bytes()).hexdigest()
+    try:
+        copies = []
+        for i in range(20):
+            p = tmp_path / f"u{i:02d}.svs"
+            p.write_bytes(sample.read_bytes())
+            copies.append(p)
+
+        def send(path: Path) -> dict:
+            with Client(server.url, token) as c:
+                return c.upload(path)
+
+        with ThreadPoolExecutor(20) as pool:
+            ups = list(pool.map(send, copies))
+        assert len({u["id"] for u in ups}) == 20
+        assert all(u["sha256"] == digest for u in ups)
+        listed = Client(server.url, token).uploads()
+        assert sorted(u["filename"] for u in listed) == [p.name for p in copies]
+        stored = [p for p in (data / "uploads").rglob("*.svs")]
+        assert len(stored) == 20
+        assert all(hashlib.sha256(p.read_bytes()).hexdigest() == digest for p in stored)
+        assert not [p for p in (data / "uploads").rglob(".partial-*")]
+    finally:
+        server.stop()
+
+
+def _running_job(make, worker: str, attempts: int, heartbeat: float | None) -> str:
+    with make() as s:
+        job = Job(user_id=1, kind="encode", params={}, batch_job={}, items=[], state="running",
+                  worker=worker, attempts=attempts, heartbeat_at=heartbeat)  # fmt: skip
+        s.add(job)
+        s.commit()
+        return job.id
+
+
+def test_orphaned_jobs_are_resumed_once_then_failed_with_a_message(tmp_path):
+    cfg = ServiceConfig(tmp_path, stale_seconds=30, max_attempts=2)
+    make = sessions(make_engine(cfg.url))
+    with make() as s:
+        from slidepress.service.auth import create_token as new_token
+
+        new_token(s, "u")
+    dead = f"{HOST}:999999999"  # no such pid
+    first = _running_job(make, dead, 1, time.time())
+    second = _running_job(make, dead, 2, time.time())
+    alive = _running_job(make, "otherhost:1", 1, time.time())  # fresh heartbeat: left alone
+    stale = _running_job(make, "otherhost:2", 1, time.time() - 600)
+    handled = release_orphans(cfg, make)
+    assert set(handled) == {first, second, stale}
+    with make() as s:
+        assert s.get(Job, first).state == "queued"
+        assert "queued again" in s.get(Job, first).message
+        assert s.get(Job, second).state == "failed"
+        assert "interrupted 2 times" in s.get(Job, second).error
+        assert s.get(Job, alive).state == "running"
+        assert s.get(Job, stale).state == "queued"
+
+
+def test_remote_cli_nic_workflow_and_mha_to_numpy(tmp_path):
+    """`slidepress remote upload|submit|wait|download`: the NIC web-app workflow, 8 dihedral
+    grids as .mha, loaded as numpy."""
+    import os
+    import subprocess
+
+    from .service_fixtures import SLIDEPRESS
+
+    data = tmp_path / "data"
+    data.mkdir()
+    token = create_token(data, "alice")
+    server = ServerProcess(data, workers=1).start()
+    env = {**os.environ, "SLIDEPRESS_TOKEN": token, "SLIDEPRESS_URL": server.url}
+
+    def remote(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*SLIDEPRESS, "remote", *args], env=env, capture_output=True,
+                              text=True, timeout=300)  # fmt: skip
+
+    try:
+        up = remote("upload", "@sample")
+        assert up.returncode == 0, up.stderr
+        upload_id = up.stdout.strip()
+        sub = remote("submit", "encode", upload_id, "--set", "augment=dihedral",
+                     "--set", "format=mha")  # fmt: skip
+        assert sub.returncode == 0, sub.stderr
+        job_id = sub.stdout.strip()
+        assert remote("wait", job_id).returncode == 0
+        got = remote("download", job_id, "-o", str(tmp_path / "out"))
+        assert got.returncode == 0, got.stderr
+        mhas = sorted((tmp_path / "out").glob("*.mha"))
+        assert [p.name for p in mhas] == [f"CMU-1-Small-Region.d{k}.mha" for k in range(8)]
+        npz = Client.mha_to_npz(mhas[0])
+        g0, g4 = Client.load_grid(npz), Client.load_grid(mhas[4])
+        assert g0.features.shape == (23, 17, 3)
+        assert (g4.features[:, ::-1] == g0.features).all()  # d4: mirrored left-right
+        again = remote("download", job_id, "-o", str(tmp_path / "out"))
+        assert again.returncode == 2 and "exists" in again.stderr  # never overwrites silently
+        bad = subprocess.run([*SLIDEPRESS, "remote", "wait", job_id],
+                             env={**env, "SLIDEPRESS_TOKEN": "sp_wrong"}, capture_output=True,
+                             text=True, timeout=60)  # fmt: skip
+        assert bad.returncode == 2 and "401" in bad.stderr
+        assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    finally:
+        server.stop()
+
+
+def test_token_cli_create_list_revoke(tmp_path):
+    import subprocess
+
+    from .service_fixtures import SLIDEPRESS
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*SLIDEPRESS, "token", *args, "--data-dir", str(tmp_path)],
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+
+    token = create_token(tmp_path, "alice")
+    key = token.split("_")[1]
+    listed = cli("list")
+    assert listed.returncode == 0 and f"{key}  alice  active" in listed.stdout
+    assert token.split("_")[2] not in listed.stdout + listed.stderr  # the secret is not stored
+    assert cli("revoke", key).returncode == 0
+    assert f"{key}  alice  revoked" in cli("list").stdout
+    bad = cli("create", "../evil")
+    assert bad.returncode == 2 and "user name" in bad.stderr
+    assert cli("revoke", "nobody").returncode == 2
