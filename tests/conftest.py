@@ -45,6 +45,19 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float(10 * np.log10(255**2 / max(mse, 1e-12)))
 
 
+def check_refuses_damaged(codec, good: bytes) -> None:
+    """A tile codec's decoder refuses a truncated stream, a wrong magic and a stream whose
+    declared size differs from the expected shape (with its CodecError, not a crash)."""
+    from slidepress.errors import CodecError
+
+    with pytest.raises(CodecError):
+        codec.decode(good[:5])
+    with pytest.raises(CodecError):
+        codec.decode(b"XX" + good[2:])
+    with pytest.raises(CodecError, match="is not"):
+        codec.decode(good, shape=(32, 32, 3))
+
+
 @pytest.fixture
 def sample_svs() -> Path:
     from slidepress.slide import sample_slide_path

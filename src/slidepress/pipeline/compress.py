@@ -147,6 +147,15 @@ class SimilarityScorer:
 
     BATCH = 32
 
+    @classmethod
+    def wanted(
+        cls, fidelity: SlideFidelity, opts: CompressOptions, tile_mpp: float
+    ) -> SimilarityScorer | None:
+        """A scorer when the options ask for feature or embedding similarity, else None."""
+        if not (opts.feature_similarity or opts.embedding_similarity):
+            return None
+        return cls(fidelity, opts.feature_similarity, opts.embedding_similarity, tile_mpp)
+
     def __init__(
         self, fidelity: SlideFidelity, feature: bool, encoder: str | None, tile_mpp: float
     ):
@@ -387,11 +396,7 @@ def compress_slide(
     advance = progress_start(path.name, total) if progress_start else None
     fidelity = SlideFidelity()
     scorer = MsSsimScorer(fidelity) if opts.ms_ssim else None
-    similarity = None
-    if opts.feature_similarity or opts.embedding_similarity:
-        similarity = SimilarityScorer(
-            fidelity, opts.feature_similarity, opts.embedding_similarity, base.effective_mpp
-        )
+    similarity = SimilarityScorer.wanted(fidelity, opts, base.effective_mpp)
     hashing = ThreadPoolExecutor(1, thread_name_prefix="sha256")
     # overlaps the coding (hashlib releases the GIL)
     sha_future = hashing.submit(lambda: sha_now or content_sha256(path))

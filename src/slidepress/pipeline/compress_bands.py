@@ -111,12 +111,7 @@ def compress_band(
     one to the bit). Returns the level-0 tiles stored."""
     fidelity = SlideFidelity()
     scorer = MsSsimScorer(fidelity) if opts.ms_ssim else None
-    similarity = None
-    if opts.feature_similarity or opts.embedding_similarity:
-        similarity = SimilarityScorer(
-            fidelity, opts.feature_similarity, opts.embedding_similarity,
-            plan.base.effective_mpp,
-        )  # fmt: skip
+    similarity = SimilarityScorer.wanted(fidelity, opts, plan.base.effective_mpp)
     sse: list[float] = []
     values: list[int] = []
     keep = np.zeros((0, 0), bool)
@@ -188,12 +183,7 @@ def merge_bands(
     fidelity = SlideFidelity()
     if survey is not None:  # ruled out by the survey: glass, not read (as compress_slide)
         fidelity.add_dropped_many(survey.deviation[~plan.level0_todo()])
-    similarity = None
-    if opts.feature_similarity or opts.embedding_similarity:
-        similarity = SimilarityScorer(
-            fidelity, opts.feature_similarity, opts.embedding_similarity,
-            plan.base.effective_mpp,
-        )  # fmt: skip
+    similarity = SimilarityScorer.wanted(fidelity, opts, plan.base.effective_mpp)
     zips = [zipfile.ZipFile(p) for p in parts]
     try:
         with atomic_path(out) as tmp:
