@@ -427,3 +427,20 @@ def test_cancel_a_running_job_leaves_no_outputs(service, sample_bytes):
     assert final["state"] == "cancelled", final
     assert alice.get(f"/api/jobs/{job_id}/results").json() == []
     assert not (data / "jobs" / job_id).exists()
+
+
+@pytest.mark.parametrize("name", ["bomb", "loop", "png_bomb"])
+def test_hostile_uploads_fail_their_job_fast_and_clearly(service, tmp_path, name):
+    from .test_hostile_slides import SUFFIX, make
+
+    path = make(tmp_path, name)
+    alice = service["alice"]
+    up = alice.upload(path.read_bytes(), f"h{SUFFIX.get(name, '.tiff')}")
+    assert up.status_code == 201, up.text
+    t0 = time.monotonic()
+    job = alice.job("encode", up.json()["id"], mpp_override=0.5)
+    assert time.monotonic() - t0 < 30
+    assert job["state"] == "failed"
+    assert job["error"] and "internal error" not in job["error"]
+    assert "Traceback" not in job["error"] and "\n" not in job["error"]
+    assert alice.get(f"/api/jobs/{job['id']}/results").json() == []

@@ -184,6 +184,9 @@ def test_remote_cli_nic_workflow_and_mha_to_numpy(tmp_path):
         assert (g4.features[:, ::-1] == g0.features).all()  # d4: mirrored left-right
         again = remote("download", job_id, "-o", str(tmp_path / "out"))
         assert again.returncode == 2 and "exists" in again.stderr  # never overwrites silently
+        for dest in ("/proc/x", "/proc/x.zip", str(mhas[0])):  # unwritable, or a file
+            r = remote("download", job_id, "-o", dest)
+            assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
         bad = subprocess.run([*SLIDEPRESS, "remote", "wait", job_id],
                              env={**env, "SLIDEPRESS_TOKEN": "sp_wrong"}, capture_output=True,
                              text=True, timeout=60)  # fmt: skip
@@ -203,12 +206,35 @@ def test_token_cli_create_list_revoke(tmp_path):
                               capture_output=True, text=True, timeout=120)  # fmt: skip
 
     token = create_token(tmp_path, "alice")
-    key = token.split("_")[1]
+    key, secret = token[3:19], token[20:]  # sp_<16 hex>_<secret, which may hold '_'>
     listed = cli("list")
     assert listed.returncode == 0 and f"{key}  alice  active" in listed.stdout
-    assert token.split("_")[2] not in listed.stdout + listed.stderr  # the secret is not stored
+    assert secret not in listed.stdout + listed.stderr  # the secret is not stored
     assert cli("revoke", key).returncode == 0
     assert f"{key}  alice  revoked" in cli("list").stdout
     bad = cli("create", "../evil")
     assert bad.returncode == 2 and "user name" in bad.stderr
     assert cli("revoke", "nobody").returncode == 2
+    ro = subprocess.run([*SLIDEPRESS, "token", "create", "a", "--data-dir", "/proc/nope"],
+                        capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert ro.returncode == 2 and "cannot write" in ro.stderr and "Traceback" not in ro.stderr
+
+
+def test_serve_refuses_a_taken_port_and_an_unusable_data_dir(tmp_path):
+    import socket
+    import subprocess
+
+    from .service_fixtures import SLIDEPRESS
+
+    def serve(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*SLIDEPRESS, "serve", *args], capture_output=True, text=True,
+                              timeout=120)  # fmt: skip
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = str(taken.getsockname()[1])
+        r = serve("--data-dir", str(tmp_path / "d"), "--port", port)
+    assert r.returncode == 2 and "cannot listen" in r.stderr
+    (tmp_path / "file").write_text("x")
+    r = serve("--data-dir", str(tmp_path / "file"), "--port", port)
+    assert r.returncode == 2 and "not a folder" in r.stderr
+    assert "Traceback" not in r.stderr

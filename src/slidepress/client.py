@@ -218,7 +218,9 @@ class Client:
     ) -> list[Path]:
         """Save a job's results into folder `dest`; a zarr grid (a folder) is unpacked.
         `roles` picks some: grid, container, preview, report."""
-        dest = Path(dest)
+        from .store.atomic import check_output
+
+        dest = check_output(dest, folder=True)  # not a file, not read-only: one line
         dest.mkdir(parents=True, exist_ok=True)
         wanted = set(roles) if roles else None
         paths = []
@@ -249,6 +251,9 @@ class Client:
 
     def download_zip(self, job_id: str, dest: str | Path, overwrite: bool = False) -> Path:
         """All of a job's results as one zip file."""
+        from .store.atomic import check_output
+
+        check_output(dest, overwrite=overwrite)
         return self._save(f"/api/jobs/{job_id}/download", Path(dest), overwrite)
 
     # -- grids --------------------------------------------------------------------------------

@@ -58,11 +58,24 @@ def serve(
             max_upload_bytes=int(max_upload_gb * GB), threads_per_job=threads_per_job,
             max_active_jobs_per_user=max_jobs_per_user,
         )  # fmt: skip
+        _check_port(host, port)  # before workers start: a taken port is one line, exit 2
         app = create_app(cfg)
         console.print(f"slidepress service on http://{host}:{port}/ (data in {cfg.data_dir})")
         uvicorn.run(app, host=host, port=port, log_level=log_level)
 
     guarded(body)
+
+
+def _check_port(host: str, port: int) -> None:
+    import socket
+
+    from ..errors import UsageError
+
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as e:
+        raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
 
 token_app = typer.Typer(help="Create, list and revoke API tokens.", no_args_is_help=True)
@@ -73,7 +86,7 @@ def _sessions(data_dir: Path | None, database: str | None):
     from ..service.db import make_engine, sessions
 
     cfg = ServiceConfig.from_env(data_dir, database_url=database)
-    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    cfg.prepare()
     return sessions(make_engine(cfg.url))
 
 

@@ -77,7 +77,7 @@ def result_json(r: Result) -> dict[str, Any]:
 
 def create_app(cfg: ServiceConfig, *, start_workers: bool = True) -> FastAPI:
     """The app for `cfg`; `start_workers=False` serves the API without running jobs."""
-    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    cfg.prepare()
     make = sessions(make_engine(cfg.url))
     supervisor = Supervisor(cfg) if start_workers else None
     tmp_dir = cfg.data_dir / "tmp"

@@ -51,6 +51,14 @@ class ServiceConfig:
         if self.max_active_jobs_per_user < 1:
             raise UsageError("max active jobs per user must be at least 1")
 
+    def prepare(self) -> Path:
+        """Create the data dir, or say in one line why it cannot be used."""
+        from ..store.atomic import check_output
+
+        check_output(self.data_dir, folder=True)  # a file, /proc, read-only: UsageError
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        return self.data_dir
+
     @property
     def url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'slidepress.db'}"
