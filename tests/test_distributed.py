@@ -61,8 +61,10 @@ def test_discover_folder_mirrors_layout_and_csv_passes_fields(tmp_path: Path) ->
     tasks = discover(root, tmp_path / "out")
     got = {(Path(t.item["path"]).relative_to(root).as_posix(), t.out_dir) for t in tasks}
     out = tmp_path / "out"
+    # empty .dcm files are no DICOM WSI series: each is tried as a slide of its own (a real
+    # series is one slide: tests/test_real_input.py)
     assert got == {("a/x.svs", str(out / "a")), ("b/x.svs", str(out / "b")),
-                   ("dcm", str(out))}  # fmt: skip
+                   ("dcm/1.dcm", str(out / "dcm")), ("dcm/2.dcm", str(out / "dcm"))}  # fmt: skip
     manifest = tmp_path / "in" / "list.csv"
     manifest.write_text("path,mpp,case\na/x.svs,0.25,P1\nb/x.svs,,P2\n")
     t1, t2 = discover(manifest, out)

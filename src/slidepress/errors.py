@@ -40,3 +40,7 @@ class UsageError(SlidepressError):
 class OutputExistsError(UsageError):
     """An output of other slide content or parameters is in the way (replace: --overwrite).
     Its own type, so a batch can replace such outputs when asked without parsing messages."""
+
+
+class OutputBusyError(UsageError):
+    """Another process is writing the same output right now."""

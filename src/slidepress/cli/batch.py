@@ -23,8 +23,9 @@ from .common import (
     MppOverrideOpt,
     ReaderOpt,
     console,
-    error_line,
+    failure_lines,
     guarded,
+    warning_line,
 )
 
 
@@ -169,11 +170,13 @@ def _execute(state: BatchState, job: Any) -> int:
             elif kind == "slide":
                 prog.advance(bar)
                 if d["status"] == "failed":
-                    error_line(d["error"])
+                    failure_lines(d["error"], d.get("traceback", ""))
                 elif d["status"] == "skipped":
                     console.print(f"{d['slide']}: up to date, skipped")
                 else:
                     console.print(f"{d['slide']} -> {d['summary']}; {d['seconds']:.1f} s")
+                    for warning in d.get("warnings", ()):
+                        warning_line(f"{d['slide']}: {warning}")
 
         result = run_tasks(tasks, job, opts, on_event)
     paths = write_reports(state.output, result, title=f"slidepress batch {job.kind}")

@@ -43,14 +43,27 @@ class Terminated(BaseException):  # noqa: N818 - a signal, like KeyboardInterrup
 
 
 console = Console(stderr=True, highlight=False)
-SLIDE_SUFFIXES = {
-    ".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide",
-    ".png", ".jpg", ".jpeg", ".dcm",
-}  # fmt: skip
 
 
 def error_line(message: str) -> None:
     console.print(f"[bold red]error:[/] {message}", soft_wrap=True, markup=True)
+
+
+def debug_requested() -> bool:
+    """SLIDEPRESS_DEBUG=1: tracebacks of internal errors are printed, not only their line."""
+    return os.environ.get("SLIDEPRESS_DEBUG", "") not in ("", "0")
+
+
+def failure_lines(error: str, traceback: str = "") -> None:
+    """A slide's failure: its one line, and with SLIDEPRESS_DEBUG the traceback it carried
+    from the runner (a bug in one slide is recorded, not raised, so a batch goes on)."""
+    error_line(error)
+    if traceback and debug_requested():
+        console.print(traceback.rstrip(), markup=False, highlight=False, soft_wrap=True)
+
+
+def warning_line(message: str) -> None:
+    console.print(f"[bold yellow]warning:[/] {message}", soft_wrap=True, markup=True)
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
@@ -71,7 +84,7 @@ def guarded(fn: Callable[[], T]) -> T:
     except (SystemExit, Exception) as e:
         if isinstance(e, SystemExit):
             raise
-        if os.environ.get("SLIDEPRESS_DEBUG"):
+        if debug_requested():
             raise
         fail(
             f"internal error: {type(e).__name__}: {e} (set SLIDEPRESS_DEBUG=1 for a traceback)",
@@ -123,15 +136,18 @@ def run_and_report(items: list, job, out_dir: Path, unit: str, report: Path | No
         for o in run_batch(items, job, out_dir, progress=start):
             outcomes.append(o)
             if o.status == "failed":
-                error_line(o.error)
+                failure_lines(o.error, o.traceback)
             elif o.status == "skipped":
                 console.print(f"{o.slide}: up to date, skipped ({o.outputs[0]})")
             else:
                 console.print(f"{o.slide} -> {o.summary}; {o.seconds:.1f} s")
                 for note in o.notes:
                     console.print(f"  {note}")
+                for warning in o.warnings:
+                    warning_line(f"{o.slide}: {warning}")
     # a lone slide that failed on bad input leaves nothing behind, not even a report
     if report is not None and (len(outcomes) > 1 or any(o.status != "failed" for o in outcomes)):
+        report.parent.mkdir(parents=True, exist_ok=True)
         write_report(report, outcomes)
     if any(o.internal for o in outcomes):
         return EXIT_INTERNAL
@@ -139,19 +155,17 @@ def run_and_report(items: list, job, out_dir: Path, unit: str, report: Path | No
 
 
 def expand_slides(inputs: list[str]) -> list[Path]:
-    """Slides named on the command line; a plain folder stands for the slides inside it."""
+    """Slides named on the command line; a folder stands for the slides it holds
+    (`slide.discovery.slides_in`: itself when it is a DICOM WSI series, its slide files and
+    DICOM sub-folders)."""
     from ..slide import SAMPLE_NAME, resolve_slide_path
+    from ..slide.discovery import slides_in
 
     out: list[Path] = []
     for item in inputs:
         p = resolve_slide_path(item) if item == SAMPLE_NAME else Path(item)
-        if p.is_dir() and not any(p.glob("*.dcm")):
-            found = sorted(
-                c
-                for c in p.iterdir()
-                if (c.is_file() and c.suffix.lower() in SLIDE_SUFFIXES)
-                or (c.is_dir() and any(c.glob("*.dcm")))
-            )
+        if p.is_dir():
+            found = slides_in(p)
             if not found:
                 raise UsageError(f"{p}: folder holds no slides")
             out.extend(found)

@@ -3,26 +3,22 @@
 Each slide becomes a `Task`: its `SlideItem` as plain data (what a Dask worker receives) and
 the folder its outputs go to. A folder is searched recursively and its layout is mirrored in
 the output folder, so `a/x.svs` and `b/x.svs` do not write the same `x.zarr`; a folder
-holding `.dcm` files is one DICOM slide. Discovery never opens a slide: an unreadable file is
+holding a DICOM WSI series is one slide, and the other files beside it are slides of their
+own (`slide.discovery`). Discovery never opens a slide: an unreadable file is
 found here and fails on its worker, recorded in the report, while the others run.
 """
 
 from __future__ import annotations
 
 import csv
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
 from ..pipeline.items import SlideItem
+from ..slide.discovery import slides_in
 
-# the same suffixes the CLI expands folders with (cli/common.py; nothing imports cli/)
-SLIDE_SUFFIXES = {
-    ".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide",
-    ".png", ".jpg", ".jpeg",
-}  # fmt: skip
 MPP_COLUMNS = ("mpp", "mpp_override")
 
 
@@ -41,32 +37,6 @@ class Task:
     def stem(self) -> str:
         p = self.path
         return p.name if p.is_dir() else p.stem
-
-
-def _is_dicom_dir(p: Path) -> bool:
-    return any(p.glob("*.dcm"))
-
-
-def _walk(root: Path, skip: Path | None) -> list[Path]:
-    """Slide files and DICOM folders under `root`, sorted; hidden entries and `skip` (the
-    output folder when it lies inside the input) are left out."""
-    found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        here = Path(dirpath)
-        keep_dirs = []
-        for d in sorted(dirnames):
-            sub = here / d
-            if d.startswith(".") or (skip is not None and sub.resolve() == skip):
-                continue
-            if _is_dicom_dir(sub):
-                found.append(sub)
-            else:
-                keep_dirs.append(d)
-        dirnames[:] = keep_dirs
-        for f in sorted(filenames):
-            if not f.startswith(".") and Path(f).suffix.lower() in SLIDE_SUFFIXES:
-                found.append(here / f)
-    return sorted(found)
 
 
 def _float_or_none(value: str | None, where: str) -> float | None:
@@ -121,9 +91,9 @@ def discover(
         raise UsageError(f"{source}: no such file or folder")
     if source.is_file() and source.suffix.lower() == ".csv":
         tasks = _from_csv(source, out_dir)
-    elif source.is_dir() and not _is_dicom_dir(source):
+    elif source.is_dir():
         skip = out_dir.resolve() if out_dir.exists() else out_dir.absolute()
-        slides = _walk(source, skip)
+        slides = slides_in(source, recursive=True, skip=skip)
         if not slides:
             raise UsageError(f"{source}: folder holds no slides")
         tasks = [

@@ -14,6 +14,7 @@ stop an archive run; Ctrl-C and SIGTERM stop the batch.
 from __future__ import annotations
 
 import time
+import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -50,8 +51,10 @@ class Outcome:
     outputs: list[str] = field(default_factory=list)
     summary: str = ""  # one human line (shape, quality ...) for the CLI
     notes: list[str] = field(default_factory=list)  # further lines for the CLI
+    warnings: list[str] = field(default_factory=list)  # done, but worth a user's attention
     metrics: dict[str, Any] = field(default_factory=dict)  # job-specific numbers (psnr_db ...)
     fields: dict[str, Any] = field(default_factory=dict)  # passed through from the item
+    traceback: str = ""  # of an internal error: shown with SLIDEPRESS_DEBUG, never in reports
 
     def row(self) -> dict[str, Any]:
         """Flat record for report.csv (and JSON): the columns above, then the item's fields."""
@@ -190,6 +193,8 @@ class CompressJob(Job):
         from .compress import compress_slide
 
         out = self.output_for(item, out_dir)
+        if not self.output:  # a folder of containers, made on first use as encode does
+            out_dir.mkdir(parents=True, exist_ok=True)
         r = compress_slide(item, out, self._opts, progress_start=progress)
         return self.outcome(item, r)
 
@@ -227,11 +232,22 @@ class CompressJob(Job):
                 metrics["feature_similarity"] = fs.get("mean")
             if es:
                 metrics["embedding_similarity"] = es.get("mean")
+        bytes_in = r.source_bytes or _source_bytes(item.path)
+        # re-coding an already strongly compressed source (JPEG 2000 SVS ...) can cost bytes
+        grew = bool(bytes_in) and r.container_bytes > bytes_in
+        metrics["grew"] = grew
+        warnings = []
+        if grew and not r.skipped:
+            warnings.append(
+                f"compressing made it bigger: {r.container_bytes:,} bytes vs {bytes_in:,} in "
+                f"the source ({r.container_bytes / bytes_in:.2f}x); the source is already coded "
+                f"harder than {c['name']} q{c['quality']:g}: try a lower quality, or keep it"
+            )
         return Outcome(
             slide=item.name, path=str(item.path), status="skipped" if r.skipped else "done",
-            units="tiles", count=r.tiles_stored, bytes_in=_source_bytes(item.path),
+            units="tiles", count=r.tiles_stored, bytes_in=bytes_in,
             bytes_out=r.container_bytes, outputs=[str(r.path)], summary=summary, notes=notes,
-            metrics=metrics,
+            metrics=metrics, warnings=warnings,
         )  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
@@ -269,7 +285,8 @@ def run_slide(
         outcome = Outcome(item.name, str(item.path), "failed", error=str(e))
     except Exception as e:  # a bug must not stop the other slides
         msg = f"{item.name}: internal error: {type(e).__name__}: {e}"
-        outcome = Outcome(item.name, str(item.path), "failed", error=msg, internal=True)
+        outcome = Outcome(item.name, str(item.path), "failed", error=msg, internal=True,
+                          traceback=traceback.format_exc())  # fmt: skip
     outcome.seconds = time.perf_counter() - t0
     outcome.fields = {**dict(item.fields), **outcome.fields}
     return outcome

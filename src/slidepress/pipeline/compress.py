@@ -43,7 +43,7 @@ from ..metrics.fidelity import SlideFidelity
 from ..progress import ProgressStart
 from ..slide import SlideReader
 from ..slide.glass import Glass, Survey, estimate_glass, survey_tiles
-from ..store.atomic import atomic_path, check_output
+from ..store.atomic import atomic_path, check_output, output_lock
 from ..store.container import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -385,6 +385,19 @@ def compress_slide(
     check_output(out, overwrite=True, inputs=[path])  # path checks; existing: decided below
     codec = get_codec(opts.codec, opts.quality)
     _check_scorers(opts)
+    with output_lock(out):  # one run at a time on this container: a second is refused
+        return _compress_locked(item, out, opts, codec, progress_start, t0)
+
+
+def _compress_locked(
+    item: SlideItem,
+    out: Path,
+    opts: CompressOptions,
+    codec: Codec,
+    progress_start: ProgressStart | None,
+    t0: float,
+) -> CompressResult:
+    path = item.path
     plan = plan_compress(item, out, opts, codec)
     if plan.skipped:
         return _skipped(out, t0)

@@ -23,7 +23,7 @@ from ..progress import Advance, ProgressStart
 from ..slide import SlideReader
 from ..slide.tissue import TissueMask, detect_tissue
 from ..store import EmbeddingGrid, format_for, read_grid, write_grid
-from ..store.atomic import check_output
+from ..store.atomic import check_output, output_lock
 from ..tiling import GridSpec, TileGrid, check_target_mpp, plan_grid
 from ..viz import pca_rgb, save_png, tissue_overlay
 from .items import SlideItem
@@ -327,14 +327,17 @@ def encode_slide(
     progress_start: ProgressStart | None = None,
 ) -> EncodeResult:
     """Encode one slide (a path, or a SlideItem with its own mpp override) into grid file(s)
-    in `out_dir`; raises SlidepressError on bad input."""
-    plan = plan_encode(slide, out_dir, encoder, opts)
-    if plan.skipped:
-        return EncodeResult(str(plan.item.path), plan.outputs, previews=plan.previews, skipped=True)
-    name = plan.item.path.name
-    advance = progress_start(name, plan.cells_kept) if progress_start else None
-    feats = encode_rows(plan, encoder, opts, None, advance)
-    return write_encoded(plan, feats, encoder, opts)
+    in `out_dir`; raises SlidepressError on bad input. One run at a time writes a slide's
+    outputs (`output_lock`): a second one on the same folder is refused at once."""
+    item = SlideItem.of(slide)
+    out_dir = check_output(out_dir, folder=True)
+    with output_lock(output_paths(item, out_dir, opts)[0]):
+        plan = plan_encode(item, out_dir, encoder, opts)
+        if plan.skipped:
+            return EncodeResult(str(item.path), plan.outputs, previews=plan.previews, skipped=True)
+        advance = progress_start(item.path.name, plan.cells_kept) if progress_start else None
+        feats = encode_rows(plan, encoder, opts, None, advance)
+        return write_encoded(plan, feats, encoder, opts)
 
 
 def _metadata(

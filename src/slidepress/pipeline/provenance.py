@@ -8,14 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..slide import SlideReader
+from ..slide import SlideReader, guard
+from ..slide.discovery import slide_files
 
 
 def content_sha256(path: Path) -> str:
-    """Hash of the slide's bytes (every file, by name, for a DICOM folder)."""
+    """Hash of the slide's bytes (every file of its series, by name, for a DICOM folder)."""
     h = hashlib.sha256()
-    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
-    for f in files:
+    for f in slide_files(path):
         if path.is_dir():
             h.update(f.name.encode() + b"\0")
         with open(f, "rb") as fh:
@@ -25,9 +25,10 @@ def content_sha256(path: Path) -> str:
 
 
 def source_bytes(path: Path) -> int:
-    if path.is_dir():
-        return sum(p.stat().st_size for p in path.iterdir() if p.is_file())
-    return path.stat().st_size
+    """The slide's bytes as stored (what a container's size is compared with); the index
+    file alone where its pixels live in files we cannot enumerate."""
+    n = guard.source_bytes(path)
+    return n if n is not None else path.stat().st_size
 
 
 def stamp() -> dict[str, Any]:

@@ -18,6 +18,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..slide.discovery import is_dicom_slide
+
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 CHUNK = 1 << 20
@@ -175,6 +177,10 @@ def extract_dicom_zip(
                     dest.unlink()
         if count == 0:
             raise UploadRejected(415, "the zip holds no DICOM files (a DICOM slide folder)")
+        if not is_dicom_slide(tmp):  # the rule every folder of slides follows
+            raise UploadRejected(
+                415, "the zip's DICOM files hold no whole-slide image (no WSI volume series)"
+            )
         tmp.rename(target)
         return count
     except UploadRejected:

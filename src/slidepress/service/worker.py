@@ -18,6 +18,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import threading
 import time
 from collections import Counter
@@ -220,6 +221,8 @@ def run_job(cfg: ServiceConfig, make: sessionmaker[Session], job_id: str, me: st
                 # two uploads with one file name: each its own folder, so outputs never clash
                 where = out / entry["upload"][:12] if stems[slide.stem] > 1 else out
                 outcome = run_slide(slide, batch, where, tracker.progress)
+                if outcome.traceback:  # a bug: for the operator's console, not the user
+                    print(f"job {job_id}: {outcome.error}\n{outcome.traceback}", file=sys.stderr)
                 outcome.fields = {"upload": entry["upload"], **outcome.fields}
                 outcomes.append(outcome)
                 items.append(item)

@@ -16,6 +16,7 @@ from pathlib import Path
 from ..errors import MppError, SlideError
 from ..registry import Registry
 from .base import SlideInfo, SlideReader, plausible_mpp
+from .discovery import refuse_non_wsi_dicom
 from .guard import check_info, inspect_tiff
 
 READERS: Registry[type[SlideReader]] = Registry("reader", SlideError, name_attr="name")
@@ -99,6 +100,7 @@ def open_slide(
     if reader is not None and reader not in READERS:
         raise READERS.unknown(reader)
     if p.is_file():
+        refuse_non_wsi_dicom(p)
         inspect_tiff(p)  # before OpenSlide's format probe: libtiff itself can loop or abort
     opened = READERS[reader](p) if reader is not None else _open_auto(p)
     try:
@@ -127,7 +129,7 @@ def _open_auto(p: Path) -> SlideReader:
     candidates = [n for n in READERS if READERS[n].can_open(p)]
     if not candidates:
         if p.is_dir():
-            raise SlideError(f"{p}: folder holds no slide (no .dcm files)")
+            raise SlideError(f"{p}: folder holds no DICOM WSI series (give a slide file)")
         raise SlideError(f"{p.name}: not a recognised slide or image format")
     first_error: SlideError | None = None
     for name in candidates:

@@ -1,4 +1,4 @@
-"""wsidicom backend: a DICOM WSI series given as a folder of .dcm files."""
+"""wsidicom backend: a DICOM WSI series given as its folder (`discovery.dicom_folder`)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from PIL import Image
 
 from ..errors import SlideError
 from .base import SlideInfo, SlideReader
+from .discovery import dicom_folder, is_dicom_slide
 
 
 class WsiDicomReader(SlideReader):
@@ -16,14 +17,22 @@ class WsiDicomReader(SlideReader):
 
     @classmethod
     def can_open(cls, path: Path) -> bool:
-        return path.is_dir() and any(path.glob("*.dcm"))
+        return is_dicom_slide(path)
 
     def __init__(self, path: str | Path):
         super().__init__(path)
         from wsidicom import WsiDicom
 
-        try:
-            self._slide = WsiDicom.open(str(self.path))
+        layout = dicom_folder(self.path) if self.path.is_dir() else None
+        if layout is None or not layout.is_slide:
+            raise SlideError(f"{self.path.name}: not a folder holding a DICOM WSI series")
+        if len(layout.series) > 1:
+            raise SlideError(
+                f"{self.path.name}: holds {len(layout.series)} DICOM WSI series; put each "
+                "slide's files in a folder of its own"
+            )
+        try:  # only the series' files: other slides may share the folder
+            self._slide = WsiDicom.open(next(iter(layout.series.values())))
         except Exception as e:
             raise SlideError(f"{self.path.name}: wsidicom cannot open it ({e})") from None
         s = self._slide

@@ -78,8 +78,12 @@ def estimate_glass(thumbnail: np.ndarray) -> Glass:
         return Glass((255, 255, 255), 0.0, MIN_THRESHOLD, "default")
     cand = rgb[grey]
     level = (r[grey] + g[grey] + b[grey]) / 3.0
-    top = np.percentile(level, 90)
+    # "higher": a level some candidate has, so the band is never empty (an interpolated
+    # percentile can fall in the gap between two clusters, leaving no candidate near it)
+    top = np.percentile(level, 90, method="higher")
     cand = cand[np.abs(level - top) <= GLASS_BAND]
+    if not len(cand):  # cannot happen with "higher"; never round the median of nothing
+        return Glass((255, 255, 255), 0.0, MIN_THRESHOLD, "default")
     colour = np.median(cand, axis=0)
     dev = np.abs(cand.astype(np.float32) - colour).max(axis=1)
     noise = float(1.4826 * np.median(dev))

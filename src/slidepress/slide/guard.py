@@ -19,6 +19,7 @@ from pathlib import Path
 from .. import limits
 from ..errors import SlideError
 from .base import SlideInfo
+from .discovery import slide_files
 
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
@@ -226,7 +227,7 @@ def source_bytes(path: Path) -> int | None:
     """Bytes that hold a slide's pixels: the file, the .dcm files of a DICOM folder, a MIRAX
     index plus its data folder; None where the pixels live in files we cannot enumerate."""
     if path.is_dir():
-        return sum(c.stat().st_size for c in path.iterdir() if c.is_file())
+        return sum(f.stat().st_size for f in slide_files(path))
     suffix = path.suffix.lower()
     if suffix in (".vms", ".vmu"):
         return None

@@ -9,6 +9,8 @@ process (on this host) is gone.
 from __future__ import annotations
 
 import csv
+import errno
+import fcntl
 import json
 import os
 import re
@@ -21,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..errors import UsageError
+from ..errors import OutputBusyError, UsageError
 
 _HOST = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
 _PARTIAL = re.compile(r"\.partial-(?P<host>[A-Za-z0-9_.]+)-(?P<pid>\d+)-[0-9a-f]{8}")
@@ -73,16 +75,90 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     tmp = target.with_name(f".{target.stem}.partial-{tag}{target.suffix}")
     try:
         yield tmp
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(target, old)
-            os.replace(tmp, target)
-            _remove(old)
-        else:
-            os.replace(tmp, target)
+        _replace(tmp, target)
     except BaseException:
         _remove(tmp)
         raise
+
+
+def _replace(tmp: Path, target: Path, tries: int = 5) -> None:
+    """Move `tmp` to `target`, moving an existing target aside first (a folder cannot be
+    replaced in one rename). Another writer may put its own target there in between (a
+    region merge of a concurrent batch): then the newer whole output wins, never an error."""
+    for _ in range(tries):
+        old = None
+        if target.exists() or target.is_symlink():
+            old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+            try:
+                os.replace(target, old)
+            except FileNotFoundError:  # moved aside by the other writer meanwhile
+                old = None
+        try:
+            os.replace(tmp, target)
+        except OSError as e:
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.EISDIR):
+                raise
+            continue  # a folder appeared at `target` since: move it aside too
+        finally:
+            if old is not None:
+                _remove(old)
+        return
+    raise OSError(errno.EBUSY, f"{target} keeps being replaced by another process")
+
+
+@contextmanager
+def output_lock(target: str | Path) -> Iterator[None]:
+    """One writer per output at a time, across processes of this host (and hosts sharing a
+    file system with working locks): `.NAME.lock` beside `target`, held with flock for the
+    duration. A second run on the same output is told so at once (OutputBusyError: one line,
+    exit 2) instead of racing the first one's rename. The lock file is removed on release;
+    a holder that finds its file replaced meanwhile takes the lock again on the new one."""
+    target = Path(target)
+    lock = target.with_name(f".{target.name}.lock")
+    made = None  # the output folder, when this run created it (removed again if left empty)
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:
+            if made is None and not lock.parent.exists():
+                made = lock.parent
+            try:
+                lock.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise UsageError(f"cannot create {lock.parent}: {e.strerror or e}") from None
+            continue
+        except OSError as e:
+            raise UsageError(f"cannot write in {target.parent}: {e.strerror or e}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise OutputBusyError(
+                f"{target} is being written by {holder}; wait for it to finish, or write elsewhere"
+            ) from None
+        try:  # the file we locked is still the one at `lock` (not removed by a releaser)
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"process {os.getpid()} on {_HOST}".encode())
+        yield
+    finally:
+        try:
+            os.unlink(lock)
+        except OSError:
+            pass
+        os.close(fd)
+        if made is not None:
+            try:
+                made.rmdir()  # only if empty: a failed lone slide leaves no folder behind
+            except OSError:
+                pass
 
 
 def _probe_writable(folder: Path) -> None:
