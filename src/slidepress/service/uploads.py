@@ -24,7 +24,6 @@ TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 CHUNK = 1 << 20
 SUFFIX = {"tiff": ".tiff", "dicom": "", "png": ".png", "jpeg": ".jpg", "zip": ".zip"}
-TIFF_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif", ".qptiff", ".btf"}
 
 
 class UploadRejected(Exception):
@@ -61,10 +60,18 @@ def sniff(head: bytes) -> str | None:
     return None
 
 
+def _tiff_suffixes() -> tuple[str, ...]:
+    """Names a TIFF-family upload keeps (readers pick vendor formats by them): the suffixes
+    of the reader that takes any TIFF."""
+    from ..slide import READERS
+
+    return READERS.entry("tiffslide").suffixes
+
+
 def stored_name(filename: str, kind: str) -> str:
     """Keep the user's suffix when it matches the content (readers use it), else add one."""
     suffix = Path(filename).suffix.lower()
-    if kind == "tiff" and suffix in TIFF_SUFFIXES:
+    if kind == "tiff" and suffix in _tiff_suffixes():
         return filename
     if kind == "png" and suffix == ".png":
         return filename

@@ -20,30 +20,48 @@ from .discovery import refuse_non_wsi_dicom
 from .guard import check_info, inspect_tiff
 
 READERS: Registry[type[SlideReader]] = Registry("reader", SlideError, name_attr="name")
-# Registration order is the order of automatic choice.
+# Registration order is the order of automatic choice. `suffixes`: the files a folder is
+# searched for (slide/discovery.py) and uploads are named by; readers still probe contents.
 READERS.add(
     "tifffile",
     "slidepress.slide.tifffile_reader:TiffFileReader",
+    suffixes=(".svs", ".tif", ".tiff"),
     summary="plain tiled SVS / generic TIFF, tiles decoded directly",
 )
 READERS.add(
     "openslide",
     "slidepress.slide.openslide_reader:OpenSlideReader",
+    suffixes=(
+        ".svs",
+        ".tif",
+        ".tiff",
+        ".ndpi",
+        ".mrxs",
+        ".scn",
+        ".vms",
+        ".vmu",
+        ".bif",
+        ".svslide",
+        ".dcm",
+    ),  # fmt: skip
     summary="OpenSlide 4: SVS, NDPI, MRXS, SCN, generic TIFF, DICOM file",
 )
 READERS.add(
     "tiffslide",
     "slidepress.slide.tiffslide_reader:TiffSlideReader",
+    suffixes=(".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif", ".qptiff", ".btf"),
     summary="tiffslide: any TIFF OpenSlide refuses",
 )
 READERS.add(
     "wsidicom",
     "slidepress.slide.dicom_reader:WsiDicomReader",
+    suffixes=(".dcm",),  # the files of a series; the slide is their folder
     summary="a folder of DICOM WSI files",
 )
 READERS.add(
     "image",
     "slidepress.slide.image_reader:ImageReader",
+    suffixes=(".png", ".jpg", ".jpeg", ".tif", ".tiff"),
     summary="PNG / JPEG / single-level TIFF held in memory",
 )
 

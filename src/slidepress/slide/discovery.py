@@ -22,11 +22,14 @@ from pathlib import Path
 
 from ..errors import SlideError
 
-# The one list of suffixes a folder is searched for (plain images need --mpp-override).
-SLIDE_SUFFIXES = frozenset({
-    ".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide",
-    ".png", ".jpg", ".jpeg", ".dcm",
-})  # fmt: skip
+
+def slide_suffixes() -> frozenset[str]:
+    """File suffixes a folder is searched for: those the READERS entries declare."""
+    from . import READERS
+
+    return frozenset(s for name in READERS for s in READERS.entry(name).suffixes)
+
+
 DICOM_SUFFIX = ".dcm"
 WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"  # VL Whole Slide Microscopy Image Storage
 _TAGS = ["SOPClassUID", "SeriesInstanceUID", "ImageType"]
@@ -121,8 +124,8 @@ def is_dicom_slide(folder: str | Path) -> bool:
     return folder.is_dir() and dicom_folder(folder).is_slide
 
 
-def _is_slide_file(p: Path) -> bool:
-    return not p.name.startswith(".") and p.suffix.lower() in SLIDE_SUFFIXES and p.is_file()
+def _is_slide_file(p: Path, suffixes: frozenset[str]) -> bool:
+    return not p.name.startswith(".") and p.suffix.lower() in suffixes and p.is_file()
 
 
 def slides_in(
@@ -132,10 +135,13 @@ def slides_in(
     its other slide files (`.dcm` files outside its series among them), and DICOM WSI
     sub-folders; with `recursive`, the same for every sub-folder (hidden ones and `skip`,
     the output folder when it lies inside, left out)."""
-    return sorted(_walk(Path(folder), recursive, skip.resolve() if skip else None))
+    where = skip.resolve() if skip else None
+    return sorted(_walk(Path(folder), recursive, where, slide_suffixes()))
 
 
-def _walk(folder: Path, recursive: bool, skip: Path | None) -> Iterator[Path]:
+def _walk(
+    folder: Path, recursive: bool, skip: Path | None, suffixes: frozenset[str]
+) -> Iterator[Path]:
     layout = dicom_folder(folder)
     in_series = {p for fs in layout.series.values() for p in fs}
     if layout.is_slide:
@@ -151,8 +157,8 @@ def _walk(folder: Path, recursive: bool, skip: Path | None) -> Iterator[Path]:
             if skip is not None and p.resolve() == skip:
                 continue
             if recursive and not p.is_symlink():  # a linked folder could loop back
-                yield from _walk(p, recursive, skip)
+                yield from _walk(p, recursive, skip, suffixes)
             elif is_dicom_slide(p):
                 yield p
-        elif _is_slide_file(p):
+        elif _is_slide_file(p, suffixes):
             yield p
