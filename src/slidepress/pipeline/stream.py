@@ -9,8 +9,12 @@ stays bounded whatever the slide size.
 
 Shutting down is ordered, also on Ctrl-C: stop submitting, cancel what has not started, wait
 for the blocks being read, and only then close the slide handles (OpenSlide aborts the process
-when a handle is closed while another thread still holds its tiles). A second Ctrl-C during
-that wait (a few ms) is deferred, not allowed to break the order.
+or segfaults when a handle is closed while another thread is inside `openslide_read_region`).
+"Wait" counts the reads itself rather than trusting the pool's list of threads: a Ctrl-C that
+lands inside `Thread.start` (the new thread waiting for the GIL) leaves a reader thread the
+pool never recorded, which `shutdown(wait=True)` does not join (issue 19, item 3: the SIGABRT /
+SIGSEGV on Ctrl-C). A second Ctrl-C or a SIGTERM during that wait (one block read) is deferred,
+not allowed to break the order.
 """
 
 from __future__ import annotations
@@ -35,22 +39,33 @@ T = TypeVar("T")
 
 @contextmanager
 def deferred_interrupts() -> Iterator[None]:
-    """Hold SIGINT back for the duration (main thread only; elsewhere a no-op)."""
+    """Hold SIGINT and SIGTERM back for the duration, then deliver them to the handlers that
+    were in place (Ctrl-C: KeyboardInterrupt). Main thread only; elsewhere a no-op."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    caught: list[Any] = []
-    try:
-        previous = signal.signal(signal.SIGINT, lambda *a: caught.append(a))
-    except ValueError:  # not the main interpreter
-        yield
-        return
+    caught: list[int] = []
+    raised: list[BaseException] = []  # by a signal already pending when the hold began
+    previous: dict[int, Any] = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(signum) is None:  # set outside Python: could not be put back
+            continue
+        while signum not in previous:
+            try:
+                previous[signum] = signal.signal(signum, lambda s, _f: caught.append(s))
+            except ValueError:  # not the main interpreter
+                break
+            except BaseException as e:  # noqa: BLE001 - a pending signal's handler raised
+                raised.append(e)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-        if caught:
-            raise KeyboardInterrupt
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if raised:
+            raise raised[0]
+        for signum in dict.fromkeys(caught):
+            signal.raise_signal(signum)  # runs the restored handler now
 
 
 def _lower_priority(nice: int) -> None:
@@ -81,17 +96,29 @@ def iter_blocks(
     OpenMP region waits for its slowest thread: nic-multitask on 2 cores 350 -> ~410 tiles/s)."""
     local = threading.local()
     handles: list[SlideReader] = []
-    lock = threading.Lock()
+    idle = threading.Condition()  # guards `stopping`, `active` and `handles`
+    stopping = False
+    active = 0  # calls of `work` running, in any thread: recorded by the pool or not
 
     def work(block: Block) -> Any:
-        if not hasattr(local, "reader"):
-            if nice:
-                _lower_priority(nice)
-            local.reader = opener()
-            with lock:
-                handles.append(local.reader)
-        pixels = grid.read_block(local.reader, *block)
-        return process(block, pixels) if process is not None else pixels
+        nonlocal active
+        with idle:
+            if stopping:  # shut down meanwhile: neither open nor read
+                return None
+            active += 1
+        try:
+            if not hasattr(local, "reader"):
+                if nice:
+                    _lower_priority(nice)
+                local.reader = opener()
+                with idle:
+                    handles.append(local.reader)
+            pixels = grid.read_block(local.reader, *block)
+            return process(block, pixels) if process is not None else pixels
+        finally:
+            with idle:
+                active -= 1
+                idle.notify_all()
 
     prefetch = 2 * workers + 2
     pending: deque[tuple[Block, Future]] = deque()
@@ -107,8 +134,13 @@ def iter_blocks(
             yield b, fut.result()
     finally:  # also on error, Ctrl-C or early close
         with deferred_interrupts():
+            with idle:
+                stopping = True
             for _, fut in pending:
                 fut.cancel()
-            pool.shutdown(wait=True)
-            for h in handles:
+            pool.shutdown(wait=True, cancel_futures=True)
+            with idle:  # also a reader thread the pool did not record (see module docstring)
+                idle.wait_for(lambda: active == 0)
+                to_close = list(handles)
+            for h in to_close:
                 h.close()

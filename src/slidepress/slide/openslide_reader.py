@@ -1,9 +1,18 @@
-"""OpenSlide backend: SVS, NDPI, MRXS, SCN, generic tiled TIFF, DICOM (OpenSlide 4)."""
+"""OpenSlide backend: SVS, NDPI, MRXS, SCN, generic tiled TIFF, DICOM (OpenSlide 4).
+
+Closing is safe under reads: OpenSlide aborts the process (`_openslide_tiffcache_destroy:
+assertion failed`) or segfaults when a handle is closed while a thread is inside
+`openslide_read_region` on it. So `close()` during reads only marks the handle; the last read
+in flight closes it as it returns (issue 19, item 3), and a read begun after `close()` is a
+SlideError. openslide-python's own finaliser (it closes a handle when garbage-collected)
+cannot fire during a read: the reading frame holds the handle.
+"""
 
 from __future__ import annotations
 
 import ctypes
 import functools
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +54,9 @@ class OpenSlideReader(SlideReader):
         super().__init__(path)
         import openslide
 
+        self._reads_lock = threading.Lock()
+        self._reads = 0  # openslide_read_region calls in flight on this handle
+        self._closing = False  # close() was called; the last read in flight closes the handle
         try:
             self._slide = openslide.OpenSlide(str(self.path))
         except (openslide.OpenSlideError, OSError) as e:
@@ -70,6 +82,7 @@ class OpenSlideReader(SlideReader):
 
         ds = self.info.level_downsamples[level]
         x, y = round(lx * ds), round(ly * ds)  # OpenSlide rounds level-0 / downsample
+        self._begin_read()
         try:
             read_into, uint32_p = _low_level_read()
             osr = getattr(self._slide, "_osr", None)
@@ -83,7 +96,30 @@ class OpenSlideReader(SlideReader):
             read_into(osr, buf.ctypes.data_as(uint32_p), x, y, level, width, height)
         except openslide.OpenSlideError as e:
             raise SlideError(f"{self.path.name}: unreadable pixels at ({x}, {y}): {e}") from None
+        finally:
+            self._end_read()
         return argb_to_rgb_on_white(buf)
 
+    def _begin_read(self) -> None:
+        with self._reads_lock:
+            if self._closing:
+                raise SlideError(f"{self.path.name}: read after the slide was closed")
+            self._reads += 1
+
+    def _end_read(self) -> None:
+        with self._reads_lock:
+            self._reads -= 1
+            last = self._closing and self._reads == 0
+        if last:  # close() came during the reads: this thread closes the handle
+            self._slide.close()
+
     def close(self) -> None:
-        self._slide.close()
+        """Close the handle now, or (reads in flight in other threads) as the last one
+        returns; a second call does nothing."""
+        with self._reads_lock:
+            if self._closing:
+                return
+            self._closing = True
+            idle = self._reads == 0
+        if idle:
+            self._slide.close()
