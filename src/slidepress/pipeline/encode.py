@@ -223,6 +223,7 @@ def plan_encode(
         params = {
             "slide_sha256": sha,
             "grid": asdict(spec),
+            "level_rule": grid.rule_description(),
             "mpp_used": slide_mpp,
             "encoder": encoder.describe(),
             "tissue_threshold": opts.tissue_threshold,
@@ -362,6 +363,7 @@ def _metadata(
             "level_downsample": grid.level_downsample,
             "level0_px_per_px": grid.scale,
             "resampled": grid.resample,
+            "level_rule": grid.rule_description(),
             "patch_size_level0": spec.patch_size * grid.scale,
             "cell_pitch_um": spec.stride * grid.effective_mpp,
             "rows": grid.rows,

@@ -38,9 +38,10 @@ FORMAT_VERSION = 1
 BACKGROUND_POLICIES = ("skip", "constant", "keep")
 LEVEL_KEYS = ("index", "width", "height", "rows", "cols", "downsample", "mpp")
 MAX_MANIFEST_BYTES = 4 << 20  # a real manifest is a few KB; JSON of 4 MB parses in ~0.1 s
-# Writer's pyramid: factor 2 per level; a source level it snaps to may differ by 2.5% (tiling's
-# SNAP_TOLERANCE) at either end, so consecutive levels differ by 2 x (1.025 / 0.975)^+-1.
-LEVEL_FACTOR_RANGE = (1.85, 2.15)
+# Writer's pyramid: factor 2 per level; a source level it snaps to may differ by 5% (tiling's
+# SNAP_TOLERANCE) at either end, so consecutive levels differ by 2 x (1.05 / 0.95)^+-1
+# = 1.81-2.21 (2.5% and 1.85-2.15 before issue 19: older containers stay inside).
+LEVEL_FACTOR_RANGE = (1.80, 2.22)
 
 
 @dataclass(frozen=True)
