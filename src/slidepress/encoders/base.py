@@ -6,20 +6,14 @@ expects, embedding size, normalisation, weights hash), so the pipeline never har
 
 from __future__ import annotations
 
-import hashlib
 from abc import ABC, abstractmethod
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..zoo import weights_sha256 as file_sha256  # the one weights hash (a file: its bytes)
 
-def file_sha256(path: str | Path, chunk: int = 8 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+__all__ = ["Encoder", "file_sha256"]
 
 
 class Encoder(ABC):

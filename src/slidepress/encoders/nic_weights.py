@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .. import zoo
 from ..errors import EncoderError
-from .base import Encoder, file_sha256
+from .base import Encoder
 
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-# the shipped NIC encoders: one folder each (listing them imports nothing heavy)
-SHIPPED = tuple(sorted(p.name for p in WEIGHTS_DIR.glob("nic-*") if (p / "config.json").is_file()))
+FORMAT = zoo.FORMATS["nic-encoder"]
+WEIGHTS_DIR = zoo.ROOT
+# the shipped NIC encoders, from the zoo (listing them imports nothing heavy)
+SHIPPED = tuple(w.name for w in zoo.shipped(fmt=FORMAT.name))
 
 
 def read_run_config(folder: Path) -> dict:
@@ -68,7 +70,7 @@ def load_nic(folder: str | Path, name: str | None = None, device: str | None = N
         patch_size=enc["patch_size"],
         mpp=enc["mpp"],
         normalization=enc["normalization"],
-        weights_hash=file_sha256(folder / "model.safetensors"),
+        weights_hash=zoo.weights_sha256(folder, FORMAT),
         device=device,
     )
     encoder.nic_method = method  # the whole model, for reconstructions / generated samples
@@ -78,7 +80,7 @@ def load_nic(folder: str | Path, name: str | None = None, device: str | None = N
 def shipped_summary(folder: str) -> str:
     """One line for listings, from the folder's config.json (no torch)."""
     try:
-        meta = json.loads((WEIGHTS_DIR / folder / "config.json").read_text())
+        meta = json.loads((zoo.shipped_path(folder) / "config.json").read_text())
         enc = meta["encoder"]
         return (
             f"NIC {meta['config']['method']} encoder trained here, C={enc['dim']}, "
@@ -93,6 +95,7 @@ def load_run(arg: str, device: str | None = None) -> Encoder:
     return load_nic(arg, device=device)
 
 
-def load_shipped(folder: str, device: str | None = None) -> Encoder:
-    """`nic-*`: a run folder shipped with the package under `weights/` (named as the folder)."""
-    return load_nic(WEIGHTS_DIR / folder, folder, device=device)
+def load_shipped(folder: str | Path, device: str | None = None) -> Encoder:
+    """`nic-*`: a run folder shipped with the package (the zoo's; named as the folder)."""
+    name = Path(folder).name
+    return load_nic(zoo.shipped_path(name), name, device=device)

@@ -18,8 +18,8 @@ timm `resnet18` state dict (`.pth`/`.pt`/`.safetensors`, any width, `fc` ignored
 weights downloaded elsewhere. Numbers from different weights are not comparable.
 
 Deterministic: eval mode, fixed weights; an original and its decoded tile go through batches of
-the same shape. torch is imported on first use; `score_pairs` adds the embedding similarity of
-`embsim` and returns the dict a summary needs.
+the same shape. torch is imported on first use. `metrics/similarity.py` scores it next to PSNR,
+MS-SSIM and embedding similarity for compress, the codec benchmark and `eval downstream`.
 """
 
 from __future__ import annotations
@@ -33,12 +33,13 @@ from typing import Any
 
 import numpy as np
 
+from .. import zoo
 from ..errors import EncoderError
 
 DEPTHS = ("stem", "layer1", "layer2", "layer3", "layer4", "pooled")
-FORMAT = "slidepress-featsim/1"
+FORMAT = zoo.FORMATS["featsim"].tag  # "slidepress-featsim/1", in config.json
 IMAGENET_NORM = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights" / "featsim-resnet18"
+WEIGHTS_DIR = zoo.shipped_path("featsim-resnet18")
 BATCH = 16  # tiles per forward: ~50 MB of float maps per 256 px tile at half width
 
 Tiles = Sequence[np.ndarray] | np.ndarray
@@ -206,16 +207,15 @@ class FeatureSimilarity:
         """The shipped network (`weights=None`), a folder written by scripts/train_featsim.py,
         or a local resnet18 state dict file (normalised with ImageNet's mean/std unless
         `normalization` says otherwise). Raises EncoderError for anything else."""
-        from ..encoders.base import file_sha256
         from ..encoders.torch_encoder import pick_device
 
         path = Path(weights) if weights is not None else WEIGHTS_DIR
         state, config = _read_state(path)
         model, width = _build(state, path, config.get("width"))
         norm = normalization or config.get("normalization") or IMAGENET_NORM
-        file = path / "model.safetensors" if path.is_dir() else path
         name = config.get("name") or path.name
-        return cls(model, name=name, width=width, normalization=norm, sha=file_sha256(file),
+        sha = zoo.weights_sha256(path, zoo.FORMATS["featsim"])  # a folder's model or a file
+        return cls(model, name=name, width=width, normalization=norm, sha=sha,
                    device=pick_device(device))  # fmt: skip
 
     def describe(self) -> dict[str, Any]:
@@ -267,29 +267,3 @@ class FeatureSimilarity:
 def shipped(device: str | None = None) -> FeatureSimilarity:
     """The shipped network, loaded once per process (and device)."""
     return FeatureSimilarity.load(None, device=device)
-
-
-def score_pairs(
-    orig: Tiles,
-    decoded: Tiles,
-    *,
-    featsim: FeatureSimilarity | None = None,
-    encoder: Any = "nic-multitask",
-    tile_mpp: float | None = None,
-) -> dict[str, Any]:
-    """Both metrics for a summary (e.g. `compress`'s, on sampled or all stored tiles):
-    `featsim_<depth>` and `featsim_mean` (shipped network unless `featsim` is given),
-    `embsim` (mean over tiles) of `encoder` (a registry name or an Encoder; None skips it;
-    `tile_mpp` = the tiles' um/px, to bring them to the encoder's), and the names and hashes
-    used (`compress` and `bench codecs` use the scorers directly, to batch and weight)."""
-    from .embsim import embedding_similarity
-
-    fs = featsim or shipped()
-    n = len(orig)
-    out: dict[str, Any] = {"n_tiles": n, **fs.score(orig, decoded).summary()}
-    out["featsim_weights"] = f"{fs.name}@{fs.weights_hash[:12]}"
-    if encoder is not None:
-        sims = embedding_similarity(encoder, orig, decoded, tile_mpp=tile_mpp)
-        out["embsim"] = float(sims.mean()) if len(sims) else float("nan")
-        out["embsim_encoder"] = encoder if isinstance(encoder, str) else encoder.name
-    return out

@@ -23,13 +23,14 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import CodecError
+from ... import zoo
+from ...errors import CodecError, UsageError
 from ..base import Codec, check_tile
 
 MAGIC, VERSION = b"PA", 1
 HEADER = struct.Struct("<2sBBBHH")
 MODES = {"float16": 0, "int8": 1, "kmeans": 2}
-WEIGHTS = Path(__file__).resolve().parents[2] / "weights" / "pathae-he-f8c8"
+WEIGHTS = zoo.shipped_path("pathae-he-f8c8")
 DECODE_CHUNK = 16  # tiles per decoder forward (memory stays small on big batches)
 
 
@@ -162,6 +163,11 @@ class AutoencoderCodec(Codec):
             raise CodecError(f"{self.name}: give the autoencoder bundle as weights=FOLDER (or "
                              f"${self.env_var}); make one with slidepress.codecs.autoencoder."
                              "loading.bundle_from_diffusers")  # fmt: skip
+        try:
+            import torch  # noqa: F401 - the autoencoder is a torch network, both ways
+        except ImportError:
+            raise UsageError(f"codec {self.name} needs torch (its decoder is a torch network): "
+                             "pip install 'slidepress[torch]'") from None  # fmt: skip
         from .loading import load_bundle
 
         self.bundle = load_bundle(weights or WEIGHTS)

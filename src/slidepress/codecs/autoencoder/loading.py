@@ -9,15 +9,15 @@ A bundle is a folder:
     model/            (kind "diffusers": a `save_pretrained` folder) or "source" in pathae.json
                       (a local folder or a hub id, loaded with `from_pretrained`)
 
-The weights hash (SHA-256 over the model's weight files and quantizers.npz) goes into every
-container, which then refuses to decode with other weights (store/manifest.py, same_model).
+The weights hash (the zoo's: SHA-256 over the names and bytes of the model's weight files and
+quantizers.npz) goes into every container, which then refuses to decode with other weights
+(store/manifest.py, same_model).
 The hub is only reached when a source is a hub id and HF_HUB_OFFLINE is unset; a local folder
 never touches it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 from dataclasses import dataclass, field
@@ -26,15 +26,16 @@ from typing import Any
 
 import numpy as np
 
+from ... import zoo
 from ...errors import CodecError
 from .quantize import Quantizers
 
-FORMAT = "slidepress-pathae/1"
+BUNDLE = zoo.FORMATS["autoencoder"]
+FORMAT = BUNDLE.tag  # "slidepress-pathae/1", in pathae.json
 META_FILE, QUANT_FILE, PATHAE_FILE, DIFFUSERS_DIR = (
     "pathae.json", "quantizers.npz", "model.safetensors", "model",
 )  # fmt: skip
 DIFFUSERS_CLASSES = ("AutoencoderKL", "AutoencoderDC")
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json")
 DEFAULT_KS = (16, 64, 256, 1024, 4096)
 _BUNDLES: dict[str, Bundle] = {}
 _LOCK = threading.Lock()
@@ -87,16 +88,12 @@ def load_diffusers(source: str | Path, class_name: str | None = None) -> Any:
 
 
 def weights_hash(files: list[Path]) -> str:
-    """SHA-256 over the given files (name and bytes, in the order given)."""
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.name.encode() + b"\0")
-        h.update(f.read_bytes())
-    return h.hexdigest()
+    """A bundle's hash from its files (model weights, then quantizers.npz), as the zoo hashes
+    bundles: each file's name and bytes, in the order given."""
+    return zoo.sha256_files(files, named=BUNDLE.named)
 
 
-def _weight_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+_weight_files = zoo.diffusers_files  # finetune.py's name for it
 
 
 class Autoencoder:
@@ -167,7 +164,8 @@ def read_meta(folder: Path) -> dict[str, Any]:
     return meta
 
 
-def _load_net(folder: Path, meta: dict[str, Any]) -> tuple[Autoencoder, list[Path]]:
+def _load_net(folder: Path, meta: dict[str, Any]) -> tuple[Autoencoder, Path | None]:
+    """The network, and the folder its weights came from when that is a hub id's snapshot."""
     import torch
 
     torch.set_flush_denormal(True)
@@ -179,13 +177,13 @@ def _load_net(folder: Path, meta: dict[str, Any]) -> tuple[Autoencoder, list[Pat
         net = PathAENet(AEConfig.from_dict(meta["arch"]))
         state = load_file(str(folder / PATHAE_FILE))
         net.load_state_dict({k: v.float() for k, v in state.items()})
-        return Autoencoder(net.eval(), "pathae"), [folder / PATHAE_FILE]
+        return Autoencoder(net.eval(), "pathae"), None
     if meta["kind"] != "diffusers":
         raise CodecError(f"{folder}: unknown autoencoder kind {meta['kind']!r}")
     source = meta.get("source") or str(folder / DIFFUSERS_DIR)
-    local = folder / DIFFUSERS_DIR if not meta.get("source") else resolve_source(source)
+    hub = None if Path(source).is_dir() else resolve_source(source)
     net = load_diffusers(source, meta.get("class"))
-    return Autoencoder(net, type(net).__name__), _weight_files(local)
+    return Autoencoder(net, type(net).__name__), hub
 
 
 def load_bundle(folder: str | Path) -> Bundle:
@@ -197,8 +195,9 @@ def load_bundle(folder: str | Path) -> Bundle:
             meta = read_meta(folder)
             if not (folder / QUANT_FILE).is_file():
                 raise CodecError(f"{folder}: no {QUANT_FILE}")
-            ae, files = _load_net(folder, meta)
-            sha = weights_hash([*files, folder / QUANT_FILE])
+            ae, hub = _load_net(folder, meta)
+            sha = (zoo.weights_sha256(folder, BUNDLE) if hub is None
+                   else weights_hash([*zoo.diffusers_files(hub), folder / QUANT_FILE]))  # fmt: skip
             _BUNDLES[key] = Bundle(folder, meta, ae, Quantizers.load(folder / QUANT_FILE), sha)
         return _BUNDLES[key]
 

@@ -14,10 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from ... import zoo
 from ...errors import CodecError
 from ..base import Codec, check_tile
 
-WEIGHTS = Path(__file__).resolve().parents[2] / "weights" / "codec-he-shallow"
+WEIGHTS = zoo.shipped_path("codec-he-shallow")
 _MODELS: dict[str, Any] = {}
 _LOCK = threading.Lock()
 

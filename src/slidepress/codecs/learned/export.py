@@ -1,10 +1,5 @@
-"""A trained CodecNet -> the shipped weights folder.
-
-    encoder.safetensors   analysis + hyper-analysis (float16; the encoder needs no exactness)
-    decoder.npz           integer hyper-synthesis and synthesis layers, inverse gains, the
-                          entropy tables: everything a decoder needs, no float model
-    config.json           the architecture, calibration and training record
-    MODEL_CARD.md         written by the training script
+"""A trained CodecNet -> the shipped weights folder (its files and decoder.npz's layout:
+weights_folder.py, which decodes without torch; this module needs torch to write one).
 
 Post-training quantisation: activation scales are calibrated on real crops at every level;
 weights get per-output-channel power-of-two scales (exact.py). The fixed-point decoder differs
@@ -13,21 +8,26 @@ from the float one by far less than a grey level (measured and recorded at expor
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
+from ... import zoo
 from .entropy import Tables
 from .exact import IntLayer, frac_bits_for, quantize_layer
-from .model import LOG_SCALE_MAX, LOG_SCALE_MIN, PIXEL_CENTRE, PIXEL_SPREAD, CodecConfig, CodecNet
+from .model import LOG_SCALE_MAX, LOG_SCALE_MIN, PIXEL_CENTRE, PIXEL_SPREAD, CodecNet
+from .weights_folder import (
+    CONFIG_FILE,
+    ENCODER_FILE,
+    FORMAT,
+    GAIN_FRAC,
+    QUALITY_STEPS,
+    IntDecoder,
+)
 
-GAIN_FRAC = 12  # inverse gains in fixed point
-QUALITY_STEPS = 16  # quality knob resolution: 1/16 of a level
-ENCODER_FILE, DECODER_FILE, CONFIG_FILE = "encoder.safetensors", "decoder.npz", "config.json"
+__all__ = ["CONFIG_FILE", "build_decoder", "calibrate", "export"]
 
 
 @torch.no_grad()
@@ -80,8 +80,8 @@ def _layer(
     return quantize_layer(w, b, stride, in_frac, out_frac, relu, **kw)
 
 
-def build_decoder(net: CodecNet, peaks: dict[str, list[float]]) -> dict[str, Any]:
-    """Integer layers, gains and tables as plain arrays (the contents of decoder.npz)."""
+def build_decoder(net: CodecNet, peaks: dict[str, list[float]]) -> IntDecoder:
+    """Integer layers, gains and tables (the contents of decoder.npz)."""
     hyper_fracs = [0] + [frac_bits_for(p) for p in peaks["hyper"][1:]]
     hyper_fracs[-1] = min(hyper_fracs[-1], 8)  # mu and log-scale: 8 fractional bits at most
     hyper_convs = _convs(net.hyper_synthesis)
@@ -111,47 +111,17 @@ def build_decoder(net: CodecNet, peaks: dict[str, list[float]]) -> dict[str, Any
     step = (lmax - lmin) / (len(tables.scales) - 1)
     thresholds = np.floor((lmin + (np.arange(len(tables.scales) - 1) + 0.5) * step) * 2**mu_frac)
     inv_gain = np.round(np.exp(-net.log_gain.detach().double().numpy()) * 2**GAIN_FRAC)
-    out: dict[str, Any] = {
-        "mu_frac": np.int64(mu_frac),
-        "synth_in_frac": np.int64(synth_fracs[0]),
-        "scale_thresholds": thresholds,
-        "inv_gain": inv_gain,
-        "log_scale_min": np.float64(lmin),
-        "log_scale_max": np.float64(lmax),
-        **{f"tables.{k}": v for k, v in tables.to_arrays().items()},
-    }
-    for name, layers in (("hyper", hyper), ("synth", synth)):
-        out[f"{name}.count"] = np.int64(len(layers))
-        for i, L in enumerate(layers):
-            p = f"{name}.{i}."
-            out[p + "weight"], out[p + "bias"], out[p + "w_exp"] = L.weight, L.bias, L.w_exp
-            out[p + "meta"] = np.array(
-                [L.stride, L.in_frac, L.out_frac, int(L.relu), int(L.clip is not None)]
-            )
-    return out
-
-
-def load_layers(arrays: dict[str, np.ndarray], name: str) -> list[IntLayer]:
-    layers = []
-    for i in range(int(arrays[f"{name}.count"])):
-        p = f"{name}.{i}."
-        stride, in_frac, out_frac, relu, clip = (int(v) for v in arrays[p + "meta"])
-        layers.append(IntLayer(
-            arrays[p + "weight"], arrays[p + "bias"], arrays[p + "w_exp"], stride, in_frac,
-            out_frac, bool(relu), 2.0**15 if clip else None,
-        ))  # fmt: skip
-    return layers
+    return IntDecoder(hyper, synth, mu_frac, synth_fracs[0], thresholds, inv_gain, lmin, lmax,
+                      tables)  # fmt: skip
 
 
 def export(net: CodecNet, calib: torch.Tensor, out_dir: Path, record: dict) -> str:
-    """Write the weights folder; return its weights hash (SHA-256 of decoder + encoder)."""
+    """Write the weights folder; return its weights hash (the zoo's: decoder + encoder)."""
     from safetensors.torch import save_file
 
     out_dir.mkdir(parents=True, exist_ok=True)
     peaks = calibrate(net, calib)
-    arrays = build_decoder(net, peaks)
-    with open(out_dir / DECODER_FILE, "wb") as f:
-        np.savez_compressed(f, **arrays)
+    build_decoder(net, peaks).save(out_dir)
     enc_state = {
         k: v.detach().half().contiguous()
         for k, v in net.state_dict().items()
@@ -163,15 +133,4 @@ def export(net: CodecNet, calib: torch.Tensor, out_dir: Path, record: dict) -> s
     (out_dir / CONFIG_FILE).write_text(json.dumps(cfg, indent=1))
     for p in out_dir.iterdir():
         p.chmod(0o644)
-    return weights_hash(out_dir)
-
-
-def weights_hash(folder: Path) -> str:
-    h = hashlib.sha256()
-    for name in (DECODER_FILE, ENCODER_FILE):
-        h.update((folder / name).read_bytes())
-    return h.hexdigest()
-
-
-def config_of(folder: Path) -> CodecConfig:
-    return CodecConfig.from_dict(json.loads((folder / CONFIG_FILE).read_text())["config"])
+    return zoo.weights_sha256(out_dir, FORMAT)

@@ -18,51 +18,18 @@ Variable rate from one model: per-level gain vectors on the latents (Cui et al. 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .weights_folder import CodecConfig  # the architecture, as config.json records it
 
 LOG_SCALE_MIN = math.log(0.11)  # smallest latent scale the entropy tables cover
 LOG_SCALE_MAX = math.log(80.0)
 # H&E pixels in [0, 1] sit around 0.6: centring and widening them makes training converge
 # several times faster (measured: an autoencoder stuck at 15 dB for 600 steps reaches 18 dB).
 PIXEL_CENTRE, PIXEL_SPREAD = 0.6, 4.0
-
-
-@dataclass(frozen=True)
-class CodecConfig:
-    n: int = 96  # analysis channels
-    m: int = 96  # latent channels
-    z: int = 64  # hyper-latent channels
-    hyper: int = 96  # hyper-synthesis channels
-    # latents at 1/latent_stride of the tile (8 or 16); hyper-latents always at 1/32
-    latent_stride: int = 8
-    synthesis: tuple[int, ...] = (64,)  # hidden channels: one 2x layer each, then a 4x one
-    lambdas: tuple[float, ...] = (0.005, 0.0088, 0.0153, 0.027, 0.047, 0.082, 0.143, 0.25)
-    distortion: str = "mse"  # "mse" | "ms-ssim"
-    name: str = "he-shallow-hyperprior"
-    version: str = "1"
-    extra: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["synthesis"] = list(self.synthesis)
-        d["lambdas"] = list(self.lambdas)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> CodecConfig:
-        d = dict(d)
-        d.setdefault("latent_stride", 16)  # weights exported before the field existed
-        d["synthesis"] = tuple(d["synthesis"])
-        d["lambdas"] = tuple(d["lambdas"])
-        return cls(**d)
-
-    @property
-    def levels(self) -> int:
-        return len(self.lambdas)
 
 
 class GDN(nn.Module):

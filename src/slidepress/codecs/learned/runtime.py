@@ -5,9 +5,10 @@ Bitstream of one tile (little-endian):
 The tile is padded (edge-replicated) to a multiple of 32 px for the transforms and cropped
 back after decoding, so any tile size works (container edge tiles, odd sizes).
 
-Decoding uses only integers and shipped tables (exact.py, entropy.py): the same bytes give the
-same pixels on every machine, process and thread count. Encoding runs the float analysis in
-torch (imported only to encode); tiles are processed in batches for speed.
+Decoding uses only integers and shipped tables (exact.py, entropy.py) read from the weights
+folder by weights_folder.py: the same bytes give the same pixels on every machine, process and
+thread count, and a base install (numpy + constriction, no torch) decodes. Encoding runs the
+float analysis in torch (imported only to encode); tiles are processed in batches for speed.
 """
 
 from __future__ import annotations
@@ -17,18 +18,17 @@ from pathlib import Path
 
 import numpy as np
 
+from ... import zoo
 from ...errors import CodecError
 from . import entropy
 from .exact import run
-from .export import (
-    CONFIG_FILE,
-    DECODER_FILE,
+from .weights_folder import (
     ENCODER_FILE,
+    FORMAT,
     GAIN_FRAC,
     QUALITY_STEPS,
+    IntDecoder,
     config_of,
-    load_layers,
-    weights_hash,
 )
 
 MAGIC, VERSION = b"SL", 1
@@ -42,24 +42,18 @@ class LearnedModel:
 
     def __init__(self, folder: str | Path):
         folder = Path(folder)
-        missing = [
-            f for f in (CONFIG_FILE, DECODER_FILE, ENCODER_FILE) if not (folder / f).is_file()
-        ]
+        missing = [f for f in FORMAT.needs if not (folder / f).is_file()]
         if missing:
             raise CodecError(f"{folder}: not a learned-codec weights folder (missing {missing})")
         self.folder = folder
         self.config = config_of(folder)
-        self.weights_sha256 = weights_hash(folder)
-        with np.load(folder / DECODER_FILE, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-        self.hyper = load_layers(arrays, "hyper")
-        self.synth = load_layers(arrays, "synth")
-        self.mu_frac = int(arrays["mu_frac"])
-        self.synth_in_frac = int(arrays["synth_in_frac"])
-        self.thresholds = arrays["scale_thresholds"]
-        self.inv_gain = arrays["inv_gain"]  # (levels, M) at 2^-GAIN_FRAC
-        tables = {k[len("tables.") :]: v for k, v in arrays.items() if k.startswith("tables.")}
-        self.tables = entropy.Tables.from_arrays(tables)
+        self.weights_sha256 = zoo.weights_sha256(folder, FORMAT)
+        dec = IntDecoder.load(folder)
+        self.hyper, self.synth = dec.hyper, dec.synth
+        self.mu_frac, self.synth_in_frac = dec.mu_frac, dec.synth_in_frac
+        self.thresholds = dec.scale_thresholds
+        self.inv_gain = dec.inv_gain  # (levels, M) at 2^-GAIN_FRAC
+        self.tables = dec.tables
         self._encoder = None
         self._lut: tuple[int, np.ndarray] | None = None
 

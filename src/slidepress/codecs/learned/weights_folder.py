@@ -1,0 +1,134 @@
+"""The learned codec's weights folder, read without torch: what a base install (no torch extra)
+needs to decode a `learned` container.
+
+    encoder.safetensors   analysis + hyper-analysis (float16; the encoder needs no exactness)
+    decoder.npz           integer hyper-synthesis and synthesis layers, inverse gains, the
+                          entropy tables: everything a decoder needs, no float model
+                          (`IntDecoder`: its layout, written and read here only)
+    config.json           the architecture (`CodecConfig`), calibration and training record
+    MODEL_CARD.md         written by the training script
+
+export.py (torch) writes a folder; runtime.py decodes with one. The weights hash is the zoo's
+(decoder.npz then encoder.safetensors).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ... import zoo
+from .entropy import Tables
+from .exact import IntLayer
+
+FORMAT = zoo.FORMATS["learned-codec"]
+CONFIG_FILE, DECODER_FILE, ENCODER_FILE = FORMAT.needs  # config.json, decoder.npz, encoder...
+GAIN_FRAC = 12  # inverse gains in fixed point
+QUALITY_STEPS = 16  # quality knob resolution: 1/16 of a level
+
+
+@dataclass(frozen=True)
+class CodecConfig:
+    n: int = 96  # analysis channels
+    m: int = 96  # latent channels
+    z: int = 64  # hyper-latent channels
+    hyper: int = 96  # hyper-synthesis channels
+    # latents at 1/latent_stride of the tile (8 or 16); hyper-latents always at 1/32
+    latent_stride: int = 8
+    synthesis: tuple[int, ...] = (64,)  # hidden channels: one 2x layer each, then a 4x one
+    lambdas: tuple[float, ...] = (0.005, 0.0088, 0.0153, 0.027, 0.047, 0.082, 0.143, 0.25)
+    distortion: str = "mse"  # "mse" | "ms-ssim"
+    name: str = "he-shallow-hyperprior"
+    version: str = "1"
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["synthesis"] = list(self.synthesis)
+        d["lambdas"] = list(self.lambdas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CodecConfig:
+        d = dict(d)
+        d.setdefault("latent_stride", 16)  # weights exported before the field existed
+        d["synthesis"] = tuple(d["synthesis"])
+        d["lambdas"] = tuple(d["lambdas"])
+        return cls(**d)
+
+    @property
+    def levels(self) -> int:
+        return len(self.lambdas)
+
+
+def config_of(folder: Path) -> CodecConfig:
+    return CodecConfig.from_dict(json.loads((folder / CONFIG_FILE).read_text())["config"])
+
+
+@dataclass
+class IntDecoder:
+    """The contents of decoder.npz."""
+
+    hyper: list[IntLayer]
+    synth: list[IntLayer]
+    mu_frac: int  # means and log-scales at 2^-mu_frac
+    synth_in_frac: int
+    scale_thresholds: np.ndarray  # log-scale (at 2^-mu_frac) -> scale table index
+    inv_gain: np.ndarray  # (levels, M) at 2^-GAIN_FRAC
+    log_scale_min: float
+    log_scale_max: float
+    tables: Tables
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {
+            "mu_frac": np.int64(self.mu_frac),
+            "synth_in_frac": np.int64(self.synth_in_frac),
+            "scale_thresholds": self.scale_thresholds,
+            "inv_gain": self.inv_gain,
+            "log_scale_min": np.float64(self.log_scale_min),
+            "log_scale_max": np.float64(self.log_scale_max),
+            **{f"tables.{k}": v for k, v in self.tables.to_arrays().items()},
+        }
+        for name, layers in (("hyper", self.hyper), ("synth", self.synth)):
+            out[f"{name}.count"] = np.int64(len(layers))
+            for i, L in enumerate(layers):
+                p = f"{name}.{i}."
+                out[p + "weight"], out[p + "bias"], out[p + "w_exp"] = L.weight, L.bias, L.w_exp
+                out[p + "meta"] = np.array(
+                    [L.stride, L.in_frac, L.out_frac, int(L.relu), int(L.clip is not None)]
+                )
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> IntDecoder:
+        tables = {k[len("tables.") :]: v for k, v in arrays.items() if k.startswith("tables.")}
+        return cls(
+            load_layers(arrays, "hyper"), load_layers(arrays, "synth"),
+            int(arrays["mu_frac"]), int(arrays["synth_in_frac"]), arrays["scale_thresholds"],
+            arrays["inv_gain"], float(arrays["log_scale_min"]), float(arrays["log_scale_max"]),
+            Tables.from_arrays(tables),
+        )  # fmt: skip
+
+    def save(self, folder: Path) -> None:
+        with open(folder / DECODER_FILE, "wb") as f:
+            np.savez_compressed(f, **self.to_arrays())
+
+    @classmethod
+    def load(cls, folder: Path) -> IntDecoder:
+        with np.load(folder / DECODER_FILE, allow_pickle=False) as z:
+            return cls.from_arrays({k: z[k] for k in z.files})
+
+
+def load_layers(arrays: dict[str, np.ndarray], name: str) -> list[IntLayer]:
+    layers = []
+    for i in range(int(arrays[f"{name}.count"])):
+        p = f"{name}.{i}."
+        stride, in_frac, out_frac, relu, clip = (int(v) for v in arrays[p + "meta"])
+        layers.append(IntLayer(
+            arrays[p + "weight"], arrays[p + "bias"], arrays[p + "w_exp"], stride, in_frac,
+            out_frac, bool(relu), 2.0**15 if clip else None,
+        ))  # fmt: skip
+    return layers
