@@ -4,8 +4,9 @@ Each slide becomes a `Task`: its `SlideItem` as plain data (what a Dask worker r
 the folder its outputs go to. A folder is searched recursively and its layout is mirrored in
 the output folder, so `a/x.svs` and `b/x.svs` do not write the same `x.zarr`; a folder
 holding a DICOM WSI series is one slide, and the other files beside it are slides of their
-own (`slide.discovery`; suffixes from the READERS entries). Discovery never opens a slide: an unreadable file is
-found here and fails on its worker, recorded in the report, while the others run.
+own (`slide.discovery`; suffixes from the READERS entries). Discovery never opens a slide: an
+unreadable file is found here and fails on its worker, recorded in the report, while the
+others run.
 """
 
 from __future__ import annotations
