@@ -12,7 +12,7 @@ with the true tilted rectangle, and the time of every stage.
 Encoders: `oracle` (the NIC "supervised" method trained on digit labels + a blank class),
 `vae` (unsupervised), optionally `bigan`, and `mean` (a floor: the cell's mean intensity,
 C = 1). Writes .bench/nic_synthetic/{results.json,results.md,accuracy_by_size.png,
-example.png}.
+example.png} and each encoder's training run in encoders/NAME (`slidepress.training`).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_nic_synthetic.py --quick   # smoke test, < 1 min
     OMP_NUM_THREADS=1 python benchmarks/bench_nic_synthetic.py           # reference, ~16 min
@@ -56,6 +56,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -64,6 +65,8 @@ from typing import Any
 import numpy as np
 
 from common import BENCH_DIR, git_commit, log
+from slidepress.training.loop import Trainer, fit
+from slidepress.training.run import Budget, Run
 
 OUT = BENCH_DIR / "nic_synthetic"
 
@@ -125,32 +128,60 @@ def encoder_data(train_pool, test_pool) -> dict[str, Any]:
     return {"x_train": x_tr, "y_train": y_tr, "x_test": x_te, "y_test": y_te}
 
 
-def train_encoder(name: str, data: dict[str, Any], steps: int, batch: int, seed: int, code: int):
-    """Train one NIC method with Adam + cosine LR decay; returns (method, info)."""
-    import torch
+class DigitEncoderTrainer(Trainer):
+    """One NIC method on the in-memory digit patches: random batches, cosine LR decay."""
 
-    from slidepress.encoders.nic import build_method
+    family = "nic-digits"
 
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    cfg = encoder_config(name, code)
-    method = build_method(cfg)
-    opts = method.make_optimizers()
-    base = [[g["lr"] for g in o.param_groups] for o in opts]
-    x, y = data["x_train"], data["y_train"]
-    t0 = time.perf_counter()
-    method.train()
-    last: dict = {}
-    for step in range(steps):
-        scale = 0.5 * (1 + math.cos(math.pi * step / steps))
-        for o, lrs in zip(opts, base, strict=True):
+    def __init__(self, cfg, data: dict[str, Any], steps: int, batch: int, seed: int):
+        from slidepress.encoders.nic import build_method
+
+        self.cfg, self.steps, self.batch = cfg, steps, batch
+        self.method = build_method(cfg)
+        self.opts = self.method.make_optimizers()
+        self.base = [[g["lr"] for g in o.param_groups] for o in self.opts]
+        self.rng = np.random.default_rng(seed)
+        self.x, self.y = data["x_train"], data["y_train"]
+        self.last: dict = {}
+        self.models = {"method": self.method}
+        self.optimizers = {str(i): o for i, o in enumerate(self.opts)}
+        self.generators = {"batches": self.rng}
+
+    def config(self) -> dict:
+        return self.cfg.to_dict()
+
+    def step(self, step: int, progress: float) -> dict[str, float]:
+        import torch
+
+        scale = 0.5 * (1 + math.cos(math.pi * step / self.steps))
+        for o, lrs in zip(self.opts, self.base, strict=True):
             for g, lr in zip(o.param_groups, lrs, strict=True):
                 g["lr"] = lr * scale
-        idx = torch.from_numpy(rng.integers(0, len(x), batch))
-        b = {"digit": (x[idx], y[idx])} if cfg.method == "supervised" else x[idx]
-        last = method.training_step(b, opts)
-        if (step + 1) % max(1, steps // 5) == 0:
-            log(f"  {name} step {step + 1}/{steps} " + _fmt_logs(last))
+        idx = torch.from_numpy(self.rng.integers(0, len(self.x), self.batch))
+        b = (
+            {"digit": (self.x[idx], self.y[idx])}
+            if self.cfg.method == "supervised"
+            else self.x[idx]
+        )
+        self.last = self.method.training_step(b, self.opts)
+        return self.last
+
+
+def train_encoder(name: str, data: dict[str, Any], steps: int, batch: int, seed: int, code: int,
+                  out: Path):  # fmt: skip
+    """Train one NIC method with Adam + cosine LR decay (run folder `out`: log.csv, curves,
+    checkpoint); returns (method, info)."""
+    import torch
+
+    torch.manual_seed(seed)
+    cfg = encoder_config(name, code)
+    trainer = DigitEncoderTrainer(cfg, data, steps, batch, seed)
+    method = trainer.method
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    method.train()
+    fit(trainer, Run(out), Budget(steps), log_every=max(1, steps // 5),
+        log=lambda m: log(f"  {name} {m}"))  # fmt: skip
     train_s = time.perf_counter() - t0
     method.eval()
     xt, yt = data["x_test"], data["y_test"]
@@ -167,7 +198,7 @@ def train_encoder(name: str, data: dict[str, Any], steps: int, batch: int, seed:
         "steps": steps,
         "batch": batch,
         "train_s": round(train_s, 1),
-        "last_train": last,
+        "last_train": trainer.last,
         "held_out": {k: float(v) for k, v in val.items()},
         "parameters": sum(p.numel() for p in method.embedder().parameters()),
     }
@@ -540,7 +571,7 @@ def run_encoder(name: str, args: argparse.Namespace, data: dict[str, Any], setti
         log(f"[{name}] training the encoder ({args.encoder_steps} steps)")
         method, info = train_encoder(
             name, data["encoder"], args.encoder_steps, args.encoder_batch, args.seed,
-            args.code_size,
+            args.code_size, args.out / "encoders" / name,
         )  # fmt: skip
         info["code_size"] = args.code_size
         embed = syn.torch_embed_fn(method.embedder())

@@ -3,7 +3,7 @@
 import sys
 from pathlib import Path
 
-from slidepress.train.export import export_run
+from slidepress.training.nic.export import export_run
 
 runs = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/encoders")
 weights = Path(__file__).resolve().parent.parent / "src" / "slidepress" / "weights"

@@ -18,14 +18,8 @@ import numpy as np
 import torch
 
 from slidepress.codecs.learned.model import CodecConfig
-from slidepress.codecs.learned.train import (
-    CROP,
-    CropSampler,
-    TrainSettings,
-    load_folder_images,
-    load_slide_level0,
-    train,
-)
+from slidepress.training.learned_codec import TrainSettings, train_codec
+from slidepress.training.samplers import CROP, CropSampler, he_mix
 
 # lambda * MSE (0-255) + bpp: ~24-38 dB on held-out H&E, the range JPEG-XL q30-95 covers there
 LAMBDAS = (0.005, 0.0088, 0.0153, 0.027, 0.047, 0.082, 0.143, 0.25)
@@ -36,14 +30,7 @@ SHARED = Path(os.environ.get("SLIDEPRESS_SHARED_DATA", REPO.parent / "shared" / 
 def data_pools(pcam_limit: int = 12000, seed: int = 0) -> tuple[CropSampler, torch.Tensor]:
     """The training crop sampler (PCam 55 %, CMU-1 level 0 35 %, Kather 10 %) and 96 fixed
     validation crops (PCam valid + CMU-1)."""
-    pcam = load_folder_images(SHARED / "patches" / "pcam" / "train", pcam_limit)
-    kather = load_folder_images(SHARED / "patches" / "kather2016")
-    slide = [load_slide_level0(SHARED / "slides" / "CMU-1-Small-Region.svs")]
-    print(f"data: {len(pcam)} PCam, {len(kather)} Kather, CMU-1 level 0 {slide[0].shape}")
-    sampler = CropSampler([(pcam, 0.55), (slide, 0.35), (kather, 0.10)], seed=seed)
-    vs = CropSampler([(load_folder_images(SHARED / "patches" / "pcam" / "valid", 64, 1), 0.5),
-                      (slide, 0.5)], seed=123)  # fmt: skip
-    return sampler, vs.batch(96)
+    return he_mix(SHARED, pcam_limit=pcam_limit, seed=seed, val_crops=96)
 
 
 def main() -> None:
@@ -75,7 +62,7 @@ def main() -> None:
                       threads=a.threads, checkpoint_every=a.checkpoint_every,
                       device=a.device)  # fmt: skip
     print(f"crops {CROP} px, {cfg}")
-    train(cfg, sampler, val, a.output, s, resume=a.resume)
+    train_codec(cfg, sampler, val, a.output, s, resume=a.resume)
     print(f"total {time.perf_counter() - t0:.0f} s")
 
 

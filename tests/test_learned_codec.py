@@ -228,7 +228,9 @@ def test_train_resume_export_and_fixed_point_decoder_match_float(tmp_path, strid
     from slidepress.codecs.learned.export import export
     from slidepress.codecs.learned.model import CodecConfig, CodecNet
     from slidepress.codecs.learned.runtime import LearnedModel
-    from slidepress.codecs.learned.train import CropSampler, TrainSettings, train
+    from slidepress.training.checkpoint import load_checkpoint
+    from slidepress.training.learned_codec import TrainSettings, train_codec
+    from slidepress.training.samplers import CropSampler
 
     rng = np.random.default_rng(0)
     img = np.clip(rng.normal(170, 40, (200, 200, 3)), 0, 255).astype(np.uint8)
@@ -238,13 +240,13 @@ def test_train_resume_export_and_fixed_point_decoder_match_float(tmp_path, strid
                       lambdas=(0.01, 0.1))  # fmt: skip
     s = TrainSettings(steps=3, batch=2, checkpoint_every=3, threads=1)
     run = tmp_path / "run"
-    train(cfg, sampler, val, run, s, log=lambda _: None)
+    train_codec(cfg, sampler, val, run, s, log=lambda _: None)
     s.steps = 5
-    train(cfg, sampler, val, run, s, resume=True, log=lambda _: None)
-    state = torch.load(run / "checkpoint.pt", weights_only=False)
+    train_codec(cfg, sampler, val, run, s, resume=True, log=lambda _: None)
+    state = load_checkpoint(run / "checkpoint.pt")
     assert state["step"] == 5
     net = CodecNet(cfg)
-    net.load_state_dict(state["model"])
+    net.load_state_dict(state["models"]["net"])
     net.eval()
     export(net, sampler.batch(8), tmp_path / "w", {"training": {"steps": 5}})
     model = LearnedModel(tmp_path / "w")

@@ -28,7 +28,7 @@ runner = CliRunner()
 
 
 def _pcam_batch(n: int = 16, size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    from slidepress.train.data import load_image_folder
+    from slidepress.training.nic.data import load_image_folder
 
     src = load_image_folder(PCAM / "train", 0.97, 0.97, size, limit_per_class=n // 2, seed=1)
     o = (src.images.shape[1] - size) // 2
@@ -78,7 +78,7 @@ def test_method_loss_decreases_on_real_patches(name, key, steps):
 
 
 def test_hed_jitter_without_jitter_is_identity():
-    from slidepress.train.augment import HEDJitter
+    from slidepress.training.augment import HEDJitter
 
     x = torch.rand(4, 3, 16, 16) * 0.9 + 0.05
     out = HEDJitter(sigma=0.0, bias=0.0, p=1.0)(x)
@@ -88,7 +88,7 @@ def test_hed_jitter_without_jitter_is_identity():
 
 
 def test_augmenter_shapes_and_range():
-    from slidepress.train.augment import PatchAugmenter
+    from slidepress.training.augment import PatchAugmenter
 
     ctx = np.random.default_rng(0).integers(0, 256, (6, 96, 96, 3), dtype=np.uint8)
     aug = PatchAugmenter(64)
@@ -101,7 +101,7 @@ def test_augmenter_shapes_and_range():
 
 @needs_patches
 def test_pair_sampler_neighbours_do_not_overlap():
-    from slidepress.train.data import PairSampler, load_canvas
+    from slidepress.training.nic.data import PairSampler, load_canvas
 
     canvas = load_canvas(SVS, 0.97)
     sampler = PairSampler([canvas], None, 96, 64)
@@ -154,8 +154,10 @@ def test_train_cli_is_deterministic_resumable_and_self_describing(tmp_path):
     assert _train(tmp_path / "b", "--epochs", "2", "--patience", "9").exit_code == 0
     r = _train(tmp_path / "b", "--epochs", "3", "--patience", "9", "--resume")
     assert r.exit_code == 0, r.output
-    ckpt_a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)["model"]
-    ckpt_b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["model"]
+    from slidepress.training.checkpoint import load_checkpoint
+
+    ckpt_a = load_checkpoint(tmp_path / "a" / "checkpoint.pt")["models"]["method"]
+    ckpt_b = load_checkpoint(tmp_path / "b" / "checkpoint.pt")["models"]["method"]
     assert all(torch.equal(ckpt_a[k], ckpt_b[k]) for k in ckpt_a)
     # the run folder is an encoder
     enc = get_encoder(f"nic:{tmp_path / 'a'}")

@@ -1,4 +1,4 @@
-"""Decoder-only fine-tuning (codecs/autoencoder/finetune.py) and `train codec-decoder`: the
+"""Decoder-only fine-tuning (training/ae_decoder.py) and `train codec-decoder`: the
 training loss falls in a few steps on real PCam patches, the encoder and quantizer stay frozen
 (same bytes), a resumed run ends with exactly the weights of an uninterrupted one."""
 
@@ -37,21 +37,22 @@ def bundle(tmp_path_factory):
 
 
 def sampler_and_val(seed: int = 0):
-    from slidepress.codecs.learned.train import CropSampler, load_folder_images
+    from slidepress.training.samplers import CropSampler, load_folder_images
 
     imgs = load_folder_images(PCAM / "1", 24, seed)
     return CropSampler([(imgs, 1.0)], seed=seed), CropSampler([(imgs, 1.0)], seed=99).batch(6)
 
 
 def final_decoder(run) -> dict:
-    st = torch.load(run / "checkpoint.pt", weights_only=False)
-    return {f"{i}.{k}": v for i, sd in enumerate(st["decoder"]) for k, v in sd.items()}
+    from slidepress.training.checkpoint import load_checkpoint
+
+    return load_checkpoint(run / "checkpoint.pt")["models"]["decoder"]
 
 
 @needs_pcam
 def test_finetune_lowers_loss_keeps_encoder_and_resumes_exactly(bundle, tmp_path):
     from slidepress.codecs import get_codec
-    from slidepress.codecs.autoencoder.finetune import FinetuneSettings, finetune_decoder
+    from slidepress.training.ae_decoder import FinetuneSettings, finetune_decoder
 
     quiet = {"log": lambda _: None}
     s = FinetuneSettings(steps=6, batch=4, lr=2e-3, quality=2, perceptual_weight=0.2,

@@ -206,9 +206,8 @@ def test_task_columns_strata_and_report_hooks():
 
 def test_supervised_refuses_a_second_folder_before_loading(tmp_path):
     pytest.importorskip("torch")
-    from slidepress.train.data import DataSpec, FeedInputs
-    from slidepress.train.encoder import build_feed
-    from slidepress.train.loop import TrainSettings
+    from slidepress.training.nic.data import DataSpec, FeedInputs
+    from slidepress.training.nic.trainer import TrainSettings, build_feed
 
     missing = [
         DataSpec("a", tmp_path / "nowhere-a", 0.5),
@@ -222,7 +221,7 @@ def test_supervised_refuses_a_second_folder_before_loading(tmp_path):
 
 
 def test_load_canvas_uses_the_mpp_override(sample_svs):
-    from slidepress.train.data import load_canvas
+    from slidepress.training.nic.data import load_canvas
 
     native = load_canvas(sample_svs, 8.0)
     coarse = load_canvas(sample_svs, 8.0, mpp_override=1.0)  # CMU-1 is ~0.5 um/px

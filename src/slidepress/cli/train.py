@@ -128,9 +128,8 @@ def encoder_cmd(
             open_slide(s, mpp_override=override).close()
 
         from ..encoders.nic import NICConfig
-        from ..train.data import DataSpec, FeedInputs
-        from ..train.encoder import train_from_args
-        from ..train.loop import TrainSettings
+        from ..training.nic.data import DataSpec, FeedInputs
+        from ..training.nic.trainer import TrainSettings, train_from_args
 
         inputs = FeedInputs(
             data=[DataSpec.parse(d) for d in data or []], slides=slide_paths,
@@ -210,8 +209,8 @@ def codec_decoder_cmd(
             raise UsageError(f"--codec {codec}: decoder fine-tuning needs an autoencoder codec "
                              f"(pathae, ae-kl, ae-dc; known codecs: {known})")  # fmt: skip
         from ..codecs import get_codec
-        from ..codecs.autoencoder.finetune import FinetuneSettings, finetune_decoder
-        from ..codecs.learned.train import CropSampler, load_folder_images
+        from ..training.ae_decoder import FinetuneSettings, finetune_decoder
+        from ..training.samplers import CropSampler, load_folder_images
 
         bundle = get_codec(codec, None, weights=str(weights) if weights else None).bundle
         imgs = [a for d in data for a in load_folder_images(d, limit, seed)]

@@ -93,7 +93,7 @@ def weights_hash(files: list[Path]) -> str:
     return zoo.sha256_files(files, named=BUNDLE.named)
 
 
-_weight_files = zoo.diffusers_files  # finetune.py's name for it
+_weight_files = zoo.diffusers_files  # the name codecs/autoencoder/export.py uses
 
 
 class Autoencoder:

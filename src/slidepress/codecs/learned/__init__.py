@@ -2,4 +2,4 @@
 synthesis (model.py), decoded in exact integer arithmetic (exact.py) with shipped entropy
 tables coded by constriction (entropy.py), its weights folder read without torch
 (weights_folder.py), exported by export.py, run by runtime.py, wrapped as a registry codec by
-codec.py, trained by train.py (scripts/train_codec.py)."""
+codec.py, trained by `slidepress.training.learned_codec` (scripts/train_codec.py)."""

@@ -1,7 +1,7 @@
 """The contract every NIC training method fulfils.
 
 A method owns its networks and its objective (CompressAI style: one class per model, looked
-up by name in `METHODS`). The generic loop in `slidepress.train` only calls `training_step` /
+up by name in `METHODS`). The trainer in `slidepress.training.nic` only calls `training_step` /
 `validation_step`; what a method needs from the data is said by `data_kind` (the feed the
 loop builds) and `check_inputs` (refusing inputs before any data loads).
 """

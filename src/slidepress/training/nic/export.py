@@ -6,7 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
-from ..store.atomic import atomic_path
+from ...store.atomic import atomic_path
 
 
 def export_run(run_dir: Path, dest: Path, name: str, *, fp16: bool = True, notes: str = "") -> Path:
@@ -15,7 +15,7 @@ def export_run(run_dir: Path, dest: Path, name: str, *, fp16: bool = True, notes
     its config (with `name` added), curves and preview into `dest`, and write MODEL_CARD.md."""
     from safetensors.torch import load_file, save_file
 
-    from ..encoders.nic import METHODS
+    from ...encoders.nic import METHODS
 
     run_dir, dest = Path(run_dir), Path(dest)
     meta = json.loads((run_dir / "config.json").read_text())

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ..encoders.nic import NICConfig
-from ..errors import UsageError
-from ..progress import ProgressStart
-from ..registry import Registry
-from .augment import PatchAugmenter
+from ...encoders.nic import NICConfig
+from ...errors import UsageError
+from ...progress import ProgressStart
+from ...registry import Registry
+from ..augment import PatchAugmenter
 from .data import (
     DataSpec,
     FeedInputs,
@@ -33,7 +33,7 @@ from .data import (
 )
 
 if TYPE_CHECKING:
-    from .loop import TrainSettings
+    from .trainer import TrainSettings
 
 
 class Feed(ABC):

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UsageError
-from ..imagefolder import list_image_folder, prepare_image, read_rgb
-from ..progress import Advance, ProgressStart
+from ...errors import UsageError
+from ...imagefolder import list_image_folder, prepare_image, read_rgb
+from ...progress import Advance, ProgressStart
 
 
 @dataclass
@@ -156,7 +156,7 @@ def pool(sources: list[PatchSource], name: str) -> PatchSource:
 @dataclass
 class FeedInputs:
     """What the command line gives training: patch folders, slides and how much to use.
-    Each feed takes the part its method needs (see `train.feeds`)."""
+    Each feed takes the part its method needs (see `training.nic.feeds`)."""
 
     data: list[DataSpec] = field(default_factory=list)
     slides: list[Path] = field(default_factory=list)
@@ -211,8 +211,8 @@ MAX_CANVAS_SIDE = 8192  # larger slides are read at this side (a documented trai
 def load_canvas(path: str | Path, dst_mpp: float, mpp_override: float | None = None) -> Canvas:
     """The slide at `dst_mpp`; `mpp_override` replaces its level-0 um/px (MppError when the
     slide has no plausible one and none is given)."""
-    from ..slide import open_slide
-    from ..slide.tissue import detect_tissue
+    from ...slide import open_slide
+    from ...slide.tissue import detect_tissue
 
     with open_slide(path, mpp_override=mpp_override) as reader:
         mpp = reader.require_mpp()

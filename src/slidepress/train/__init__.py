@@ -1,1 +1,0 @@
-"""Training of NIC patch encoders: data sources, augmentation, feeds and the generic loop."""
