@@ -59,13 +59,14 @@ def _cases(tmp: Path, container: Path) -> dict[str, tuple[list, str]]:
         "encode -o under a file": (["encode", "@sample", "-o", a_file / "out"], "a_file"),
         "encode -o under /proc": (["encode", "@sample", "-o", "/proc/out"], "/proc"),
         "decompress -o under /proc": (["decompress", container, "-o", "/proc/r.tiff"], "/proc"),
+        # --workers: the old name of --threads, still taken (the message names threads)
         "decompress --workers 0": (
             ["decompress", container, "-o", tmp / "r.tiff", "--workers", 0],
-            "workers",
+            "threads",
         ),
         "compress --workers 1000": (
             ["compress", "@sample", "-o", tmp / "w.spz", "--workers", 1000],
-            "workers",
+            "threads",
         ),
         "encode --batch-size 1e9": (
             ["encode", "@sample", "-o", tmp / "o", "--batch-size", 1_000_000_000],

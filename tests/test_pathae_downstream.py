@@ -88,8 +88,32 @@ def test_codec_specs_and_qualities():
     parsed = [CodecSpec.parse(s) for s in specs]
     assert parsed[1].name == "ae-kl" and parsed[1].params == {"weights": "/x/sd-vae", "dim": "4"}
     assert parsed[1].label == "ae-kl[sd-vae]"
-    q = parse_qualities(["ae-kl=1,2", "jpeg=10,20,30,40"], parsed)
+    q = parse_qualities(["ae-kl=1,2", "jpeg=10,20,30,40"], parsed)  # -q repeated
     assert q == {"jpeg": [10, 20, 30, 40], "ae-kl[sd-vae]": [1, 2], "avif": [20, 40, 60, 80]}
-    assert parse_qualities(["5,6"], parsed[:1]) == {"jpeg": [5, 6]}
-    with pytest.raises(UsageError):
-        parse_qualities(["jpeg=x"], parsed)
+    assert parse_qualities("ae-kl=1,2;jpeg=10,20,30,40", parsed) == q  # the bench's syntax
+    for bad in (["jpeg=x"], ["5,6"], ["webp=50"]):  # one syntax: CODEC=..., codecs in the run
+        with pytest.raises(UsageError):
+            parse_qualities(bad, parsed)
+
+
+def test_downstream_rank_correlation_counts_ties_and_needs_the_slide_mpp(tmp_path):
+    """Spearman is scipy's (tied values share their mean rank), over finite pairs only; the
+    slide grid needs the slide's resolution (no silent 0.5 um/px)."""
+    import math
+
+    import numpy as np
+    from PIL import Image
+    from scipy.stats import spearmanr
+
+    from slidepress.errors import MppError
+    from slidepress.eval.downstream import _slide_tiles, _spearman, default_sweep
+
+    a, b = [1.0, 1.0, 2.0, 3.0, 3.0, math.inf], [0.1, 0.2, 0.2, 0.5, 0.4, 0.9]
+    assert _spearman(a, b) == pytest.approx(spearmanr(a[:5], b[:5]).statistic, abs=1e-12)
+    assert _spearman([1.0, 1.0, 2.0, 3.0], [1.0, 2.0, 3.0, 4.0]) < 1.0  # was 1: ties ranked apart
+    assert math.isnan(_spearman([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]))
+    blank = tmp_path / "no_mpp.png"
+    Image.fromarray(np.full((300, 300, 3), 200, np.uint8)).save(blank)
+    with pytest.raises(MppError):
+        _slide_tiles(blank, 256)
+    assert default_sweep("jpeg") == [10, 30, 50, 75, 90] and default_sweep("htj2k") == []

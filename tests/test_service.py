@@ -181,6 +181,24 @@ def test_upload_encode_dihedral_and_download(service, sample_bytes, tmp_path):
     assert png.headers["content-type"] == "image/png" and png.content[:4] == b"\x89PNG"
 
 
+def test_default_encode_is_the_cli_default_zarr_delivered_as_a_zip(service, sample_bytes, tmp_path):
+    """No options: the CLI's defaults (slidepress.jobs.options), so a zarr grid (it was npz
+    here and zarr on the command line); its folder comes as one zip."""
+    from slidepress.store import read_grid
+
+    alice = service["alice"]
+    up = alice.upload(sample_bytes, "CMU-1-Small-Region.svs").json()
+    job = alice.job("encode", up["id"])
+    assert job["state"] == "succeeded", job
+    assert job["params"]["format"] == "zarr"
+    results = {r["name"]: r for r in alice.get(f"/api/jobs/{job['id']}/results").json()}
+    body = alice.get(results["CMU-1-Small-Region.zarr.zip"]["url"])
+    assert body.status_code == 200
+    zipfile.ZipFile(io.BytesIO(body.content)).extractall(tmp_path)
+    g = read_grid(tmp_path / "CMU-1-Small-Region.zarr")
+    assert g.features.shape == (23, 17, 3) and g.metadata["encoder"]["name"] == "mean-rgb"
+
+
 def test_compress_job_reports_quality_and_previews(service, sample_bytes):
     alice = service["alice"]
     up = alice.upload(sample_bytes, "slide.svs").json()

@@ -79,6 +79,11 @@ def test_sign_in_upload_encode_preview_download(server, page, tmp_path):
     assert page.locator("#upload-progress").evaluate("e => e.value") == 1
     sync_api.expect(page.locator("#uploads tbody tr")).to_have_count(1)
 
+    # the form's defaults and ranges are the request schema's (the CLI's options spec)
+    sync_api.expect(page.get_by_label("Format")).to_have_value("zarr")
+    sync_api.expect(page.get_by_label("Augment")).to_have_value("none")
+    assert page.locator("#patch").get_attribute("max") == "4096"
+    assert "Range: 1-4096" in page.locator("#patch").get_attribute("title")
     page.get_by_label("Augment").select_option("dihedral")
     page.get_by_label("Format").select_option("npz")
     page.get_by_role("button", name="Start job").click()
@@ -112,7 +117,7 @@ def test_bad_job_options_show_a_readable_error(server, page):
     page.get_by_role("button", name="Sign in").click()
     sync_api.expect(page.locator("#app")).to_be_visible()
     page.get_by_label("compress (coded tile container)").check()
-    page.get_by_label("mpp override (um/px, only for slides without one)").fill("0")
+    page.get_by_label("mpp override (level-0 um/px instead of the file's)").fill("0")
     page.get_by_role("button", name="Start job").click()  # the service answers 422
     alert = page.get_by_role("alert")
     sync_api.expect(alert).to_contain_text("mpp_override: Input should be greater than 0")

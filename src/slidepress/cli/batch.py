@@ -11,30 +11,37 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 from typer.core import TyperGroup
 
-from ..codecs import CODECS
+from ..jobs.options import BATCH, COMPRESS, ENCODE, JobSpec
 from .common import (
     EXIT_BAD_INPUT,
     EXIT_INTERNAL,
     EXIT_OK,
     MppOverrideOpt,
-    ReaderOpt,
     console,
     failure_lines,
     guarded,
     warning_line,
 )
+from .options import build_job, with_options
 
 
-class _BatchGroup(TyperGroup):
+class BatchGroup(TyperGroup):
     """`batch INPUT -o OUT [dask options] JOB [job options]`: click stops parsing a group's
     options at its first positional, so the group's own options are moved before INPUT; what
-    follows the job name is the job's (its `--workers` is not the cluster's)."""
+    follows the job name is the job's (its `--threads` are per slide, the group's `--workers`
+    are Dask processes). Whether an option takes a value is asked of click's own parameter
+    objects (a flag takes none), not guessed."""
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        takes_value = {
+            name: not (p.is_flag or p.count)
+            for p in self.get_params(ctx)
+            if p.param_type_name == "option"
+            for name in (*p.opts, *p.secondary_opts)
+        }
         opts: list[str] = []
         positional: list[str] = []
         i = 0
@@ -46,7 +53,10 @@ class _BatchGroup(TyperGroup):
                 break
             if a.startswith("-") and len(a) > 1:
                 opts.append(a)
-                if "=" not in a and a != "--help" and i + 1 < len(args):
+                attached = "=" in a or (not a.startswith("--") and len(a) > 2)  # -oOUT
+                name = a.partition("=")[0] if a.startswith("--") else a[:2]
+                # an unknown option takes no value here: click names it in its error
+                if not attached and takes_value.get(name, False) and i + 1 < len(args):
                     opts.append(args[i + 1])
                     i += 1
             else:
@@ -58,18 +68,11 @@ class _BatchGroup(TyperGroup):
 
 
 batch_app = typer.Typer(
-    cls=_BatchGroup,
+    cls=BatchGroup,
     help="Run encode or compress over a whole archive on Dask (a local cluster, or an existing "
     "one by address): resumable, one report for all slides.",
     no_args_is_help=True,
 )
-OverwriteOpt = Annotated[
-    bool,
-    typer.Option(
-        help="Replace outputs made from other slide content or parameters (up-to-date ones are "
-        "still skipped)."
-    ),
-]
 
 
 @dataclass
@@ -109,7 +112,11 @@ def batch(
         typer.Option(help="Local cluster: worker processes (default: cores, at most slides)."),
     ] = None,
     threads_per_worker: Annotated[
-        int, typer.Option(help="Local cluster: slides run at once by each worker.")
+        int,
+        typer.Option(
+            help="Local cluster: slides run at once by each worker process (each slide with "
+            "the job's --threads)."
+        ),
     ] = 1,
     region_mpx: Annotated[
         float,
@@ -191,75 +198,23 @@ def _execute(state: BatchState, job: Any) -> int:
     return EXIT_BAD_INPUT if t["failed"] else EXIT_OK
 
 
-@batch_app.command("encode")
-def batch_encode(
-    ctx: typer.Context,
-    encoder: Annotated[str, typer.Option(help="Encoder name (see 'encoders').")] = "mean-rgb",
-    patch_size: Annotated[int | None, typer.Option(help="Patch side in px at --mpp.")] = None,
-    stride: Annotated[int | None, typer.Option(help="Cell pitch in px.")] = None,
-    mpp: Annotated[float | None, typer.Option(help="Target um/px.")] = None,
-    tissue_threshold: Annotated[
-        float, typer.Option(help="Keep cells whose tissue fraction is >= this (0-1).")
-    ] = 0.5,
-    augment: Annotated[str, typer.Option(help="'none' or 'dihedral'.")] = "none",
-    fmt: Annotated[str, typer.Option("--format", help="zarr | npz | mha | h5.")] = "zarr",
-    float16: Annotated[bool, typer.Option(help="Store features as float16.")] = False,
-    overwrite: OverwriteOpt = False,
-    reader: ReaderOpt = None,
-    workers: Annotated[int, typer.Option(help="Slide-reading threads per slide.")] = 2,
-    batch_size: Annotated[int, typer.Option(help="Patches per encoder call.")] = 64,
-    device: Annotated[str | None, typer.Option(help="torch device on the workers.")] = None,
-) -> None:
-    """Encode every slide into an embedding grid (the options of 'slidepress encode')."""
-    state: BatchState = ctx.obj
+def _job_command(spec: JobSpec, doc: str) -> Any:
+    """`batch ... KIND [options]`: the options of `slidepress KIND`, from the same spec."""
 
-    def prepare() -> Any:
-        from ..pipeline.batch import EncodeJob
+    def command(ctx: typer.Context, *, options: dict[str, Any]) -> None:
+        state: BatchState = ctx.obj
+        job = guarded(lambda: build_job(spec, options))
+        raise SystemExit(guarded(lambda: _execute(state, job)))
 
-        options = dict(
-            patch_size=patch_size, stride=stride, mpp=mpp, tissue_threshold=tissue_threshold,
-            augment=augment, fmt=fmt, float16=float16, overwrite=overwrite, reader=reader,
-            workers=workers, batch_size=batch_size,
-        )  # fmt: skip
-        return EncodeJob(encoder=encoder, device=device, options=options)  # checks options
-
-    job = guarded(prepare)
-    raise SystemExit(guarded(lambda: _execute(state, job)))
+    command.__doc__ = doc
+    return with_options(spec.for_target(BATCH))(command)
 
 
-@batch_app.command("compress")
-def batch_compress(
-    ctx: typer.Context,
-    codec: Annotated[str, typer.Option(help=f"{', '.join(CODECS.names())}.")] = "jpegxl",
-    quality: Annotated[float | None, typer.Option(help="Codec quality knob.")] = None,
-    tile: Annotated[int, typer.Option(help="Tile side in px.")] = 256,
-    level: Annotated[int | None, typer.Option(help="Source pyramid level to store.")] = None,
-    mpp: Annotated[float | None, typer.Option(help="Store at this um/px.")] = None,
-    background: Annotated[str, typer.Option(help="skip | constant | keep.")] = "skip",
-    workers: Annotated[int, typer.Option(help="Tile-coding threads per slide.")] = 2,
-    ms_ssim: Annotated[bool, typer.Option(help="Also MS-SSIM (loads torch).")] = False,
-    feature_similarity: Annotated[
-        bool, typer.Option(help="Also feature similarity (loads torch).")
-    ] = False,
-    embedding_similarity: Annotated[
-        str | None, typer.Option(metavar="ENCODER", help="Also this encoder's similarity.")
-    ] = None,
-    overwrite: OverwriteOpt = False,
-    reader: ReaderOpt = None,
-) -> None:
-    """Compress every slide into a container SLIDE.spz (the options of 'slidepress compress')."""
-    state: BatchState = ctx.obj
-
-    def prepare() -> Any:
-        from ..pipeline.batch import CompressJob
-
-        options = dict(
-            codec=codec, quality=quality, tile=tile, level=level, mpp=mpp,
-            background=background, workers=workers, overwrite=overwrite, reader=reader,
-            ms_ssim=ms_ssim, feature_similarity=feature_similarity,
-            embedding_similarity=embedding_similarity,
-        )  # fmt: skip
-        return CompressJob(options=options)
-
-    job = guarded(prepare)
-    raise SystemExit(guarded(lambda: _execute(state, job)))
+batch_app.command("encode")(
+    _job_command(ENCODE, "Encode every slide into an embedding grid (the options of "
+                 "'slidepress encode').")
+)  # fmt: skip
+batch_app.command("compress")(
+    _job_command(COMPRESS, "Compress every slide into a container SLIDE.spz (the options of "
+                 "'slidepress compress').")
+)  # fmt: skip

@@ -10,7 +10,14 @@ import typer
 
 from ..bench.codecs.options import DEFAULT_CODECS, DEFAULT_EMBEDDING_ENCODER
 from ..codecs import CODECS
-from .common import check_report_folder, console, expand_slides, guarded, progress_bars
+from .common import (
+    QualitiesOpt,
+    check_report_folder,
+    console,
+    expand_slides,
+    guarded,
+    progress_bars,
+)
 
 if TYPE_CHECKING:
     from ..bench.codecs import BenchmarkResult
@@ -39,13 +46,7 @@ def codecs_cmd(
         str,
         typer.Option(help=f"Comma-separated codecs to compare (from: {', '.join(CODECS)})."),
     ] = ",".join(DEFAULT_CODECS),
-    qualities: Annotated[
-        str | None,
-        typer.Option(
-            help="Per-codec sweeps, e.g. 'jpeg=50,80,90;webp=60,80' (others: defaults; "
-            "jpeg always includes q80, the anchor)."
-        ),
-    ] = None,
+    qualities: QualitiesOpt = None,
     tile: Annotated[int, typer.Option(help="Tile side in px.")] = 256,
     threads: Annotated[int, typer.Option(help="Encoder threads where the codec takes it.")] = 1,
     max_tiles: Annotated[
@@ -73,7 +74,7 @@ def codecs_cmd(
 ) -> None:
     """Rate, PSNR/SSIM/MS-SSIM, feature and embedding similarity and speed of each codec and
     quality on tiles of the inputs; writes results.csv/.json, RD and timing plots, BD-rates vs
-    JPEG and report.md."""
+    JPEG and report.md. JPEG's sweep always includes q80, the anchor."""
 
     def body() -> None:
         from ..bench.codecs import parse_qualities, run_codec_benchmark

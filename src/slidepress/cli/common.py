@@ -20,20 +20,23 @@ from rich.progress import (
 )
 
 from ..errors import SlidepressError, UsageError
+from ..jobs.options import MPP_OVERRIDE, READER
+from ..jobs.qualities import QUALITIES_HELP
+from .options import annotation
 
 T = TypeVar("T")
 
-# Options several commands share, declared once (same flag, same help everywhere).
+# Options several commands share, declared once (same flag, same help everywhere); the
+# options of jobs come from their specs (slidepress.jobs.options, rendered by cli/options.py).
 SlidesArg = Annotated[
     list[str], typer.Argument(help="Slide files, DICOM folders, folders of slides, @sample.")
 ]
-MppOverrideOpt = Annotated[
-    float | None, typer.Option(help="Use this level-0 um/px instead of the file's.")
-]
+MppOverrideOpt = annotation(MPP_OVERRIDE)
 MppCsvOpt = Annotated[
     Path | None, typer.Option(help="CSV 'slide,mpp' of per-slide level-0 overrides.")
 ]
-ReaderOpt = Annotated[str | None, typer.Option(help="Force a reader backend.")]
+ReaderOpt = annotation(READER)
+QualitiesOpt = Annotated[list[str] | None, typer.Option("--qualities", "-q", help=QUALITIES_HELP)]
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT / SIGTERM, as shells report them
 

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+from ..bounds import MAX_WORKERS
 from ..codecs import CODECS
 from ..errors import UsageError
+from ..jobs.options import CLI, COMPRESS, Option
 from .common import (
     MppCsvOpt,
     MppOverrideOpt,
-    ReaderOpt,
     SlidesArg,
     check_png,
     console,
@@ -21,10 +22,14 @@ from .common import (
     run_and_report,
     slide_items,
 )
+from .options import build_job, with_options
+from .weights import weights_note
 
-CODEC_NAMES = ", ".join(CODECS.names())  # a lazy registry: no codec library is imported
+DECODE_THREADS = Option("threads", int, 2, "Decoding threads.", min=1, max=MAX_WORKERS,
+                        aliases=("--workers",))  # fmt: skip
 
 
+@with_options(COMPRESS.for_target(CLI))
 def compress(
     slides: SlidesArg,
     output: Annotated[
@@ -36,43 +41,10 @@ def compress(
             "and report.csv.",
         ),
     ],  # fmt: skip
-    codec: Annotated[str, typer.Option(help=f"{CODEC_NAMES}.")] = "jpegxl",
-    quality: Annotated[
-        float | None, typer.Option(help="Codec quality knob (default: the codec's; see 'codecs').")
-    ] = None,
-    tile: Annotated[int, typer.Option(help="Tile side in px.")] = 256,
-    level: Annotated[
-        int | None, typer.Option(help="Source pyramid level to store (default 0).")
-    ] = None,
-    mpp: Annotated[
-        float | None, typer.Option(help="Store at this um/px instead of a level.")
-    ] = None,
     mpp_override: MppOverrideOpt = None,
     mpp_csv: MppCsvOpt = None,
-    background: Annotated[
-        str, typer.Option(help="skip (read back white) | constant (one tile) | keep (store all).")
-    ] = "skip",
-    workers: Annotated[int, typer.Option(help="Threads reading, testing and coding tiles.")] = 2,
-    ms_ssim: Annotated[
-        bool, typer.Option(help="Also MS-SSIM over every stored level-0 tile (loads torch).")
-    ] = False,
-    feature_similarity: Annotated[
-        bool,
-        typer.Option(
-            help="Also feature similarity (ResNet18 features at 6 depths, shipped weights) over "
-            "every stored level-0 tile (loads torch)."
-        ),
-    ] = False,
-    embedding_similarity: Annotated[
-        str | None,
-        typer.Option(
-            metavar="ENCODER",
-            help="Also the embedding similarity of this encoder (e.g. nic-multitask; see "
-            "'encoders') over every stored level-0 tile (loads torch).",
-        ),
-    ] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
-    reader: ReaderOpt = None,
+    *,
+    options: dict[str, Any],
 ) -> None:
     """Compress slides into containers of coded tiles (with a pyramid).
 
@@ -84,18 +56,11 @@ def compress(
     """
 
     def prepare():
-        from ..pipeline.batch import CompressJob
         from ..store.atomic import check_output
 
         items = slide_items(slides, mpp_override, mpp_csv)
         single = len(items) == 1 and output.suffix.lower() == ".spz"
-        options = dict(
-            codec=codec, quality=quality, tile=tile, level=level, mpp=mpp,
-            background=background, workers=workers, overwrite=overwrite, reader=reader,
-            ms_ssim=ms_ssim, feature_similarity=feature_similarity,
-            embedding_similarity=embedding_similarity,
-        )  # fmt: skip
-        job = CompressJob(options=options, output=str(output) if single else None)
+        job = build_job(COMPRESS, options, output=str(output) if single else None)
         if not single:
             if output.suffix.lower() == ".spz":
                 raise UsageError(f"{len(items)} slides need a folder for -o, not {output.name}")
@@ -108,6 +73,7 @@ def compress(
     raise SystemExit(guarded(lambda: run_and_report(items, job, out_dir, "tiles", report)))
 
 
+@with_options([DECODE_THREADS])
 def decompress(
     container: Annotated[Path, typer.Argument(help="Container written by 'compress'.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Pyramidal TIFF to write.")],
@@ -116,23 +82,24 @@ def decompress(
     ] = "jpeg",
     quality: Annotated[int, typer.Option(help="JPEG quality (4:4:4 chroma).")] = 95,
     lossless: Annotated[bool, typer.Option(help="Deflate instead of JPEG: exact pixels.")] = False,
-    workers: Annotated[int, typer.Option(help="Decoding threads.")] = 2,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
     codec_alias: Annotated[
         str | None, typer.Option("--codec", hidden=True, help="Old name of --compression.")
     ] = None,
+    *,
+    options: dict[str, Any],
 ) -> None:
     """Write a standard tiled pyramidal TIFF (OpenSlide/tiffslide open it, mpp included)."""
 
     def body() -> None:
-        from ..bounds import check_workers
         from ..pipeline import decompress_container
 
-        check_workers(workers)
+        threads = options["threads"]
+        DECODE_THREADS.check(threads)
         with progress_bars(unit="tiles") as start:
             out = decompress_container(
                 container, output, compression=codec_alias or compression, quality=quality,
-                lossless=lossless, workers=workers, overwrite=overwrite, progress_start=start,
+                lossless=lossless, workers=threads, overwrite=overwrite, progress_start=start,
             )  # fmt: skip
         console.print(f"{container} -> {out} ({out.stat().st_size / 1e6:.2f} MB)")
 
@@ -178,7 +145,8 @@ def list_codecs() -> None:
         lo, hi = cls.quality_range
         better = "higher" if cls.higher_is_better else "LOWER"
         kind = "lossless" if cls.lossless else f"quality {lo:g}-{hi:g}, {better} is better"
-        typer.echo(f"{name:9s} {kind}; default {cls.default_quality:g}")
+        note = weights_note("codec", name)
+        typer.echo(f"{name:9s} {kind}; default {cls.default_quality:g}{note}")
 
 
 def register(app: typer.Typer) -> None:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ..errors import UsageError
-from .common import check_report_folder, console, guarded, progress_bars
+from .common import QualitiesOpt, check_report_folder, console, guarded, progress_bars
 
 if TYPE_CHECKING:
     from ..eval.run import ProbeReport
@@ -142,10 +142,7 @@ def downstream_cmd(
     ],
     output: Annotated[Path, typer.Option("-o", "--output", help="Report folder.")],
     pcam: Annotated[Path, typer.Option(help="PCam folder with train/<0|1> and valid/<0|1>.")],
-    qualities: Annotated[
-        list[str] | None,
-        typer.Option("--qualities", "-q", help="NAME=Q1,Q2,... per codec, or Q1,Q2 for all."),
-    ] = None,
+    qualities: QualitiesOpt = None,
     encoder: Annotated[str, typer.Option(help="Encoder of the probe and the grids.")] = (
         "nic-multitask"
     ),
@@ -179,7 +176,7 @@ def downstream_cmd(
         specs = [s for item in codecs for s in _split_codecs(item)]
         with progress_bars("items") as start:
             rep = run_downstream(
-                specs, qualities or [], pcam=pcam, out_dir=output, encoder=encoder,
+                specs, qualities, pcam=pcam, out_dir=output, encoder=encoder,
                 train_limit_per_class=train_limit, test_limit_per_class=test_limit,
                 epochs=epochs, seed=seed, n_bootstrap=bootstrap, featsim=featsim,
                 slide=None if slide in (None, "none") else slide, slide_max_side=slide_max_side,

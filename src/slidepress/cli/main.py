@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from .. import __version__
-from ..encoders import ENCODERS
+from ..jobs.options import CLI, ENCODE
 from .common import (
     EXIT_BAD_INPUT,
     EXIT_INTERNAL,
@@ -27,9 +27,7 @@ from .common import (
     run_and_report,
     slide_items,
 )
-
-# lazy registries: listing names for the help imports no torch
-ENCODER_NAMES = ", ".join([*ENCODERS.names(), "torchscript:PATH", "timm:MODEL@WEIGHTS", "nic:DIR"])
+from .options import build_job, with_options
 
 app = typer.Typer(
     name="slidepress",
@@ -126,37 +124,14 @@ def info(
 
 
 @app.command()
+@with_options(ENCODE.for_target(CLI))
 def encode(
     slides: SlidesArg,
     output: Annotated[Path, typer.Option("-o", "--output", help="Output folder.")],
-    encoder: Annotated[str, typer.Option(help=f"{ENCODER_NAMES} (see 'encoders').")] = "mean-rgb",
-    patch_size: Annotated[
-        int | None,
-        typer.Option(help="Patch side in px at --mpp (default: the encoder's, else 128)."),
-    ] = None,
-    stride: Annotated[
-        int | None, typer.Option(help="Cell pitch in px (default: = patch size).")
-    ] = None,
-    mpp: Annotated[
-        float | None, typer.Option(help="Target um/px (default: the encoder's, else 0.5).")
-    ] = None,
     mpp_override: MppOverrideOpt = None,
     mpp_csv: MppCsvOpt = None,
-    tissue_threshold: Annotated[
-        float, typer.Option(help="Keep cells whose tissue fraction is >= this (0-1).")
-    ] = 0.5,
-    augment: Annotated[
-        str, typer.Option(help="'none', or 'dihedral': also the 8 rotations/flips.")
-    ] = "none",
-    fmt: Annotated[str, typer.Option("--format", help="zarr | npz | mha | h5.")] = "zarr",
-    float16: Annotated[bool, typer.Option(help="Store features as float16.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
-    reader: ReaderOpt = None,
-    workers: Annotated[int, typer.Option(help="Slide-reading threads.")] = 2,
-    batch_size: Annotated[int, typer.Option(help="Patches per encoder call.")] = 64,
-    device: Annotated[
-        str | None, typer.Option(help="torch device (default: cuda if available, else cpu).")
-    ] = None,
+    *,
+    options: dict[str, Any],
 ) -> None:
     """Encode slides into NIC embedding grids (rows, cols, C), one file per slide.
 
@@ -165,16 +140,10 @@ def encode(
     """
 
     def prepare():
-        from ..pipeline.batch import EncodeJob
         from ..store.atomic import check_output
 
         items = slide_items(slides, mpp_override, mpp_csv)
-        options = dict(
-            patch_size=patch_size, stride=stride, mpp=mpp, tissue_threshold=tissue_threshold,
-            augment=augment, fmt=fmt, float16=float16, overwrite=overwrite, reader=reader,
-            workers=workers, batch_size=batch_size,
-        )  # fmt: skip
-        job = EncodeJob(encoder=encoder, device=device, options=options)  # checks options
+        job = build_job(ENCODE, options)  # checks options
         check_output(output, folder=True)
         job.prepare()  # loads the encoder once; a broken one stops here
         return job, items
@@ -210,9 +179,10 @@ def convert(
 def list_encoders() -> None:
     """List registered encoders and loaders (PREFIX:... takes a file or folder)."""
     from ..encoders import ENCODERS, LOADERS
+    from .weights import weights_note
 
     for name in ENCODERS:
-        typer.echo(f"{name:18s} {ENCODERS.entry(name).summary}")
+        typer.echo(f"{name:18s} {ENCODERS.entry(name).summary}{weights_note('encoder', name)}")
     for prefix in LOADERS:
         typer.echo(f"{prefix + ':...':18s} {LOADERS.entry(prefix).summary}")
 
@@ -224,6 +194,7 @@ from .eval import app as eval_app  # noqa: E402
 from .service import remote_app, serve, token_app  # noqa: E402
 from .slidemodel import heatmap, predict, train_slide_model  # noqa: E402
 from .train import train_app  # noqa: E402
+from .weights import list_weights  # noqa: E402
 
 containers.register(app)
 app.add_typer(bench_app, name="bench")
@@ -236,6 +207,7 @@ app.command("serve")(serve)
 train_app.command("slide-model")(train_slide_model)
 app.command("predict")(predict)
 app.command("heatmap")(heatmap)
+app.command("weights")(list_weights)
 
 
 def _terminated(signum: int, frame: object) -> None:

@@ -5,23 +5,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+from ..service.config import DATA_DIR, DATABASE, SETTINGS
 from .common import EXIT_BAD_INPUT, console, expand_slides, guarded
+from .options import annotation, with_options
 
-DataDirOpt = Annotated[
-    Path | None,
-    typer.Option("--data-dir", envvar="SLIDEPRESS_DATA_DIR",
-                 help="Folder for uploads, results and the SQLite database."),
-]  # fmt: skip
-DatabaseOpt = Annotated[
-    str | None,
-    typer.Option("--database", envvar="SLIDEPRESS_DATABASE_URL", show_envvar=True,
-                 help="SQLAlchemy URL, e.g. postgresql://user@/db?host=/run/postgresql "
-                 "(default: SQLite in the data dir). Put passwords in the environment."),
-]  # fmt: skip
+# the service's settings are declared once, in service/config.py (SETTINGS)
+DataDirOpt = annotation(DATA_DIR)
+DatabaseOpt = annotation(DATABASE)
 UrlOpt = Annotated[
     str, typer.Option("--url", envvar="SLIDEPRESS_URL", help="The service's address.")
 ]
@@ -32,32 +26,25 @@ TokenOpt = Annotated[
 ]  # fmt: skip
 
 
+@with_options(SETTINGS)
 def serve(
-    data_dir: DataDirOpt = None,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
-    database: DatabaseOpt = None,
-    workers: Annotated[int, typer.Option(help="Worker processes running jobs.")] = 2,
-    max_upload_gb: Annotated[float, typer.Option(help="Largest upload accepted.")] = 20.0,
-    max_jobs_per_user: Annotated[
-        int, typer.Option(help="Jobs one user may have queued or running.")
-    ] = 8,
-    threads_per_job: Annotated[int, typer.Option(help="Reader threads in one job.")] = 1,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    *,
+    options: dict[str, Any],
 ) -> None:
     """Run the REST service and its web page (http://HOST:PORT/, API docs at /docs)."""
-    from ..service.config import GB, ServiceConfig
+    from ..service.config import ServiceConfig
 
     def body() -> None:
         import uvicorn
 
         from ..service import create_app
 
-        cfg = ServiceConfig.from_env(
-            data_dir, database_url=database, workers=workers,
-            max_upload_bytes=int(max_upload_gb * GB), threads_per_job=threads_per_job,
-            max_active_jobs_per_user=max_jobs_per_user,
-        )  # fmt: skip
+        # flag > environment (typer reads each setting's variable) > default
+        settings = {o.field: options[o.name] for o in SETTINGS}
+        cfg = ServiceConfig.from_env(settings.pop(DATA_DIR.field), **settings)
         _check_port(host, port)  # before workers start: a taken port is one line, exit 2
         app = create_app(cfg)
         console.print(f"slidepress service on http://{host}:{port}/ (data in {cfg.data_dir})")

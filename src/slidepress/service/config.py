@@ -1,5 +1,9 @@
 """Service settings: command-line options over environment variables over defaults.
 
+The settings `slidepress serve` takes are declared once in `SETTINGS` (the same `Option`s as
+the job specs, slidepress.jobs.options): its typer options, their environment variables and
+the defaults of `ServiceConfig` come from there.
+
 Secrets (a PostgreSQL URL with a password) come from the environment
 (`SLIDEPRESS_DATABASE_URL`) or from `--database`, never from code.
 """
@@ -11,29 +15,60 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..bounds import MAX_WORKERS
 from ..errors import UsageError
+from ..jobs.options import Option
 
 GB = 1024**3
 
+DATA_DIR = Option(
+    "data_dir", Path, None, "Folder for uploads, results and the SQLite database.",
+    optional=True, envvar="SLIDEPRESS_DATA_DIR",
+)  # fmt: skip
+DATABASE = Option(
+    "database", str, None,
+    "SQLAlchemy URL, e.g. postgresql://user@/db?host=/run/postgresql (default: SQLite in the "
+    "data dir). Put passwords in the environment.",
+    optional=True, envvar="SLIDEPRESS_DATABASE_URL", key="database_url",
+)  # fmt: skip
+WORKERS = Option("workers", int, 2, "Worker processes running jobs.", min=1, max=MAX_WORKERS)
+MAX_UPLOAD_GB = Option(
+    "max_upload_gb", float, 20.0, "Largest upload accepted, in GB (2^30 bytes).",
+    min=0, min_exclusive=True, envvar="SLIDEPRESS_MAX_UPLOAD_GB",
+)  # fmt: skip
+MAX_JOBS_PER_USER = Option(
+    "max_jobs_per_user", int, 8, "Jobs one user may have queued or running.", min=1,
+    key="max_active_jobs_per_user",
+)  # fmt: skip
+THREADS_PER_JOB = Option(
+    "threads_per_job", int, 1, "Threads working on one slide of a job (the jobs' --threads).",
+    min=1, max=MAX_WORKERS,
+)  # fmt: skip
+# what `slidepress serve` takes besides where it listens (data dir and database are shared
+# with `slidepress token ...`)
+SETTINGS = (DATA_DIR, DATABASE, WORKERS, MAX_UPLOAD_GB, MAX_JOBS_PER_USER, THREADS_PER_JOB)
 
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
+
+def _from_env(option: Option) -> Any:
+    raw = os.environ.get(option.envvar or "")
     if raw in (None, ""):
-        return default
+        return None
     try:
-        return float(raw)
+        value = option.type(raw)
     except ValueError:
-        raise UsageError(f"{name} must be a number, got {raw!r}") from None
+        raise UsageError(f"{option.envvar} must be a number, got {raw!r}") from None
+    option.check(value)
+    return value
 
 
 @dataclass
 class ServiceConfig:
     data_dir: Path
     database_url: str | None = None  # None: SQLite file DATA_DIR/slidepress.db
-    workers: int = 2  # worker processes running jobs
-    threads_per_job: int = 1  # reader threads inside one job
-    max_upload_bytes: int = 20 * GB
-    max_active_jobs_per_user: int = 8  # queued + running
+    workers: int = WORKERS.default  # worker processes running jobs
+    threads_per_job: int = THREADS_PER_JOB.default  # threads on one slide inside one job
+    max_upload_bytes: int = int(MAX_UPLOAD_GB.default * GB)
+    max_active_jobs_per_user: int = MAX_JOBS_PER_USER.default  # queued + running
     max_slides_per_job: int = 100
     max_zip_bytes: int = 40 * GB  # a DICOM folder unpacked
     max_zip_members: int = 20_000
@@ -44,12 +79,11 @@ class ServiceConfig:
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).expanduser().resolve()
-        if not 1 <= self.workers <= 64:
-            raise UsageError(f"workers must be within 1-64, got {self.workers}")
+        WORKERS.check(self.workers)
+        THREADS_PER_JOB.check(self.threads_per_job)
+        MAX_JOBS_PER_USER.check(self.max_active_jobs_per_user)
         if self.max_upload_bytes <= 0:
             raise UsageError("the upload limit must be positive")
-        if self.max_active_jobs_per_user < 1:
-            raise UsageError("max active jobs per user must be at least 1")
 
     def prepare(self) -> Path:
         """Create the data dir, or say in one line why it cannot be used."""
@@ -65,15 +99,21 @@ class ServiceConfig:
 
     @classmethod
     def from_env(cls, data_dir: str | Path | None = None, **overrides: Any) -> ServiceConfig:
-        """Defaults, then SLIDEPRESS_* environment variables, then explicit overrides."""
-        data = data_dir or os.environ.get("SLIDEPRESS_DATA_DIR")
+        """Defaults, then the SETTINGS' environment variables (SLIDEPRESS_*), then explicit
+        overrides (ServiceConfig field names; None: not given)."""
+        values: dict[str, Any] = {}
+        for given in (
+            {o.field: _from_env(o) for o in SETTINGS if o.envvar},
+            overrides,
+        ):  # fmt: skip
+            given = {k: v for k, v in given.items() if v is not None}
+            if MAX_UPLOAD_GB.field in given:  # settings say GB, the config counts bytes
+                given["max_upload_bytes"] = int(given.pop(MAX_UPLOAD_GB.field) * GB)
+            values.update(given)
+        data = data_dir or values.pop(DATA_DIR.field, None)
+        values.pop(DATA_DIR.field, None)
         if not data:
-            raise UsageError("give --data-dir DIR (or set SLIDEPRESS_DATA_DIR)")
-        values: dict[str, Any] = {
-            "database_url": os.environ.get("SLIDEPRESS_DATABASE_URL") or None,
-            "max_upload_bytes": int(_env_float("SLIDEPRESS_MAX_UPLOAD_GB", 20) * GB),
-        }
-        values.update({k: v for k, v in overrides.items() if v is not None})
+            raise UsageError(f"give --data-dir DIR (or set {DATA_DIR.envvar})")
         return cls(Path(data), **values)
 
     def to_dict(self) -> dict[str, Any]:

@@ -9,11 +9,26 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
+from ..codecs import CODECS
 from ..errors import SlidepressError
+from ..jobs.options import COMPRESS, ENCODE, JOB_SPECS, MPP_OVERRIDE, SERVICE, JobSpec, Option
 
 MAX_SLIDES = 100
+
+
+def request_field(option: Option) -> tuple[Any, Any]:
+    """(type, Field) of one spec option in a request model: its default, range, choices and
+    help are the CLI's, so the OpenAPI schema shows them."""
+    kind: Any = Literal[option.choices] if option.choices else option.type
+    if option.optional:
+        kind = kind | None
+    low = {"gt" if option.min_exclusive else "ge": option.min} if option.min is not None else {}
+    return kind, Field(
+        option.default, description=option.describe(), le=option.max,
+        multiple_of=option.multiple_of, **low,
+    )  # fmt: skip
 
 
 class _JobBase(BaseModel):
@@ -21,92 +36,67 @@ class _JobBase(BaseModel):
     uploads: list[Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]] = Field(
         min_length=1, max_length=MAX_SLIDES, description="upload ids, one slide each"
     )
-    mpp_override: float | None = Field(
-        None, gt=0, le=1000, description="level-0 um/px for slides whose file lacks it"
-    )
-
-
-class EncodeRequest(_JobBase):
-    kind: Literal["encode"]
-    encoder: str = Field("mean-rgb", description="a registered encoder (GET /api/options)")
-    patch_size: int | None = Field(None, ge=8, le=4096)
-    stride: int | None = Field(None, ge=1, le=4096)
-    mpp: float | None = Field(None, gt=0, le=100, description="target um/px")
-    tissue_threshold: float = Field(0.5, ge=0, le=1)
-    augment: Literal["none", "dihedral"] = "none"
-    format: Literal["zarr", "npz", "mha", "h5"] = "npz"
-    float16: bool = False
-
-    @field_validator("encoder")
-    @classmethod
-    def _known_encoder(cls, v: str) -> str:
-        from ..encoders import ENCODERS
-
-        if v not in ENCODERS.names():
-            raise ValueError(f"unknown encoder {v!r}; choose from {', '.join(ENCODERS.names())}")
-        return v
-
-
-class CompressRequest(_JobBase):
-    kind: Literal["compress"]
-    codec: str = Field("jpegxl", description="a registered codec (GET /api/options)")
-    quality: float | None = Field(None, description="the codec's quality knob; default its own")
-    tile: int = Field(256, ge=16, le=4096, multiple_of=16)
-    background: Literal["skip", "constant", "keep"] = "skip"
-    ms_ssim: bool = False
-
-    @field_validator("codec")
-    @classmethod
-    def _known_codec(cls, v: str) -> str:
-
-        ready = ready_codecs()
-        if v not in ready:
-            raise ValueError(f"unknown codec {v!r}; choose from {', '.join(ready)}")
-        return v
-
-    @model_validator(mode="after")
-    def _quality_in_range(self) -> CompressRequest:
-        from ..codecs import CODECS
-
-        lo, hi = CODECS.get(self.codec).quality_range
-        if self.quality is not None and not lo <= self.quality <= hi:
-            raise ValueError(f"{self.codec}: quality {self.quality:g} outside {lo:g}-{hi:g}")
-        return self
 
 
 def ready_codecs() -> list[str]:
     """Codecs usable without parameters on this server (not ae-kl/ae-dc without weights)."""
-    from ..codecs import CODECS
-
     return [n for n in CODECS.names() if CODECS.get(n).ready()]
+
+
+def offered_names(option: Option) -> list[str]:
+    """What a request may name: registered encoders only (a loader spec would load a file from
+    the server's disk), codecs usable without parameters on this server."""
+    return ready_codecs() if option.registry is CODECS else option.names()
+
+
+def _known(option: Option) -> Any:
+    def check(cls: type, v: Any) -> Any:
+        names = offered_names(option)
+        if v not in names:
+            raise ValueError(f"unknown {option.label} {v!r}; choose from {', '.join(names)}")
+        return v
+
+    return field_validator(option.name)(check)
+
+
+def request_model(spec: JobSpec, base: type[BaseModel]) -> type[BaseModel]:
+    """The pydantic request model of a job kind: its service options, by the spec."""
+    offered = spec.for_target(SERVICE)
+    fields: dict[str, Any] = {"kind": (Literal[spec.kind], ...)}
+    fields["mpp_override"] = request_field(MPP_OVERRIDE)  # the slides', for all of them
+    fields.update({o.name: request_field(o) for o in offered})
+    known = {f"_known_{o.name}": _known(o) for o in offered if o.registry is not None}
+    name = f"{spec.kind.capitalize()}Request"
+    return create_model(name, __base__=base, __validators__=known, **fields)
+
+
+class _CompressBase(_JobBase):
+    @model_validator(mode="after")
+    def _quality_in_range(self) -> Any:
+        codec, quality = self.codec, self.quality  # fields of the generated model
+        lo, hi = CODECS.get(codec).quality_range
+        if quality is not None and not lo <= quality <= hi:
+            raise ValueError(f"{codec}: quality {quality:g} outside {lo:g}-{hi:g}")
+        return self
+
+
+EncodeRequest = request_model(ENCODE, _JobBase)
+CompressRequest = request_model(COMPRESS, _CompressBase)
 
 
 JobRequest = Annotated[EncodeRequest | CompressRequest, Field(discriminator="kind")]
 
 
-def batch_job(req: EncodeRequest | CompressRequest, threads: int) -> dict[str, Any]:
-    """The pipeline's job dict (pipeline.batch.job_from_dict) for a request, checked by
-    building it once here: a bad combination is a 422 now, not a failed job later."""
+def batch_job(req: BaseModel, threads: int) -> dict[str, Any]:
+    """The pipeline's job dict (pipeline.batch.job_from_dict) for a request, by the same spec
+    as the CLI's, checked by building it once here: a bad combination is a 422 now, not a
+    failed job later. `threads`: the server's threads per slide (the jobs' --threads)."""
     from ..pipeline.batch import job_from_dict
 
-    if isinstance(req, EncodeRequest):
-        opts = {
-            "patch_size": req.patch_size, "stride": req.stride, "mpp": req.mpp,
-            "tissue_threshold": req.tissue_threshold, "augment": req.augment,
-            "fmt": req.format, "float16": req.float16, "workers": threads,
-        }  # fmt: skip
-        d: dict[str, Any] = {"kind": "encode", "encoder": req.encoder, "device": None,
-                             "options": opts}  # fmt: skip
-    else:
-        opts = {
-            "codec": req.codec,
-            "quality": req.quality,
-            "tile": req.tile,
-            "background": req.background,
-            "ms_ssim": req.ms_ssim,
-            "workers": threads,
-        }
-        d = {"kind": "compress", "options": opts, "output": None}
+    spec = JOB_SPECS[req.kind]
+    values = {o.name: getattr(req, o.name) for o in spec.for_target(SERVICE)}
+    values["threads"] = threads
+    d = spec.job_dict(values)
     try:
         job_from_dict(d)
     except SlidepressError as e:
@@ -115,8 +105,8 @@ def batch_job(req: EncodeRequest | CompressRequest, threads: int) -> dict[str, A
 
 
 def options() -> dict[str, Any]:
-    """What the web page offers: encoders and codecs with their summaries and ranges."""
-    from ..codecs import CODECS
+    """What the web page offers: encoders and codecs with their summaries and ranges, grid
+    formats (the page takes defaults, ranges and help of every option from /openapi.json)."""
     from ..encoders import ENCODERS
 
     codecs = []
@@ -129,5 +119,5 @@ def options() -> dict[str, Any]:
     return {
         "encoders": [{"name": n, "summary": ENCODERS.entry(n).summary} for n in ENCODERS.names()],
         "codecs": codecs,
-        "formats": ["npz", "mha", "zarr", "h5"],
+        "formats": ENCODE["format"].names(),
     }

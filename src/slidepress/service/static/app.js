@@ -97,6 +97,9 @@ function signOut() {
 }
 
 // -- options -----------------------------------------------------------------------------------
+// Names come from /api/options (with summaries and quality ranges); every option's default,
+// range and help come from the request models in /openapi.json, which the service builds from
+// the same spec as the command line's options (slidepress.jobs.options).
 let codecs = [];
 async function loadOptions() {
   const opts = await api("GET", "/api/options");
@@ -114,8 +117,29 @@ async function loadOptions() {
   fill($("#format"), opts.formats);
   codecs = opts.codecs;
   fill($("#codec"), codecs);
-  $("#codec").value = "jpegxl";
+  const schemas = (await api("GET", "/openapi.json")).components.schemas;
+  for (const el of document.querySelectorAll("[data-option]")) {
+    const model = schemas[el.closest("[data-request]").dataset.request];
+    applySchema(el, model.properties[el.dataset.option], fill);
+  }
   showRange();
+}
+
+function applySchema(el, prop, fill) {
+  // an optional option is anyOf [its type, null]: its range sits on the first
+  const t = (prop.anyOf || [prop]).find((b) => b.type !== "null") || prop;
+  el.title = prop.description || "";
+  if (el.tagName === "SELECT" && t.enum) fill(el, t.enum);
+  if (el.type === "number") {
+    const min = t.minimum !== undefined ? t.minimum : t.exclusiveMinimum;
+    if (min !== undefined) el.min = min;
+    if (t.maximum !== undefined) el.max = t.maximum;
+    if (t.multipleOf !== undefined) el.step = t.multipleOf;
+  }
+  if (prop.default === null || prop.default === undefined) return;
+  if (el.type === "checkbox") el.checked = prop.default;
+  else if (el.tagName === "SELECT") el.value = prop.default;
+  else el.placeholder = String(prop.default);
 }
 
 function showRange() {
