@@ -2,10 +2,19 @@
 "use strict";
 
 const $ = (sel) => document.querySelector(sel);
+// Every URL is relative to the page (`api/...`, not `/api/...`): behind a reverse proxy the
+// service may live under a sub-path.
 let token = sessionStorage.getItem("slidepress-token") || "";
+let signedIn = false;
 let selectedJob = null;
+let detailShown = "";  // "<job id> <state>" the results panel was last drawn for
+let detailSeq = 0;  // drawing of the results panel; a newer one wins over an older, slower one
 let pollTimer = null;
+let uploadNames = {};  // upload id -> file name, for the jobs' "on SLIDE" line
 const objectUrls = [];
+const ACTIVE = ["queued", "running"];
+const SESSION_ENDED = "The service no longer accepts your API token (it was revoked or has " +
+  "expired). Please sign in again with a valid token.";
 
 function showError(msg) {
   const el = $("#error");
@@ -37,6 +46,7 @@ async function api(method, path, body) {
     throw new Error(`cannot reach the service: ${e.message}`);
   }
   if (resp.status === 204) return null;
+  if (resp.status === 401 && signedIn) throw endSession();
   const data = await resp.json().catch(() => ({}));
   if (!resp.ok) {
     const err = new Error(detail(data, resp.status));
@@ -48,6 +58,7 @@ async function api(method, path, body) {
 
 async function blobUrl(path) {
   const resp = await fetch(path, { headers: { Authorization: `Bearer ${token}` } });
+  if (resp.status === 401 && signedIn) throw endSession();
   if (!resp.ok) throw new Error(detail(await resp.json().catch(() => ({})), resp.status));
   const url = URL.createObjectURL(await resp.blob());
   objectUrls.push(url);
@@ -61,19 +72,92 @@ function fmtBytes(n) {
   return n + " B";
 }
 
-function cell(row, text) {
+function cell(row, text, label) {
   const td = document.createElement("td");
+  td.setAttribute("role", "cell");
+  if (label) td.dataset.label = label;  // the card layout of narrow screens shows it
   td.textContent = text;
   row.appendChild(td);
   return td;
 }
 
+function el(tag, props, ...children) {
+  const e = document.createElement(tag);
+  Object.assign(e, props || {});
+  e.append(...children);
+  return e;
+}
+
+function button(text, label, onclick) {
+  const b = el("button", { type: "button", textContent: text, onclick });
+  b.setAttribute("aria-label", label);
+  return b;
+}
+
+const pad = (n) => String(n).padStart(2, "0");
+
+// local time as YYYY-MM-DD HH:MM; `seconds` since the epoch (the API's timestamps)
+function fmtTime(seconds) {
+  if (!seconds) return "";
+  const d = new Date(seconds * 1000);
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ` +
+    `${pad(d.getHours())}:${pad(d.getMinutes())}`;
+}
+
+function fmtDuration(seconds) {
+  if (seconds < 0.1) return "< 0.1 s";
+  if (seconds < 60) return `${seconds.toFixed(seconds < 10 ? 1 : 0)} s`;
+  if (seconds < 3600) return `${Math.floor(seconds / 60)} min ${Math.round(seconds % 60)} s`;
+  return `${Math.floor(seconds / 3600)} h ${Math.round((seconds % 3600) / 60)} min`;
+}
+
+function stateBadge(state) {
+  return el("span", { className: `state ${state}`, textContent: state });
+}
+
+// what a job does, from its request: "compress: jpeg, quality 50" / "encode: mean-rgb, zarr"
+function jobSettings(j) {
+  const p = j.params || {};
+  const parts = [];
+  if (j.kind === "compress") {
+    const c = codecs.find((x) => x.name === p.codec);
+    const q = p.quality !== null && p.quality !== undefined ? `quality ${p.quality}`
+      : c && c.default_quality !== null ? `quality ${c.default_quality} (default)` : "default quality";
+    parts.push(p.codec, q);
+    if (p.ms_ssim) parts.push("MS-SSIM");
+  } else {
+    parts.push(p.encoder, p.format);
+    if (p.augment && p.augment !== "none") parts.push(`augment ${p.augment}`);
+    if (p.patch_size) parts.push(`patch ${p.patch_size} px`);
+  }
+  if (p.mpp_override) parts.push(`mpp ${p.mpp_override}`);
+  return `${j.kind}: ${parts.filter((x) => x !== undefined && x !== null).join(", ")}`;
+}
+
+function jobSlides(j) {
+  const names = (j.uploads || []).map((u) => uploadNames[u] || `upload ${u.slice(0, 8)} (deleted)`);
+  const shown = names.slice(0, 2).join(", ");
+  return names.length > 2 ? `on ${shown} and ${names.length - 2} more` : `on ${shown}`;
+}
+
+function progressBar(j, label) {
+  const wrap = el("span", { className: "progress" });
+  const bar = el("progress", { max: 1 });
+  if (j.state === "running") bar.value = j.progress;  // queued: indeterminate
+  bar.setAttribute("aria-label", label);
+  const pct = el("span", { textContent: j.state === "running" ? `${Math.round(100 * j.progress)} %` : "waiting" });
+  wrap.append(bar, pct);
+  return wrap;
+}
+
 // -- sign in ---------------------------------------------------------------------------------
 async function signIn(candidate) {
   token = candidate;
+  signedIn = false;
   try {
-    const me = await api("GET", "/api/me");
+    const me = await api("GET", "api/me");
     sessionStorage.setItem("slidepress-token", token);
+    signedIn = true;
     $("#who").textContent = `signed in as ${me.user}`;
     $("#signin-section").hidden = true;
     $("#app").hidden = false;
@@ -84,11 +168,36 @@ async function signIn(candidate) {
     await refreshJobs();
     $("#file").focus();
   } catch (e) {
+    if (e.sessionEnded) return;  // revoked between the sign-in and the first listing
     token = "";
+    signedIn = false;
     sessionStorage.removeItem("slidepress-token");
     showError(e.status === 401 ? "Sign-in failed: the token is wrong or revoked." : e.message);
     $("#token").focus();
   }
+}
+
+// The service answered 401 to a signed-in page: the token was revoked (or the user deleted).
+// Back to the sign-in form with a plain message; returns the error for the caller to throw.
+function endSession() {
+  const err = Object.assign(new Error(SESSION_ENDED), { status: 401, sessionEnded: true });
+  if (!signedIn) return err;
+  signedIn = false;
+  token = "";
+  sessionStorage.removeItem("slidepress-token");
+  clearTimeout(pollTimer);
+  for (const u of objectUrls.splice(0)) URL.revokeObjectURL(u);
+  $("#who").textContent = "";
+  $("#signout").hidden = true;
+  $("#app").hidden = true;
+  $("#detail").hidden = true;
+  selectedJob = null;
+  detailShown = "";
+  $("#signin-section").hidden = false;
+  $("#token").value = "";
+  showError(SESSION_ENDED);
+  $("#token").focus();
+  return err;
 }
 
 function signOut() {
@@ -102,7 +211,7 @@ function signOut() {
 // the same spec as the command line's options (slidepress.jobs.options).
 let codecs = [];
 async function loadOptions() {
-  const opts = await api("GET", "/api/options");
+  const opts = await api("GET", "api/options");
   const fill = (sel, values) => {
     sel.innerHTML = "";
     for (const v of values) {
@@ -117,7 +226,7 @@ async function loadOptions() {
   fill($("#format"), opts.formats);
   codecs = opts.codecs;
   fill($("#codec"), codecs);
-  const schemas = (await api("GET", "/openapi.json")).components.schemas;
+  const schemas = (await api("GET", "openapi.json")).components.schemas;
   for (const el of document.querySelectorAll("[data-option]")) {
     const model = schemas[el.closest("[data-request]").dataset.request];
     applySchema(el, model.properties[el.dataset.option], fill);
@@ -156,7 +265,7 @@ function showRange() {
 function uploadFile(file) {
   return new Promise((resolve, reject) => {
     const xhr = new XMLHttpRequest();
-    xhr.open("POST", `/api/uploads?filename=${encodeURIComponent(file.name)}`);
+    xhr.open("POST", `api/uploads?filename=${encodeURIComponent(file.name)}`);
     xhr.setRequestHeader("Authorization", `Bearer ${token}`);
     xhr.setRequestHeader("Content-Type", "application/octet-stream");
     const bar = $("#upload-progress");
@@ -172,6 +281,7 @@ function uploadFile(file) {
       let body = {};
       try { body = JSON.parse(xhr.responseText); } catch (e) { /* keep {} */ }
       if (xhr.status >= 200 && xhr.status < 300) resolve(body);
+      else if (xhr.status === 401 && signedIn) reject(endSession());
       else reject(new Error(detail(body, xhr.status)));
     };
     xhr.onerror = () => reject(new Error("upload failed: connection lost"));
@@ -180,13 +290,16 @@ function uploadFile(file) {
 }
 
 async function refreshUploads() {
-  const rows = await api("GET", "/api/uploads");
+  const rows = await api("GET", "api/uploads");
+  uploadNames = Object.fromEntries(rows.map((u) => [u.id, u.filename]));
   const body = $("#uploads tbody");
   const checked = new Set([...body.querySelectorAll("input:checked")].map((i) => i.value));
   body.innerHTML = "";
+  $("#no-uploads").hidden = rows.length > 0;
   for (const u of rows) {
     const tr = document.createElement("tr");
-    const td = document.createElement("td");
+    tr.setAttribute("role", "row");
+    const td = cell(tr, "", "Use");
     const box = document.createElement("input");
     box.type = "checkbox";
     box.value = u.id;
@@ -194,18 +307,13 @@ async function refreshUploads() {
     box.checked = checked.has(u.id) || rows.length === 1;
     box.setAttribute("aria-label", `use ${u.filename}`);
     td.appendChild(box);
-    tr.appendChild(td);
-    cell(tr, u.filename);
-    cell(tr, u.kind);
-    cell(tr, fmtBytes(u.bytes));
-    const del = document.createElement("button");
-    del.type = "button";
-    del.textContent = "Delete";
-    del.setAttribute("aria-label", `delete ${u.filename}`);
-    del.onclick = async () => {
-      try { await api("DELETE", `/api/uploads/${u.id}`); await refreshUploads(); }
+    cell(tr, u.filename, "File").className = "name";
+    cell(tr, u.kind, "Type");
+    cell(tr, fmtBytes(u.bytes), "Size").className = "num";
+    const del = button("Delete", `delete ${u.filename}`, async () => {
+      try { await api("DELETE", `api/uploads/${u.id}`); await refreshUploads(); await refreshJobs(); }
       catch (e) { showError(e.message); }
-    };
+    });
     cell(tr, "").appendChild(del);
     body.appendChild(tr);
   }
@@ -231,51 +339,91 @@ function jobBody() {
   return body;
 }
 
+// the state column: its badge, then a bar while queued or running, how long it took once done
+function stateCell(tr, j) {
+  const box = el("div", { className: "stack" }, stateBadge(j.state));
+  if (ACTIVE.includes(j.state)) box.append(progressBar(j, `progress of job ${j.id.slice(0, 8)}`));
+  else if (j.started_at && j.finished_at) {
+    box.append(el("span", { className: "hint took", textContent: `took ${fmtDuration(j.finished_at - j.started_at)}` }));
+  }
+  cell(tr, "", "State").appendChild(box);
+}
+
 async function refreshJobs() {
-  const jobs = (await api("GET", "/api/jobs")).reverse();
+  const jobs = (await api("GET", "api/jobs")).reverse();
   const body = $("#jobs tbody");
   body.innerHTML = "";
+  $("#no-jobs").hidden = jobs.length > 0;
   for (const j of jobs) {
+    const short = j.id.slice(0, 8);
     const tr = document.createElement("tr");
+    tr.setAttribute("role", "row");
     tr.dataset.job = j.id;
     tr.dataset.state = j.state;
     if (j.id === selectedJob) tr.className = "selected";
-    const show = document.createElement("button");
-    show.type = "button";
-    show.textContent = j.id.slice(0, 8);
-    show.setAttribute("aria-label", `show job ${j.id.slice(0, 8)}`);
-    show.onclick = () => showJob(j.id);
-    cell(tr, "").appendChild(show);
-    cell(tr, j.kind);
-    cell(tr, j.state).className = `state ${j.state}`;
-    const prog = document.createElement("progress");
-    prog.max = 1;
-    prog.value = j.progress;
-    prog.setAttribute("aria-label", `progress of job ${j.id.slice(0, 8)}`);
-    cell(tr, "").appendChild(prog);
-    cell(tr, j.error || j.message);
+    cell(tr, "", "Job").appendChild(button(short, `show job ${short}`, () => showJob(j.id)));
+    const what = cell(tr, "", "Settings");
+    what.className = "name";
+    what.append(el("div", {}, el("span", { textContent: jobSettings(j) }),
+      el("span", { className: "slides", textContent: jobSlides(j) })));
+    cell(tr, fmtTime(j.created_at), "Created").className = "when";
+    stateCell(tr, j);
+    const msg = cell(tr, j.error || j.message, "Message");
+    msg.className = j.error && j.state === "failed" ? "name failed-text" : "name";
     const td = cell(tr, "");
-    if (j.state === "queued" || j.state === "running") {
-      const cancel = document.createElement("button");
-      cancel.type = "button";
-      cancel.textContent = "Cancel";
-      cancel.onclick = async () => {
-        try { await api("POST", `/api/jobs/${j.id}/cancel`); await refreshJobs(); }
+    td.className = "actions";
+    if (ACTIVE.includes(j.state)) {
+      td.appendChild(button("Cancel", `cancel job ${short}`, async () => {
+        try { await api("POST", `api/jobs/${j.id}/cancel`); await refreshJobs(); }
         catch (e) { showError(e.message); }
-      };
-      td.appendChild(cancel);
+      }));
+    } else {
+      td.appendChild(button("Delete", `delete job ${short}`, async () => {
+        try {
+          await api("DELETE", `api/jobs/${j.id}`);
+          if (selectedJob === j.id) closeDetail();
+          await refreshJobs();
+        } catch (e) { showError(e.message); }
+      }));
     }
     body.appendChild(tr);
   }
-  const active = jobs.some((j) => j.state === "queued" || j.state === "running");
+  const active = jobs.some((j) => ACTIVE.includes(j.state));
   clearTimeout(pollTimer);
   if (active) pollTimer = setTimeout(() => refreshJobs().catch((e) => showError(e.message)), 1000);
   if (selectedJob) {
     const j = jobs.find((x) => x.id === selectedJob);
-    if (j && !$("#detail").dataset.final && ["succeeded", "failed", "cancelled"].includes(j.state)) {
-      await showJob(selectedJob);
-    }
+    if (!j) closeDetail();
+    else if (ACTIVE.includes(j.state)) drawDetailHead(j);  // progress and message, every poll
+    else if (detailShown !== `${j.id} ${j.state}`) await showJob(j.id);  // it just finished
   }
+}
+
+function closeDetail() {
+  selectedJob = null;
+  detailShown = "";
+  detailSeq++;
+  for (const u of objectUrls.splice(0)) URL.revokeObjectURL(u);
+  $("#detail").hidden = true;
+}
+
+// the results panel's heading, state, progress, settings and error: from a job's JSON
+function drawDetailHead(j) {
+  const short = j.id.slice(0, 8);
+  $("#detail-h").textContent = ACTIVE.includes(j.state) ? `Job ${short}` : `Results of job ${short}`;
+  const status = $("#detail-status");
+  status.innerHTML = "";
+  status.append(stateBadge(j.state));
+  if (ACTIVE.includes(j.state)) status.append(progressBar(j, `progress of job ${short}`));
+  if (j.message && !(j.state === "failed" && j.error)) status.append(el("span", { textContent: j.message }));
+  const times = [`created ${fmtTime(j.created_at)}`];
+  if (j.finished_at && j.started_at) times.push(`took ${fmtDuration(j.finished_at - j.started_at)}`);
+  $("#detail-what").textContent = `${jobSettings(j)}; ${jobSlides(j)}; ${times.join(", ")}`;
+  const err = $("#detail-error");
+  err.textContent = j.error || "";
+  err.hidden = !j.error;
+  $("#detail").dataset.state = j.state;
+  $("#detail").hidden = false;
 }
 
 function metric(dl, name, value) {
@@ -289,23 +437,25 @@ function metric(dl, name, value) {
 }
 
 async function showJob(id) {
+  const seq = ++detailSeq;
   selectedJob = id;
+  for (const tr of document.querySelectorAll("#jobs tbody tr")) {
+    tr.classList.toggle("selected", tr.dataset.job === id);
+  }
+  const j = await api("GET", `api/jobs/${id}`);
+  if (seq !== detailSeq) return;  // another job was picked meanwhile
   for (const u of objectUrls.splice(0)) URL.revokeObjectURL(u);
-  const j = await api("GET", `/api/jobs/${id}`);
-  const sec = $("#detail");
-  sec.hidden = false;
-  sec.dataset.final = ["succeeded", "failed", "cancelled"].includes(j.state) ? "1" : "";
-  $("#detail-h").textContent = `Results of job ${id.slice(0, 8)} (${j.kind}, ${j.state})`;
+  detailShown = `${j.id} ${j.state}`;
+  drawDetailHead(j);
   const dl = $("#metrics");
   dl.innerHTML = "";
   const prev = $("#previews");
   prev.innerHTML = "";
   const list = $("#downloads");
   list.innerHTML = "";
-  metric(dl, "message", j.message);
-  metric(dl, "error", j.error);
   for (const o of j.outcomes) {
-    metric(dl, "slide", `${o.slide}: ${o.status}${o.error ? " - " + o.error : ""}`);
+    const repeated = o.error && j.error && j.error.includes(o.error);  // shown above already
+    metric(dl, "slide", `${o.slide}: ${o.status}${o.error && !repeated ? " - " + o.error : ""}`);
     if (j.kind === "compress" && o.status !== "failed") {
       metric(dl, "ratio vs source", o.ratio ? `${o.ratio}x` : "");
       if (o.bpp) metric(dl, "ratio vs raw 24 bpp", `${(24 / o.bpp).toFixed(1)}x`);
@@ -316,13 +466,15 @@ async function showJob(id) {
     if (j.kind === "encode" && o.status !== "failed") metric(dl, "tissue cells", o.count);
   }
   if (j.state !== "succeeded") return;
-  const results = await api("GET", `/api/jobs/${id}/results`);
+  const results = await api("GET", `api/jobs/${id}/results`);
+  if (seq !== detailSeq) return;
   for (const r of results) {
+    const url = `api/results/${r.id}`;  // not r.url: that one is absolute
     const li = document.createElement("li");
     const a = document.createElement("a");
     a.href = "#";
     a.textContent = `${r.name} (${fmtBytes(r.bytes)})`;
-    a.onclick = (ev) => { ev.preventDefault(); download(r.url, r.name).catch((e) => showError(e.message)); };
+    a.onclick = (ev) => { ev.preventDefault(); download(url, r.name).catch((e) => showError(e.message)); };
     li.appendChild(a);
     list.appendChild(li);
     if (r.role === "preview") {
@@ -334,7 +486,8 @@ async function showJob(id) {
       img.alt = `${kind}: ${r.slide}`;
       img.className = r.name.endsWith(".compare.png") ? "compare" : "";
       img.dataset.result = r.name;
-      img.src = await blobUrl(r.url);
+      img.src = await blobUrl(url);
+      if (seq !== detailSeq) return;
       const cap = document.createElement("figcaption");
       cap.textContent = kind;
       fig.append(img, cap);
@@ -345,7 +498,7 @@ async function showJob(id) {
   const all = document.createElement("a");
   all.href = "#";
   all.textContent = "everything as one zip";
-  all.onclick = (ev) => { ev.preventDefault(); download(`/api/jobs/${id}/download`, `slidepress-${id.slice(0, 8)}.zip`).catch((e) => showError(e.message)); };
+  all.onclick = (ev) => { ev.preventDefault(); download(`api/jobs/${id}/download`, `slidepress-${id.slice(0, 8)}.zip`).catch((e) => showError(e.message)); };
   li.appendChild(all);
   list.appendChild(li);
 }
@@ -363,6 +516,7 @@ async function download(url, name) {
 // -- wiring -------------------------------------------------------------------------------------
 document.addEventListener("DOMContentLoaded", () => {
   $("#signin").addEventListener("submit", (ev) => { ev.preventDefault(); signIn($("#token").value.trim()); });
+  $("#signin-fields").disabled = false;
   $("#signout").addEventListener("click", signOut);
   $("#codec").addEventListener("change", showRange);
   for (const r of document.querySelectorAll("input[name=kind]")) {
@@ -378,6 +532,7 @@ document.addEventListener("DOMContentLoaded", () => {
     if (!file) return;
     showError("");
     $("#upload-status").textContent = "uploading...";
+    const bar = $("#upload-progress");
     try {
       const u = await uploadFile(file);
       $("#upload-status").textContent = `uploaded ${u.filename}`;
@@ -385,7 +540,9 @@ document.addEventListener("DOMContentLoaded", () => {
       const box = document.getElementById(`use-${u.id}`);
       if (box) box.checked = true;
     } catch (e) {
-      $("#upload-status").textContent = "";
+      bar.hidden = true;  // a full bar would say it worked
+      bar.value = 0;
+      $("#upload-status").textContent = e.sessionEnded ? "" : `upload of ${file.name} failed`;
       showError(e.message);
     }
   });
@@ -395,7 +552,7 @@ document.addEventListener("DOMContentLoaded", () => {
     const body = jobBody();
     if (!body.uploads.length) { showError("Select at least one upload."); return; }
     try {
-      const j = await api("POST", "/api/jobs", body);
+      const j = await api("POST", "api/jobs", body);
       selectedJob = j.id;
       await refreshJobs();
       await showJob(j.id);
