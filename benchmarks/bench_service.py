@@ -5,7 +5,10 @@ while status calls are timed; counts lost/duplicated jobs and the service's peak
     python benchmarks/bench_service.py --jobs 20 --clients 4 --kind compress
 
 Baseline in the same run: status-call latency on the idle service (no job running), so the
-loaded latencies are also reported as ratios to it. Writes .bench/service/report.{json,md}.
+loaded latencies are also reported as ratios to it. Fairness: a first user queues 8 jobs
+(`--fair-queue`), then a second user submits one; the second job's wait in the queue
+(`fair_wait_s`, submit to start) against one job's run time and the first queue's span.
+Writes .bench/service/report.{json,md}.
 """
 
 from __future__ import annotations
@@ -68,13 +71,17 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=10)
     ap.add_argument("--workers", type=int, default=2, help="service worker processes")
     ap.add_argument("--kind", choices=["encode", "compress"], default="encode")
+    ap.add_argument("--fair-queue", type=int, default=8, help="first user's queue (fairness)")
     ap.add_argument("--out", type=Path, default=BENCH_DIR / "service")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     data = Path(tempfile.mkdtemp(prefix="slidepress-bench-service-"))
     exe = slidepress_exe()
-    token = subprocess.run([exe, "token", "create", "bench", "--data-dir", str(data)],
-                           capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    token, token2 = (
+        subprocess.run([exe, "token", "create", name, "--data-dir", str(data)],
+                       capture_output=True, text=True, check=True).stdout.strip()
+        for name in ("bench", "bench2")
+    )  # fmt: skip
     port = _port()
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
@@ -152,10 +159,29 @@ def main() -> None:
         with ThreadPoolExecutor(args.clients) as pool:
             states = list(pool.map(one, range(args.jobs)))
         wall = time.perf_counter() - t0
-        rss.stop.set()
 
         listed = [j for j in client.jobs() if j["id"] != job0["id"]]
         ids = [j["id"] for j in listed]
+
+        # fairness: the first user's queue, then one job of a second user
+        log(f"fairness: {args.fair_queue} jobs of one user, then 1 of another ...")
+        ups = [client.upload(slide)["id"] for _ in range(args.fair_queue)]
+        first = [client.submit(args.kind, [u])["id"] for u in ups]
+        with Client(url, token2) as other:
+            mine = other.submit(args.kind, [other.upload(slide)["id"]])
+            done = other.wait(mine["id"], timeout=600)
+        queue = [client.wait(j, timeout=600) for j in first]
+        run_s = statistics.median(j["finished_at"] - j["started_at"] for j in queue)
+        fair = {
+            "fair_queue": args.fair_queue,
+            "fair_wait_s": round(done["started_at"] - done["created_at"], 2),
+            "fair_turnaround_s": round(done["finished_at"] - done["created_at"], 2),
+            "fair_job_run_s": round(run_s, 2),
+            "fair_first_queue_span_s": round(max(j["finished_at"] for j in queue)
+                                             - min(j["created_at"] for j in queue), 2),
+            "fair_jobs_before_it": sum(j["started_at"] < done["started_at"] for j in queue),
+        }  # fmt: skip
+        rss.stop.set()
         report = {
             "commit": git_commit(),
             "kind": args.kind, "jobs": args.jobs, "clients": args.clients,
@@ -178,6 +204,7 @@ def main() -> None:
             "runs_per_job": sorted({j["attempts"] for j in listed}),
             "peak_rss_web_mb": round(rss.web / 2**20, 1),
             "peak_rss_total_mb": round(rss.total / 2**20, 1),
+            **fair,
         }  # fmt: skip
         report["status_p50_vs_idle"] = round(
             report["status_p50_ms"] / report["idle_status_p50_ms"], 2

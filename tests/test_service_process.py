@@ -17,7 +17,8 @@ pytest.importorskip("fastapi")
 from slidepress.client import Client, ServiceError  # noqa: E402
 from slidepress.service import ServiceConfig  # noqa: E402
 from slidepress.service.db import Job, make_engine, sessions  # noqa: E402
-from slidepress.service.worker import HOST, release_orphans  # noqa: E402
+from slidepress.service.supervisor import release_orphans
+from slidepress.service.worker import HOST  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -238,3 +239,179 @@ def test_serve_refuses_a_taken_port_and_an_unusable_data_dir(tmp_path):
     r = serve("--data-dir", str(tmp_path / "file"), "--port", port)
     assert r.returncode == 2 and "not a folder" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+# -- issue 21: one server with JSON logs, shared by the tests below -------------------------------
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    data = tmp_path_factory.mktemp("served") / "data"  # made by the service: 0700
+    data.parent.mkdir(exist_ok=True)
+    token = create_token(data, "alice")
+    server = ServerProcess(data, workers=1, extra=["--log-format", "json", "--admins", "alice"])
+    server.start()
+    yield server, token
+    server.stop()
+
+
+def _log_lines(server) -> list[dict]:
+    import json
+
+    server.log.flush()
+    out = []
+    for line in Path(server.log.name).read_text().splitlines():
+        if line.startswith("{"):
+            out.append(json.loads(line))
+    return out
+
+
+def _no_mpp_png(path: Path) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    pink = np.clip(rng.normal([200, 120, 170], 30, (400, 400, 3)), 0, 255).astype(np.uint8)
+    Image.fromarray(pink).save(path)
+    return path
+
+
+def test_data_dir_database_uploads_and_results_are_private(served, sample):
+    import stat
+
+    server, token = served
+    c = Client(server.url, token)
+    up = c.upload(sample)
+    job = c.wait(c.submit("encode", [up["id"]], format="npz")["id"], timeout=180)
+    data = server.data_dir
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    assert mode(data) == 0o700
+    assert mode(data / "slidepress.db") == 0o600
+    files = [*(data / "uploads").rglob("*"), *(data / "jobs" / job["id"]).rglob("*")]
+    assert any(p.suffix == ".npz" for p in files) and any(p.suffix == ".svs" for p in files)
+    for p in files:
+        assert mode(p) == (0o700 if p.is_dir() else 0o600), (p, oct(mode(p)))
+
+
+def test_workers_run_under_a_memory_limit(served):
+    import psutil
+
+    server, _ = served
+    kids = psutil.Process(server.proc.pid).children(recursive=True)
+    workers = [p for p in kids if "spawn_main" in " ".join(p.cmdline())]
+    assert workers
+    for w in workers:
+        soft, _ = w.rlimit(psutil.RLIMIT_AS)
+        assert soft != psutil.RLIM_INFINITY and soft >= 4 * 2**30
+
+
+def test_job_and_upload_events_are_one_json_line_each(served, sample, tmp_path):
+    import socket
+
+    server, token = served
+    c = Client(server.url, token)
+    ok = c.wait(c.submit("encode", [c.upload(sample)["id"]])["id"], timeout=180)
+    bad = c.wait(c.submit("encode", [c.upload(_no_mpp_png(tmp_path / "p.png"))["id"]])["id"],
+                 timeout=180, check=False)  # fmt: skip
+    assert bad["state"] == "failed"
+    # a client that goes away mid-upload: one line, no traceback
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(b"POST /api/uploads?filename=cut.svs HTTP/1.1\r\nHost: x\r\n"
+                     b"Authorization: Bearer " + token.encode() + b"\r\n"
+                     b"Content-Length: 50000000\r\n\r\nII*\x00" + b"\0" * (1 << 20))  # fmt: skip
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        lines = _log_lines(server)
+        if any(e["event"] == "upload.disconnected" for e in lines):
+            break
+        time.sleep(0.2)
+    events = {(e["event"], e.get("job")) for e in lines}
+    for job, end in ((ok, "job.succeeded"), (bad, "job.failed")):
+        assert ("job.started", job["id"]) in events and (end, job["id"]) in events
+    done = next(e for e in lines if e["event"] == "job.succeeded" and e["job"] == ok["id"])
+    assert done["user"] == "alice" and done["seconds"] > 0 and done["kind"] == "encode"
+    cut = [e for e in lines if e["event"] == "upload.disconnected"]
+    assert len(cut) == 1 and cut[0]["filename"] == "cut.svs"
+    text = Path(server.log.name).read_text()
+    assert "Traceback" not in text and "ClientDisconnect" not in text
+
+
+def test_serve_shows_each_setting_and_its_source(served):
+    import httpx
+
+    server, token = served
+    text = Path(server.log.name).read_text()
+    assert "workers = 1 (flag)" in text and "quota_gb = 0.0 (default)" in text
+    health = httpx.get(server.url + "/api/health", headers={"Authorization": f"Bearer {token}"})
+    assert health.json()["settings"]["log_format"] == {"value": "json", "source": "flag"}
+
+
+def test_remote_cli_list_status_cancel_delete_and_failed_download(served, sample, tmp_path):
+    import os
+    import subprocess
+
+    from .service_fixtures import SLIDEPRESS
+
+    server, token = served
+    env = {**os.environ, "SLIDEPRESS_TOKEN": token, "SLIDEPRESS_URL": server.url}
+
+    def remote(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*SLIDEPRESS, "remote", *args], env=env, capture_output=True,
+                              text=True, timeout=300)  # fmt: skip
+
+    c = Client(server.url, token)
+    up = c.upload(_no_mpp_png(tmp_path / "nompp.png"))["id"]
+    failed = c.wait(c.submit("encode", [up])["id"], timeout=180, check=False)
+    assert failed["state"] == "failed"
+    got = remote("download", failed["id"], "-o", str(tmp_path / "out"))
+    assert got.returncode == 2 and "failed" in got.stderr and "nothing to download" in got.stderr
+    assert not (tmp_path / "out").exists()
+    assert remote("download", failed["id"], "-o", str(tmp_path / "o.zip")).returncode == 2
+    st = remote("status", failed["id"])
+    assert st.returncode == 2 and '"state": "failed"' in st.stdout
+    listed = remote("list")
+    assert listed.returncode == 0 and failed["id"] in listed.stdout
+    assert up in remote("list", "uploads").stdout
+    # a queued job behind a long one (one worker): cancel it, then delete it and the upload
+    big = c.upload(sample)["id"]
+    slow = c.submit("compress", [big] * 4, codec="jpegxl")
+    queued = c.submit("encode", [up], mpp_override=0.5)
+    cancel = remote("cancel", queued["id"])
+    assert cancel.returncode == 0, cancel.stderr
+    assert c.wait(queued["id"], check=False)["state"] == "cancelled"
+    c.wait(slow["id"], timeout=300, check=False)
+    ok = c.wait(c.submit("encode", [up], mpp_override=0.5, format="npz")["id"], timeout=180)
+    (tmp_path / "dl").mkdir()
+    assert remote("download", ok["id"], "-o", str(tmp_path / "dl")).returncode == 0
+    again = remote("download", ok["id"], "-o", str(tmp_path / "dl"))
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+    assert "overwrite=True" not in again.stderr
+    d = remote("delete", ok["id"], failed["id"], queued["id"], slow["id"], up, big)
+    assert d.returncode == 0, d.stderr
+    assert c.jobs() == [] or all(j["id"] not in (ok["id"], failed["id"]) for j in c.jobs())
+    assert up not in [u["id"] for u in c.uploads()]
+
+
+def test_admin_usage_and_purge_commands(tmp_path, sample):
+    from typer.testing import CliRunner
+
+    from slidepress.cli.service import admin_app
+
+    data = tmp_path / "data"
+    token = create_token(data, "alice")
+    create_token(data, "bob")
+    server = ServerProcess(data, workers=1).start()
+    try:
+        Client(server.url, token).upload(sample)
+    finally:
+        server.stop()
+    run = CliRunner().invoke
+    usage = run(admin_app, ["usage", "--data-dir", str(data)])
+    assert usage.exit_code == 0, usage.output
+    rows = [line.split("\t") for line in usage.stdout.strip().splitlines()]
+    assert rows[0][0] == "user" and ["alice", "1", str(sample.stat().st_size), "0", "0"] in rows
+    assert ["bob", "0", "0", "0", "0"] in rows
+    kept = run(admin_app, ["purge", "--older-than-days", "1", "--data-dir", str(data)])
+    assert kept.exit_code == 0 and "purged 0 job(s) and 0 upload(s)" in kept.output
+    gone = run(admin_app, ["purge", "--older-than-days", "0", "--user", "alice",
+                           "--data-dir", str(data)])  # fmt: skip
+    assert gone.exit_code == 0 and "1 upload(s)" in gone.output, gone.output
+    assert not list((data / "uploads").rglob("*.svs"))

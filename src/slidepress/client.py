@@ -25,9 +25,11 @@ from typing import Any
 
 import httpx
 
-from .errors import SlidepressError, UsageError
+from .errors import OutputExistsError, SlidepressError, UsageError
 
 CHUNK = 1 << 20
+RESUMABLE_FROM = 256 << 20  # files this large go in resumable parts
+PART = 64 << 20  # bytes per part of a resumable upload
 FINAL = ("succeeded", "failed", "cancelled")
 
 
@@ -51,14 +53,25 @@ def _detail(resp: httpx.Response) -> str:
     return str(detail).strip() or resp.reason_phrase
 
 
-def _file_chunks(path: Path, progress: Callable[[int, int], None] | None) -> Iterator[bytes]:
-    total, sent = path.stat().st_size, 0
+def _file_chunks(path: Path, progress: Callable[[int, int], None] | None, start: int = 0,
+                 length: int | None = None) -> Iterator[bytes]:  # fmt: skip
+    """`length` bytes of `path` from `start` (default: to the end), reporting the bytes sent
+    of the whole file."""
+    total = path.stat().st_size
+    left = total - start if length is None else length
+    sent = start
     with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
+        f.seek(start)
+        while left > 0 and (chunk := f.read(min(CHUNK, left))):
+            left -= len(chunk)
             sent += len(chunk)
             if progress:
                 progress(sent, total)
             yield chunk
+
+
+def _page(limit: int | None, offset: int) -> dict[str, int]:
+    return ({"limit": limit} if limit else {}) | ({"offset": offset} if offset else {})
 
 
 def _zip_folder(folder: Path) -> Path:
@@ -74,6 +87,8 @@ def _zip_folder(folder: Path) -> Path:
 
 class Client:
     """One service, one token. Methods return the service's JSON (dicts)."""
+
+    overwrite_hint = "overwrite=True"  # how a refusal to replace a file says to force it
 
     def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 300):
         url = url or os.environ.get("SLIDEPRESS_URL") or "http://127.0.0.1:8000"
@@ -117,9 +132,13 @@ class Client:
         return self._json("GET", "/api/me")
 
     def upload(
-        self, path: str | Path, progress: Callable[[int, int], None] | None = None
-    ) -> dict[str, Any]:
-        """Upload a slide file, or a DICOM folder (zipped on the fly), streamed in chunks."""
+        self, path: str | Path, progress: Callable[[int, int], None] | None = None,
+        resumable: bool | None = None, part_size: int = PART, retries: int = 5,
+    ) -> dict[str, Any]:  # fmt: skip
+        """Upload a slide file, or a DICOM folder (zipped on the fly), streamed in chunks.
+        `resumable` (default: for files of RESUMABLE_FROM bytes or more) sends it in parts of
+        `part_size`; a dropped connection resumes from the server's offset, up to `retries`
+        times in a row."""
         path = Path(path)
         if not path.exists():
             raise UsageError(f"{path}: no such file or folder")
@@ -127,6 +146,8 @@ class Client:
         if path.is_dir():
             body, name = _zip_folder(path), path.name + ".zip"
         try:
+            if resumable or (resumable is None and body.stat().st_size >= RESUMABLE_FROM):
+                return self._upload_parts(body, name, progress, part_size, retries)
             return self._json(
                 "POST", "/api/uploads", params={"filename": name},
                 content=_file_chunks(body, progress),
@@ -137,8 +158,47 @@ class Client:
             if body is not path:
                 body.unlink(missing_ok=True)
 
-    def uploads(self) -> list[dict[str, Any]]:
-        return self._json("GET", "/api/uploads")
+    def _upload_parts(self, body: Path, name: str, progress: Callable[[int, int], None] | None,
+                      part_size: int, retries: int) -> dict[str, Any]:  # fmt: skip
+        size = body.stat().st_size
+        sess = self._json("POST", "/api/uploads/resumable", params={"filename": name,
+                                                                    "size": size})  # fmt: skip
+        where, offset, failures = f"/api/uploads/resumable/{sess['id']}", 0, 0
+        while True:
+            n = min(part_size, size - offset)
+            try:
+                resp = self._request(
+                    "PUT", where, content=_file_chunks(body, progress, offset, n),
+                    headers={"Content-Range": f"bytes {offset}-{offset + n - 1}/{size}",
+                             "Content-Length": str(n),
+                             "Content-Type": "application/octet-stream"},
+                )  # fmt: skip
+                failures = 0
+                state = resp.json()
+            except ServiceError as e:
+                if e.status not in (None, 409) or failures >= retries:
+                    raise
+                failures += 1
+                time.sleep(min(2**failures * 0.1, 5))
+                state = self._resume_point(where, failures, retries)
+            if state.get("upload"):
+                return state["upload"]
+            offset = state["offset"]
+
+    def _resume_point(self, where: str, failures: int, retries: int) -> dict[str, Any]:
+        """The session after a dropped part (the server may be back after a moment)."""
+        while True:
+            try:
+                return self._json("GET", where)
+            except ServiceError as e:
+                if e.status is not None or failures >= retries:
+                    raise
+                failures += 1
+                time.sleep(min(2**failures * 0.1, 5))
+
+    def uploads(self, limit: int | None = None, offset: int = 0) -> list[dict[str, Any]]:
+        """The uploads, oldest first; `limit`/`offset` page them."""
+        return self._json("GET", "/api/uploads", params=_page(limit, offset))
 
     def delete_upload(self, upload_id: str) -> None:
         self._request("DELETE", f"/api/uploads/{upload_id}")
@@ -151,8 +211,11 @@ class Client:
     def job(self, job_id: str) -> dict[str, Any]:
         return self._json("GET", f"/api/jobs/{job_id}")
 
-    def jobs(self, state: str | None = None) -> list[dict[str, Any]]:
-        return self._json("GET", "/api/jobs", params={"state": state} if state else None)
+    def jobs(self, state: str | None = None, limit: int | None = None,
+             offset: int = 0) -> list[dict[str, Any]]:  # fmt: skip
+        """The jobs, oldest first (only those in `state`); `limit`/`offset` page them."""
+        params = _page(limit, offset) | ({"state": state} if state else {})
+        return self._json("GET", "/api/jobs", params=params)
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self._json("POST", f"/api/jobs/{job_id}/cancel")
@@ -190,9 +253,14 @@ class Client:
     def results(self, job_id: str) -> list[dict[str, Any]]:
         return self._json("GET", f"/api/jobs/{job_id}/results")
 
+    def _exists(self, dest: Path) -> OutputExistsError:
+        e = OutputExistsError(f"{dest} exists; pass {self.overwrite_hint} to replace it")
+        e.path = dest
+        return e
+
     def _save(self, url: str, dest: Path, overwrite: bool) -> Path:
         if dest.exists() and not overwrite:
-            raise UsageError(f"{dest} exists; pass overwrite=True to replace it")
+            raise self._exists(dest)
         tmp = dest.with_name(f".{dest.name}.partial-{uuid.uuid4().hex[:8]}")
         try:
             with self._http.stream("GET", url) as resp:
@@ -221,10 +289,11 @@ class Client:
         from .store.atomic import check_output
 
         dest = check_output(dest, folder=True)  # not a file, not read-only: one line
+        rows = self._finished_results(job_id)
         dest.mkdir(parents=True, exist_ok=True)
         wanted = set(roles) if roles else None
         paths = []
-        for r in self.results(job_id):
+        for r in rows:
             if wanted and r["role"] not in wanted:
                 continue
             rel = Path(r.get("path") or r["name"])
@@ -235,7 +304,7 @@ class Client:
             if r["name"].endswith(".zarr.zip"):
                 folder = target.with_name(target.name[: -len(".zip")])
                 if folder.exists() and not overwrite:
-                    raise UsageError(f"{folder} exists; pass overwrite=True to replace it")
+                    raise self._exists(folder)
                 self._save(r["url"], target, overwrite=True)
                 tmp = folder.with_name(f".{folder.name}.partial-{uuid.uuid4().hex[:8]}")
                 with zipfile.ZipFile(target) as zf:
@@ -254,7 +323,18 @@ class Client:
         from .store.atomic import check_output
 
         check_output(dest, overwrite=overwrite)
+        self._finished_results(job_id)
         return self._save(f"/api/jobs/{job_id}/download", Path(dest), overwrite)
+
+    def _finished_results(self, job_id: str) -> list[dict[str, Any]]:
+        """The results of a job that succeeded; ServiceError for one that did not (nothing to
+        download is an error, not an empty folder)."""
+        job = self.job(job_id)
+        if job["state"] != "succeeded":
+            why = job["error"] or job["message"]
+            raise ServiceError(f"job {job_id} is {job['state']}, nothing to download"
+                               + (f": {why}" if why else ""))  # fmt: skip
+        return self.results(job_id)
 
     # -- grids --------------------------------------------------------------------------------
     @staticmethod

@@ -191,7 +191,7 @@ from . import containers  # noqa: E402 (commands registered after the main ones)
 from .batch import batch_app  # noqa: E402
 from .bench import bench_app  # noqa: E402
 from .eval import app as eval_app  # noqa: E402
-from .service import remote_app, serve, token_app  # noqa: E402
+from .service import admin_app, remote_app, serve, token_app  # noqa: E402
 from .slidemodel import heatmap, predict, train_slide_model  # noqa: E402
 from .train import train_app  # noqa: E402
 from .weights import list_weights  # noqa: E402
@@ -203,6 +203,7 @@ app.add_typer(train_app, name="train")
 app.add_typer(eval_app, name="eval")
 app.add_typer(token_app, name="token")
 app.add_typer(remote_app, name="remote")
+app.add_typer(admin_app, name="admin")
 app.command("serve")(serve)
 train_app.command("slide-model")(train_slide_model)
 app.command("predict")(predict)

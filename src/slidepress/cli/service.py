@@ -1,5 +1,6 @@
-"""`slidepress serve`, `slidepress token ...` and `slidepress remote ...`: the service, its
-API tokens, and the Python client from the command line."""
+"""`slidepress serve`, `slidepress token ...`, `slidepress admin ...` and `slidepress remote
+...`: the service, its API tokens, storage usage and purge, and the Python client from the
+command line."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ..service.config import DATA_DIR, DATABASE, SETTINGS
+from ..service.config import CONFIG_ENV, DATA_DIR, DATABASE, SETTINGS
 from .common import EXIT_BAD_INPUT, console, expand_slides, guarded
 from .options import annotation, with_options
 
@@ -26,31 +27,59 @@ TokenOpt = Annotated[
 ]  # fmt: skip
 
 
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", envvar=CONFIG_ENV, show_envvar=True,
+                 help="TOML file of settings (keys as the flags, with _: workers = 4); "
+                 "flags and environment variables beat it."),
+]  # fmt: skip
+
+
 @with_options(SETTINGS)
 def serve(
+    ctx: typer.Context,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    config: ConfigOpt = None,
+    forwarded_allow_ips: Annotated[
+        str, typer.Option(help="Proxies whose X-Forwarded-For/-Proto uvicorn trusts.")
+    ] = "127.0.0.1",
     *,
     options: dict[str, Any],
 ) -> None:
-    """Run the REST service and its web page (http://HOST:PORT/, API docs at /docs)."""
+    """Run the REST service and its web page (http://HOST:PORT/, API docs at /docs and
+    /redoc). Each setting: flag > environment variable > config file > default; the values
+    and their sources are printed at start-up."""
     from ..service.config import ServiceConfig
 
     def body() -> None:
         import uvicorn
 
         from ..service import create_app
+        from ..service.worker import private_umask
 
-        # flag > environment (typer reads each setting's variable) > default
-        settings = {o.field: options[o.name] for o in SETTINGS}
-        cfg = ServiceConfig.from_env(settings.pop(DATA_DIR.field), **settings)
+        private_umask()  # the database, uploads and results: the service's user only
+        # only what was typed counts as a flag: typer also fills values from the environment
+        # and defaults, which the config file must still be able to beat
+        flags = {o.field: options[o.name] for o in SETTINGS
+                 if _source(ctx, o.name) == "COMMANDLINE"}  # fmt: skip
+        cfg = ServiceConfig.resolve(flags, config)
         _check_port(host, port)  # before workers start: a taken port is one line, exit 2
         app = create_app(cfg)
-        console.print(f"slidepress service on http://{host}:{port}/ (data in {cfg.data_dir})")
-        uvicorn.run(app, host=host, port=port, log_level=log_level)
+        where = f"http://{host}:{port}{cfg.root_path}/"
+        console.print(f"slidepress service on {where} (data in {cfg.data_dir})")
+        for name, v in cfg.settings().items():
+            console.print(f"  {name} = {v['value']!r} ({v['source']})", highlight=False)
+        uvicorn.run(app, host=host, port=port, log_level=log_level, proxy_headers=True,
+                    forwarded_allow_ips=forwarded_allow_ips)  # fmt: skip
 
     guarded(body)
+
+
+def _source(ctx: typer.Context, name: str) -> str:
+    source = ctx.get_parameter_source(name)
+    return source.name if source is not None else "DEFAULT"
 
 
 def _check_port(host: str, port: int) -> None:
@@ -71,7 +100,9 @@ token_app = typer.Typer(help="Create, list and revoke API tokens.", no_args_is_h
 def _sessions(data_dir: Path | None, database: str | None):
     from ..service.config import ServiceConfig
     from ..service.db import make_engine, sessions
+    from ..service.worker import private_umask
 
+    private_umask()  # a SQLite database made here is the service's user's only
     cfg = ServiceConfig.from_env(data_dir, database_url=database)
     cfg.prepare()
     return sessions(make_engine(cfg.url))
@@ -138,7 +169,9 @@ remote_app = typer.Typer(
 def _client(url: str, token: str | None):
     from ..client import Client
 
-    return Client(url, token)
+    c = Client(url, token)
+    c.overwrite_hint = "--overwrite"  # the command line's spelling
+    return c
 
 
 @remote_app.command("upload")
@@ -253,5 +286,139 @@ def remote_download(
                 paths = c.download(job_id, output, overwrite=overwrite)
         for p in paths:
             typer.echo(str(p))
+
+    guarded(body)
+
+
+@remote_app.command("list")
+def remote_list(
+    what: Annotated[str, typer.Argument(help="jobs or uploads.")] = "jobs",
+    url: UrlOpt = "http://127.0.0.1:8000",
+    token: TokenOpt = None,
+    state: Annotated[str | None, typer.Option(help="Only jobs in this state.")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="At most this many (newest).")] = None,
+) -> None:
+    """List your jobs (id, state, progress, kind, message) or uploads (id, kind, bytes,
+    name), one per line, oldest first."""
+
+    def body() -> None:
+        from ..errors import UsageError
+
+        with _client(url, token) as c:
+            if what == "jobs":
+                for j in c.jobs(state)[-limit if limit else None :]:
+                    typer.echo(f"{j['id']}  {j['state']:<9}  {j['progress']:4.0%}  {j['kind']:<8}  "
+                               f"{j['error'] or j['message']}")  # fmt: skip
+            elif what == "uploads":
+                for u in c.uploads()[-limit if limit else None :]:
+                    typer.echo(f"{u['id']}  {u['kind']:<5}  {u['bytes']:>12}  {u['filename']}")
+            else:
+                raise UsageError(f"list what? jobs or uploads, not {what!r}")
+
+    guarded(body)
+
+
+@remote_app.command("status")
+def remote_status(
+    job_id: Annotated[str, typer.Argument(help="A job id.")],
+    url: UrlOpt = "http://127.0.0.1:8000",
+    token: TokenOpt = None,
+) -> None:
+    """A job as JSON (state, progress, message, error, outcomes); exit 0 unless it failed."""
+
+    def body() -> int:
+        with _client(url, token) as c:
+            job = c.job(job_id)
+        typer.echo(json.dumps(job, indent=2))
+        return EXIT_BAD_INPUT if job["state"] == "failed" else 0
+
+    raise typer.Exit(guarded(body))
+
+
+@remote_app.command("cancel")
+def remote_cancel(
+    job_id: Annotated[str, typer.Argument(help="A job id.")],
+    url: UrlOpt = "http://127.0.0.1:8000",
+    token: TokenOpt = None,
+) -> None:
+    """Cancel a queued or running job."""
+
+    def body() -> None:
+        with _client(url, token) as c:
+            job = c.cancel(job_id)
+        console.print(f"job {job_id}: {job['state']} ({job['message']})")
+
+    guarded(body)
+
+
+@remote_app.command("delete")
+def remote_delete(
+    ids: Annotated[list[str], typer.Argument(help="Job ids (with their results) or upload ids.")],
+    url: UrlOpt = "http://127.0.0.1:8000",
+    token: TokenOpt = None,
+) -> None:
+    """Delete finished jobs with their results, or uploads no running job uses."""
+
+    def body() -> None:
+        from ..client import ServiceError
+
+        with _client(url, token) as c:
+            for i in ids:
+                try:
+                    c.delete_job(i)
+                    what = "job"
+                except ServiceError as e:
+                    if e.status != 404:
+                        raise
+                    c.delete_upload(i)
+                    what = "upload"
+                console.print(f"deleted {what} {i}")
+
+    guarded(body)
+
+
+admin_app = typer.Typer(
+    help="Storage per user, and purging old results (on the service's machine).",
+    no_args_is_help=True,
+)
+
+
+@admin_app.command("usage")
+def admin_usage(data_dir: DataDirOpt = None, database: DatabaseOpt = None) -> None:
+    """Per user: uploads and results, count and bytes (tab-separated, with a header)."""
+
+    def body() -> None:
+        from ..service.storage import usage
+
+        with _sessions(data_dir, database)() as s:
+            rows = usage(s)
+        typer.echo("user\tuploads\tupload_bytes\tresults\tresult_bytes")
+        for r in rows:
+            typer.echo("\t".join(str(r[k]) for k in ("user", "uploads", "upload_bytes",
+                                                     "results", "result_bytes")))  # fmt: skip
+
+    guarded(body)
+
+
+@admin_app.command("purge")
+def admin_purge(
+    older_than_days: Annotated[
+        float,
+        typer.Option(min=0, help="Finished jobs and unused uploads older than this many days."),
+    ],
+    user: Annotated[str | None, typer.Option(help="Only this user's.")] = None,
+    data_dir: DataDirOpt = None,
+    database: DatabaseOpt = None,
+) -> None:
+    """Delete finished jobs (with their results) and unused uploads older than N days."""
+
+    def body() -> None:
+        from ..service.config import ServiceConfig
+        from ..service.storage import purge
+
+        cfg = ServiceConfig.from_env(data_dir, database_url=database)
+        n = purge(cfg, _sessions(data_dir, database), older_than_days or 1e-9, user)
+        console.print(f"purged {n['jobs']} job(s) and {n['uploads']} upload(s), "
+                      f"{n['bytes']} bytes")  # fmt: skip
 
     guarded(body)

@@ -4,16 +4,22 @@ SQLite runs in WAL mode with a busy timeout, so the web process and the worker p
 read and write it concurrently; the same code runs on PostgreSQL given a URL. State changes
 that must not race (a worker claiming a job, a job finishing with its results) are single
 conditional UPDATEs or one transaction.
+
+The schema is made and changed by Alembic migrations (`migrations/versions/`), applied by
+`migrate` when the web process or an admin command opens the database; a database made
+before migrations existed (by `create_all`) is recognised and stamped as the first revision.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Float,
     ForeignKey,
@@ -70,7 +76,7 @@ class Upload(Base):
     filename: Mapped[str] = mapped_column(String(200))  # sanitised
     path: Mapped[str] = mapped_column(String(500))  # relative to the data dir
     kind: Mapped[str] = mapped_column(String(20))  # tiff | dicom | image
-    bytes: Mapped[int] = mapped_column(Integer)
+    bytes: Mapped[int] = mapped_column(BigInteger)  # multi-GB slides: 64 bits
     sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[float] = mapped_column(Float, default=now)
 
@@ -107,9 +113,24 @@ class Result(Base):
     path: Mapped[str] = mapped_column(String(500))  # relative to the data dir
     role: Mapped[str] = mapped_column(String(20))  # grid | container | preview | report
     slide: Mapped[str] = mapped_column(String(200), default="")
-    bytes: Mapped[int] = mapped_column(Integer, default=0)
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     is_dir: Mapped[bool] = mapped_column(Boolean, default=False)  # zarr: served as a zip
     created_at: Mapped[float] = mapped_column(Float, default=now)
+
+
+class UploadSession(Base):
+    """A resumable upload in progress: the bytes so far sit in `path` (relative to the data
+    dir); `offset` of `size` have arrived."""
+
+    __tablename__ = "upload_sessions"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    filename: Mapped[str] = mapped_column(String(200))  # sanitised
+    path: Mapped[str] = mapped_column(String(500))
+    size: Mapped[int] = mapped_column(BigInteger)
+    offset: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+    updated_at: Mapped[float] = mapped_column(Float, default=now)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -121,8 +142,40 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for `url`; tables are created if missing."""
+MIGRATIONS = Path(__file__).parent / "migrations"
+BASELINE = "0001"  # the schema create_all made before migrations
+
+
+def _alembic_config(connection: Any) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def migrate(engine: Engine, revision: str = "head") -> str | None:
+    """Bring the database to `revision` (default: the newest); return the revision it was at
+    (None: empty). A pre-migration database (tables, no alembic_version) is stamped as the
+    baseline first, its rows kept."""
+    from alembic import command
+    from alembic.runtime.migration import MigrationContext
+    from sqlalchemy import inspect
+
+    with engine.begin() as conn:
+        before = MigrationContext.configure(conn).get_current_revision()
+        cfg = _alembic_config(conn)
+        if before is None and inspect(conn).has_table("users"):
+            command.stamp(cfg, BASELINE)
+            before = BASELINE
+        command.upgrade(cfg, revision)
+    return before
+
+
+def make_engine(url: str, *, migrate_schema: bool = True) -> Engine:
+    """An engine for `url`, its schema migrated to the newest revision (`migrate_schema=False`
+    in worker processes: the web process migrated it before they start)."""
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
     try:
@@ -131,7 +184,8 @@ def make_engine(url: str) -> Engine:
             event.listen(engine, "connect", _sqlite_pragmas)
         else:
             engine = create_engine(url, pool_pre_ping=True)
-        Base.metadata.create_all(engine)
+        if migrate_schema:
+            migrate(engine)
     except ModuleNotFoundError as e:
         raise UsageError(
             f"database driver missing ({e.name}): pip install 'slidepress[postgres]'"

@@ -3,7 +3,9 @@
 A file's name is only a label: it is sanitised (no folders, no traversal, no hidden files)
 and the type comes from the first bytes. A DICOM slide arrives as a zip of its folder and is
 unpacked member by member with the sizes actually written counted (a zip's declared sizes
-are not trusted), so a zip bomb stops at the cap.
+are not trusted), so a zip bomb stops at the cap: the upload limit or the user's remaining
+quota, whichever is lower; a member deflated more than `max_ratio` times is refused before a
+byte of it is written.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import re
 import shutil
+import unicodedata
 import uuid
 import zipfile
 import zlib
@@ -21,7 +24,10 @@ from pathlib import Path
 from ..slide.discovery import is_dicom_slide
 
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+# characters a stored name never holds: path separators and what shells or Windows treat
+# specially; Unicode separators (spaces) and control characters are dropped by category
+_UNSAFE = set('/\\:*?"<>|')
+MAX_NAME_BYTES = 200  # UTF-8 bytes of a stored name (file systems allow 255)
 CHUNK = 1 << 20
 SUFFIX = {"tiff": ".tiff", "dicom": "", "png": ".png", "jpeg": ".jpg", "zip": ".zip"}
 
@@ -34,15 +40,38 @@ class UploadRejected(Exception):
         self.status = status
 
 
+def _safe_char(c: str) -> str:
+    cat = unicodedata.category(c)
+    if c in _UNSAFE or cat.startswith("C"):  # control, format, unassigned, private
+        return "_" if c in _UNSAFE else ""
+    return "_" if cat.startswith("Z") else c  # spaces and other separators
+
+
+def _truncate(text: str, max_bytes: int) -> str:
+    while len(text.encode()) > max_bytes:
+        text = text[:-1]
+    return text
+
+
 def sanitize_filename(name: str | None, default: str = "upload") -> str:
-    """A safe base name: the last path component, unsafe characters replaced, no leading
-    dots, at most 120 characters. `../../etc/passwd` -> `passwd`; `/abs/x.svs` -> `x.svs`."""
-    base = (name or "").replace("\\", "/").split("/")[-1]
-    base = _UNSAFE.sub("_", base).lstrip("._-")
-    if len(base) > 120:
-        stem, dot, ext = base.rpartition(".")
-        base = (stem[: 120 - len(ext) - 1] + "." + ext) if dot and len(ext) <= 10 else base[:120]
-    return base or default
+    """A safe base name that keeps the user's label: the last path component, NFC, Unicode
+    letters and symbols kept (`Präparat.svs`, `切片🔬.svs`), separators and control characters
+    dropped or made `_`, no leading dots, at most MAX_NAME_BYTES of UTF-8, and the extension
+    always kept (readers pick formats by it). `../../etc/passwd` -> `passwd`; `/abs/x.svs` ->
+    `x.svs`; `.svs` -> `upload.svs`."""
+    base = unicodedata.normalize("NFC", name or "").replace("\\", "/").split("/")[-1]
+    base = "".join(_safe_char(c) for c in base)
+    base = re.sub(r"_{2,}", "_", base).strip()
+    stem, dot, ext = base.rpartition(".")
+    if not dot or not ext or len(ext) > 16 or not stem.strip("._-"):
+        if dot and ext and len(ext) <= 16 and ext.strip("._-"):  # `.svs`, `__.svs`: no stem
+            return f"{default}.{ext}"
+        stem, ext = base, ""
+    stem = stem.lstrip("._-")
+    if not stem:
+        return default
+    suffix = f".{ext}" if ext else ""
+    return _truncate(stem, MAX_NAME_BYTES - len(suffix.encode())) + suffix
 
 
 def sniff(head: bytes) -> str | None:
@@ -118,21 +147,40 @@ async def receive(
                 f.write(chunk)
         if size == 0:
             raise UploadRejected(400, "empty upload")
-        kind = sniff(head)
-        if kind is None:
-            raise UploadRejected(415, _not_a_slide(filename))
-        if kind == "zip":  # unpacked by extract_dicom_zip, off the event loop
-            target = folder / "upload.zip"
-            tmp.rename(target)
-            return Received(target, "zip", filename, size, digest.hexdigest())
-        target = folder / stored_name(filename, kind)
-        tmp.rename(target)
-        family = "image" if kind in ("png", "jpeg") else kind
-        return Received(target, family, filename, size, digest.hexdigest())
+        return place(tmp, folder, filename, size, digest.hexdigest(), head)
     except BaseException:
         tmp.unlink(missing_ok=True)
         shutil.rmtree(folder, ignore_errors=True)
         raise
+
+
+def place(tmp: Path, folder: Path, filename: str, size: int, sha256: str,
+          head: bytes) -> Received:  # fmt: skip
+    """Move a complete upload `tmp` to its name in `folder`, typed by its first bytes `head`
+    (415 if not a slide; the caller removes the folder then)."""
+    kind = sniff(head)
+    if kind is None:
+        raise UploadRejected(415, _not_a_slide(filename))
+    if kind == "zip":  # unpacked by extract_dicom_zip, off the event loop
+        target = folder / "upload.zip"
+        tmp.rename(target)
+        return Received(target, "zip", filename, size, sha256)
+    target = folder / stored_name(filename, kind)
+    tmp.rename(target)
+    family = "image" if kind in ("png", "jpeg") else kind
+    return Received(target, family, filename, size, sha256)
+
+
+def hash_file(path: Path) -> tuple[str, bytes]:
+    """SHA-256 of a whole file and its first 132 bytes (a resumable upload's parts arrived
+    over several requests; the digest is over the file as stored)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        head = f.read(132)
+        digest.update(head)
+        while chunk := f.read(8 * CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest(), head
 
 
 def _not_a_slide(filename: str) -> str:
@@ -143,10 +191,18 @@ def _not_a_slide(filename: str) -> str:
 
 
 def extract_dicom_zip(
-    zip_path: Path, target: Path, max_bytes: int = 40 * 1024**3, max_members: int = 20_000
+    zip_path: Path,
+    target: Path,
+    max_bytes: int,
+    max_members: int = 20_000,
+    max_ratio: float = 100.0,
+    cap_reason: str = "",
 ) -> int:
     """Unpack the DICOM files of a zip into `target` (flat, sanitised names); return the
-    count. Folders in the zip are ignored; non-DICOM members are skipped."""
+    count. Folders in the zip are ignored; non-DICOM members are skipped. At most
+    `max_bytes` are written (413, `cap_reason` says which limit), counted as written; a
+    declared total over it, or a member declaring more than `max_ratio` times its deflated
+    size, is refused before unpacking (413); nothing is left behind."""
     try:
         zf = zipfile.ZipFile(zip_path)
     except (zipfile.BadZipFile, OSError) as e:
@@ -159,6 +215,16 @@ def extract_dicom_zip(
             infos = [i for i in zf.infolist() if not i.is_dir()]
             if len(infos) > max_members:
                 raise UploadRejected(413, f"zip holds {len(infos)} files (limit {max_members})")
+            too_big = f"the zip unpacks to more than {max_bytes} bytes{cap_reason}"
+            if sum(i.file_size for i in infos) > max_bytes:
+                raise UploadRejected(413, too_big)
+            for info in infos:
+                if info.file_size > max(info.compress_size, 1) * max_ratio:
+                    raise UploadRejected(413, (
+                        f"zip member {sanitize_filename(info.filename)} is compressed "
+                        f"{info.file_size / max(info.compress_size, 1):.0f}:1 (limit "
+                        f"{max_ratio:g}:1); zip a DICOM folder without compression (stored), as "
+                        "the client and the page do"))  # fmt: skip
             for info in infos:
                 name = sanitize_filename(info.filename, default=f"member{count}")
                 dest = tmp / name
@@ -173,10 +239,8 @@ def extract_dicom_zip(
                         written += len(head)
                         while chunk := src.read(CHUNK):
                             written += len(chunk)
-                            if written > max_bytes:
-                                raise UploadRejected(
-                                    413, f"zip unpacks to more than {max_bytes} bytes"
-                                )
+                            if written > max_bytes:  # declared sizes may lie
+                                raise UploadRejected(413, too_big)
                             out.write(chunk)
                 if is_dicom:
                     count += 1

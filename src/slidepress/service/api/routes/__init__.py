@@ -1,0 +1,6 @@
+"""One module of routes per resource: meta (health, me, options), uploads (+ resumable
+uploads), jobs, results."""
+
+from . import jobs, meta, results, resumable, uploads
+
+ROUTERS = (meta.router, resumable.router, uploads.router, jobs.router, results.router)

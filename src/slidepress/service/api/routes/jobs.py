@@ -1,0 +1,124 @@
+"""Jobs: queue an encode or compress job over uploads, follow it, cancel it, delete it."""
+
+# no `from __future__ import annotations`: FastAPI reads the dependency aliases at runtime
+
+import shutil
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Body, HTTPException, Query, Response
+from sqlalchemy import delete, func, select
+
+from ...db import ACTIVE_STATES, Job, Result, Upload
+from ...jobs import JobRequest, batch_job
+from ...logs import event
+from ...storage import quota_message, remaining, used_bytes
+from ...worker import job_dir
+from ..deps import ID, Config, Sessions, User, own
+from ..models import JobOut
+from .paging import Page, paginate
+
+router = APIRouter(prefix="/api/jobs", tags=["jobs"])
+State = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+def job_out(j: Job) -> JobOut:
+    return JobOut(
+        id=j.id, kind=j.kind, state=j.state, progress=j.progress, message=j.message,
+        error=j.error, params=j.params, uploads=[e["upload"] for e in j.items],
+        attempts=j.attempts, created_at=j.created_at, started_at=j.started_at,
+        finished_at=j.finished_at, outcomes=j.outcomes or [], summary=j.summary or {},
+    )  # fmt: skip
+
+
+@router.post("", status_code=201, response_model=JobOut,
+             responses={404: {"description": "an unknown upload"},
+                        429: {"description": "too many queued or running jobs"},
+                        507: {"description": "storage quota reached"}})  # fmt: skip
+def create_job(req: Annotated[JobRequest, Body()], ident: User, cfg: Config,
+               make: Sessions) -> JobOut:  # fmt: skip
+    """Queue an `encode` (NIC grids) or `compress` (tile container) job over uploads."""
+    try:
+        spec = batch_job(req, cfg.threads_per_job)
+    except ValueError as e:
+        raise HTTPException(422, str(e)) from None
+    if len(req.uploads) > cfg.max_slides_per_job:
+        raise HTTPException(422, f"at most {cfg.max_slides_per_job} slides per job")
+    from ....pipeline.items import SlideItem
+
+    with make() as s:
+        active = s.scalar(select(func.count()).where(
+            Job.user_id == ident.user_id, Job.state.in_(ACTIVE_STATES)))  # fmt: skip
+        if active >= cfg.max_active_jobs_per_user:
+            limit = cfg.max_active_jobs_per_user
+            msg = f"{active} jobs queued or running (limit {limit}); wait or cancel one"
+            raise HTTPException(429, msg)
+        if remaining(cfg, s, ident.user_id) == 0:
+            raise HTTPException(507, quota_message(cfg, used_bytes(s, ident.user_id)))
+        items = []
+        for uid in req.uploads:
+            u = own(s, Upload, uid, ident, "upload")
+            item = SlideItem(cfg.data_dir / u.path, req.mpp_override)
+            items.append({"upload": uid, "item": item.to_dict(), "label": u.filename})
+        job = Job(user_id=ident.user_id, kind=req.kind, params=req.model_dump(),
+                  batch_job=spec, items=items, message="queued")  # fmt: skip
+        s.add(job)
+        s.commit()
+    event("job.queued", job=job.id, user=ident.name, kind=job.kind, slides=len(items))
+    return job_out(job)
+
+
+@router.get("", response_model=list[JobOut])
+def list_jobs(
+    ident: User, make: Sessions, response: Response, page: Page,
+    state: Annotated[State | None, Query(description="only jobs in this state")] = None,
+) -> list[JobOut]:  # fmt: skip
+    """The user's jobs, oldest first (`limit`/`offset` page them; X-Total-Count)."""
+    with make() as s:
+        q = select(Job).where(Job.user_id == ident.user_id)
+        if state:
+            q = q.where(Job.state == state)
+        rows = paginate(s, q, q.order_by(Job.created_at, Job.id), page, response)
+    return [job_out(j) for j in rows]
+
+
+@router.get("/{job_id}", response_model=JobOut)
+def get_job(job_id: ID, ident: User, make: Sessions) -> JobOut:
+    with make() as s:
+        return job_out(own(s, Job, job_id, ident, "job"))
+
+
+@router.post("/{job_id}/cancel", response_model=JobOut,
+             responses={409: {"description": "the job already ended"}})  # fmt: skip
+def cancel_job(job_id: ID, ident: User, make: Sessions) -> JobOut:
+    """A queued job is cancelled at once; a running one within seconds."""
+    with make() as s:
+        job = own(s, Job, job_id, ident, "job")
+        if job.state == "queued":
+            s.execute(Job.__table__.update()
+                      .where(Job.id == job_id, Job.state == "queued")
+                      .values(state="cancelled", message="cancelled by the user"))  # fmt: skip
+            event("job.cancelled", job=job_id, user=ident.name, was="queued")
+        elif job.state == "running":
+            job.cancel_requested = True
+            job.message = "cancelling"
+            event("job.cancel_requested", job=job_id, user=ident.name)
+        else:
+            raise HTTPException(409, f"job {job_id} already {job.state}")
+        s.commit()
+        s.refresh(job)
+        return job_out(job)
+
+
+@router.delete("/{job_id}", status_code=204, response_class=Response,
+               responses={409: {"description": "the job is queued or running"}})  # fmt: skip
+def delete_job(job_id: ID, ident: User, cfg: Config, make: Sessions) -> Response:
+    """Delete a finished job with all its results."""
+    with make() as s:
+        job = own(s, Job, job_id, ident, "job")
+        if job.state in ACTIVE_STATES:
+            raise HTTPException(409, f"job {job_id} is {job.state}; cancel it first")
+        s.execute(delete(Result).where(Result.job_id == job_id))
+        s.execute(delete(Job).where(Job.id == job_id))
+        s.commit()
+    shutil.rmtree(job_dir(cfg, job_id), ignore_errors=True)
+    return Response(status_code=204)
