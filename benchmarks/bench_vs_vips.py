@@ -21,6 +21,11 @@ during each run (the machine may be shared: compare only runs where that is ~0).
     python benchmarks/bench_vs_vips.py --size 8000 --rounds 1 # quick
     python benchmarks/bench_vs_vips.py -- --workers 1         # extra args for slidepress compress
     python benchmarks/bench_vs_vips.py --pythonpath /work/base/src   # measure another checkout
+    python benchmarks/bench_vs_vips.py --baseline /tmp/before/src    # + that checkout, same run
+
+`--baseline SRC` adds a third tool, `baseline` (slidepress imported from SRC, e.g. a copy of the
+source before a change), to the same rounds (the order rotates each round), so a change is
+judged by before/vips and after/vips ratios measured side by side.
 
 `vips` must be installed (`apt-get install -y libvips-tools`); the script says so and exits if
 it is not. Results go to .bench/bench_vs_vips.json (or --json).
@@ -58,6 +63,7 @@ from tissue_slide import build_slide
 
 TARGET_TIME_RATIO = 1.0  # slidepress wall / vips wall: at least libvips' throughput
 TARGET_MEM_RATIO = 2.0  # slidepress peak RSS / vips peak RSS: strictly under
+RATIOS = {"wall": "wall_s", "cpu": "cpu_s", "peak_rss": "peak_rss_mib"}  # name -> median key
 
 
 # ----------------------------------------------------------------------------------------------
@@ -136,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     ap.add_argument("--vips", default=None, help="vips executable (default: `vips` on PATH)")
     ap.add_argument(
+        "--baseline", default=None, help="also run slidepress from this src folder (PYTHONPATH), "
+        "as the tool `baseline`, in the same rounds: before vs after a change"
+    )  # fmt: skip
+    ap.add_argument(
         "--quiet-wait",
         type=float,
         default=30.0,
@@ -159,26 +169,39 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     spz, tif = work / "slidepress.spz", work / "vips.tif"
     q = str(args.quality)
+
+    def compress_cmd(out: Path) -> list[str]:
+        return [*slidepress_cmd(args.python), "compress", str(slide), "-o", str(out),
+                "--codec", "jpeg", "--quality", q, "--overwrite", *extra]  # fmt: skip
+
     commands = {
-        "slidepress": [
-            *slidepress_cmd(args.python), "compress", str(slide), "-o", str(spz),
-            "--codec", "jpeg", "--quality", q, "--overwrite", *extra,
-        ],
+        "slidepress": compress_cmd(spz),
         "vips": [
             vips, "tiffsave", str(slide), str(tif), "--tile", "--tile-width", "256",
             "--tile-height", "256", "--pyramid", "--compression", "jpeg", "--Q", q, "--bigtiff",
         ],
     }  # fmt: skip
     outputs = {"slidepress": spz, "vips": tif}
+    envs = {"slidepress": env, "vips": env}
+    base_ident = None
+    if args.baseline:
+        outputs["baseline"] = work / "baseline.spz"
+        commands["baseline"] = compress_cmd(outputs["baseline"])
+        envs["baseline"] = slidepress_env(args.baseline)
+        base_ident = code_identity(args.python, envs["baseline"])
+        log(f"baseline: {base_ident['module']} ({base_ident['commit']})")
     probe = CpuProbe(slide)
-    runs: dict[str, list[dict[str, Any]]] = {"slidepress": [], "vips": []}
+    tools = list(commands)
+    runs: dict[str, list[dict[str, Any]]] = {t: [] for t in tools}
     for rnd in range(args.rounds):
-        order = ["slidepress", "vips"] if rnd % 2 == 0 else ["vips", "slidepress"]
+        # ABBA for two tools; with a baseline the order also rotates, so each goes first once
+        order = tools[rnd % len(tools) :] + tools[: rnd % len(tools)] if args.baseline else tools
+        order = order if rnd % 2 == 0 else order[::-1]
         for tool in order:
             outputs[tool].unlink(missing_ok=True)
             wait_quiet(args.quiet_wait)
             cpu_probe = probe()
-            rec = run_measured(commands[tool], env, work / f"{tool}.log")
+            rec = run_measured(commands[tool], envs[tool], work / f"{tool}.log")
             if rec["rc"] != 0:
                 raise SystemExit(f"{tool} failed (rc {rec['rc']}):\n{rec['output_tail']}")
             rec["round"] = rnd + 1
@@ -200,9 +223,11 @@ def main(argv: list[str] | None = None) -> int:
         (ln for ln in reversed(runs["slidepress"][-1]["output_tail"].splitlines()) if "->" in ln),
         "",
     )
+    if "baseline" in outputs:
+        tiles["baseline"] = container_tiles(outputs["baseline"])
     if not args.keep:
-        spz.unlink(missing_ok=True)
-        tif.unlink(missing_ok=True)
+        for path in outputs.values():
+            path.unlink(missing_ok=True)
 
     med = {
         tool: {
@@ -216,6 +241,15 @@ def main(argv: list[str] | None = None) -> int:
         med[tool]["mpx_per_s"] = round(px / 1e6 / med[tool]["wall_s"], 2)
     time_ratio = med["slidepress"]["wall_s"] / med["vips"]["wall_s"]
     mem_ratio = med["slidepress"]["peak_rss_mib"] / med["vips"]["peak_rss_mib"]
+    baseline = None
+    if "baseline" in med:
+        b = med["baseline"]
+        baseline = {
+            "over_vips": {k: round(b[m] / med["vips"][m], 3) for k, m in RATIOS.items()},
+            "slidepress_over_baseline": {
+                k: round(med["slidepress"][m] / b[m], 3) for k, m in RATIOS.items()
+            },
+        }
     report = {
         "benchmark": "bench_vs_vips",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -246,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
                 3,
             ),
         },
+        "baseline": baseline and {**baseline, "code": base_ident},
         "targets": {"wall_ratio_max": TARGET_TIME_RATIO, "peak_rss_ratio_below": TARGET_MEM_RATIO},
         "pass": {
             "time": time_ratio <= TARGET_TIME_RATIO,
@@ -295,6 +330,11 @@ def print_report(rep: dict[str, Any]) -> None:
         f"CPU {r['cpu']:.2f}x, output size {r['output_bytes']:.2f}x; fastest runs' wall "
         f"{r['best_wall']:.2f}x"
     )
+    if rep.get("baseline"):
+        b = rep["baseline"]
+        line = ", ".join(f"{k} {b['over_vips'][k]:.2f}x" for k in RATIOS)
+        after = ", ".join(f"{k} {b['slidepress_over_baseline'][k]:.2f}x" for k in RATIOS)
+        print(f"baseline/vips: {line}; slidepress/baseline: {after}")
     st, vt = rep["tiles"]["slidepress"], rep["tiles"]["vips"]
     print(
         f"tiles per level: slidepress {st['stored_per_level']} of {st['grid_per_level']} "

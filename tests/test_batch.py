@@ -137,3 +137,46 @@ def test_items_from_csv_table_carry_their_source(tmp_path, sample_svs):
     with plain.open() as reader:
         assert reader.mpp == pytest.approx(0.499, abs=1e-3) and reader.mpp_source == "file"
     assert np.isfinite(reader.require_mpp())
+
+
+def test_job_kinds_are_a_registry_and_split_by_their_own_bands(tmp_path, sample_svs):
+    """JOBS lists the kinds by name (unknown: the names, exit 2); a kind with no `bands()` runs
+    whole under the Dask runner's split wrapper, which dispatches on no kind; a compress job
+    refuses an out-of-range quality once, in `prepare`."""
+    from dataclasses import dataclass
+    from typing import Any, ClassVar
+
+    from slidepress.distributed.regions import split_job
+    from slidepress.errors import CodecError
+    from slidepress.pipeline.batch import JOBS, Job
+
+    assert JOBS.names() == ["encode", "compress"]
+    assert JOBS.get("compress") is CompressJob and JOBS.entry("encode").summary
+    with pytest.raises(UsageError, match="unknown job kind 'print'; choose from encode, compress"):
+        job_from_dict({"kind": "print"})
+    with pytest.raises(CodecError, match="outside its range"):
+        CompressJob(options={"codec": "jpeg", "quality": 500}).prepare()
+
+    @dataclass
+    class Count(Job):
+        kind: ClassVar[str] = "count"
+        runs: int = 0
+
+        def run(self, item: SlideItem, out_dir: Any, progress: Any) -> Outcome:
+            self.runs += 1
+            return Outcome(item.name, str(item.path), "done", units="slides", count=1)
+
+        def to_dict(self) -> dict[str, Any]:
+            return {"kind": self.kind}
+
+    JOBS.add("count", Count)
+    try:
+        assert job_from_dict({"kind": "count"}).kind == "count"
+        count = Count()
+        sj = split_job(count, region_px=1, band_rows=8)
+        assert sj.run(SlideItem.of(sample_svs), tmp_path, None).status == "done"
+        assert count.runs == 1 and sj.split is None
+    finally:
+        JOBS.remove("count")
+    assert EncodeJob(encoder="mean-rgb").bands().units == "cells"
+    assert CompressJob().bands().part_name((0, 8)) == "tiles-000000-000008.zip"

@@ -98,6 +98,29 @@ def test_default_codecs_are_registered_and_have_sweeps():
     assert "png" not in DEFAULT_CODECS  # the lossless reference is opt-in
 
 
+def test_default_sweeps_are_declared_on_the_codec_classes():
+    """`bench codecs` and `eval downstream` read each codec's default sweep from its class;
+    reading the default codecs (what `--help` shows) imports no codec library."""
+    import subprocess
+    import sys
+
+    from slidepress.bench.codecs import DEFAULT_QUALITIES
+    from slidepress.codecs import CODECS
+
+    assert DEFAULT_QUALITIES["jpeg"] == list(CODECS["jpeg"].sweeps["bench"])
+    assert resolve_default("learned") == [5.0]  # no bench sweep: the default quality
+    code = ("import sys\nfrom slidepress.bench.codecs.options import DEFAULT_CODECS\n"
+            "print('imagecodecs' in sys.modules, len(DEFAULT_CODECS))")  # fmt: skip
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.stdout.split() == ["False", "6"], r.stderr
+
+
+def resolve_default(codec: str) -> list[float]:
+    from slidepress.bench.codecs import resolve_qualities
+
+    return resolve_qualities([codec], None)[codec]
+
+
 def test_package_exports_resolve_lazily():
     """`slidepress.bench.codecs` loads its submodules on first use; every export resolves, and
     to the function, not to a submodule of the same name."""

@@ -242,12 +242,7 @@ def test_compress_bands_merge_into_the_whole_slide_container(
     container a whole-slide `compress_slide` writes, for each background policy."""
     from slidepress.codecs import get_codec
     from slidepress.pipeline.compress import CompressOptions, compress_slide, plan_compress
-    from slidepress.pipeline.compress_bands import (
-        compress_band,
-        merge_bands,
-        region_bands,
-        split_state,
-    )
+    from slidepress.pipeline.compress_bands import compress_band, merge_bands, region_bands
 
     slide = SLIDES / "CMU-1-Small-Region.svs"
     opts = CompressOptions(codec=codec, tile=128, background=background, workers=1)
@@ -257,7 +252,7 @@ def test_compress_bands_merge_into_the_whole_slide_container(
     plan = plan_compress(slide, out, opts, c)
     bands, n_levels = region_bands([g.rows for g, _, _ in plan.levels], band_rows)
     assert len(bands) > 1 and n_levels < len(plan.levels)  # some levels left to the merge
-    state = split_state(plan, opts)
+    state = plan.split_state(opts)
     parts = []
     for band in bands:
         part = tmp_path / f"part-{band[0]}.zip"
@@ -273,7 +268,7 @@ def test_compress_region_split_on_dask_equals_whole_slide_run(tmp_path: Path) ->
     """`batch compress` on a slide above the threshold: region tasks on two workers, merged
     into the container of a whole-slide run; a band done by an interrupted run is not redone;
     the parts are gone afterwards and a re-run skips the slide."""
-    from slidepress.distributed.regions import parts_dir, tiles_part_path
+    from slidepress.distributed.regions import part_path, parts_dir
     from slidepress.distributed.runner import ClusterOptions, run_tasks
     from slidepress.pipeline.batch import CompressJob
     from slidepress.pipeline.compress import CompressOptions, compress_slide
@@ -297,18 +292,18 @@ def test_compress_region_split_on_dask_equals_whole_slide_run(tmp_path: Path) ->
     assert [o.status for o in res.outcomes] == ["skipped"] and res.regions == 0
 
     # resume: a band part left by an interrupted run is kept, the others coded, then merged
-    from slidepress.distributed.regions import SplitCompressJob, region_job
+    from slidepress.distributed.regions import region_job, split_job
     from slidepress.pipeline.items import SlideItem
 
     (split / "CMU-1-Small-Region.spz").unlink()
     item = SlideItem.of(slide)
-    sj = SplitCompressJob(options=options, region_px=1, band_rows=8)
+    sj = split_job(job, region_px=1, band_rows=8)
     sj.run(item, split, None)
     assert sj.split is not None
     first = sj.split["bands"][0]
     assert region_job(job, sj.split, first).run(item, split, None).status == "done"
     parts = parts_dir(split, "CMU-1-Small-Region", sj.split["params_hash"])
-    assert tiles_part_path(parts, tuple(first)).exists()
+    assert part_path(parts, job, tuple(first)).exists()
     regions: list[str] = []
     res = run_tasks(
         tasks, job, opts, lambda kind, d: kind == "region" and regions.append(d["status"])

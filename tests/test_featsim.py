@@ -85,6 +85,27 @@ def test_similarity_falls_with_jpeg_quality(tiles, jpeg_versions, fs):
     assert np.all(depth_means[-1] < depth_means[0]), depth_means
 
 
+def test_one_scorer_scores_tiles_and_a_reference_alike(tiles, jpeg_versions, fs):
+    """`metrics.similarity`: PSNR, MS-SSIM, featsim and embsim in one call, per tile; scoring
+    against a reference (the originals' features and embeddings computed once, as the codec
+    benchmark and `eval downstream` do) gives what scoring the tiles themselves gives."""
+    from slidepress.metrics import SimilarityScorer, embedding_similarity, score_tiles
+
+    scorer = SimilarityScorer(structural=True, featsim=fs, encoder="nic-multitask")
+    dec = jpeg_versions[40]
+    direct = scorer.score(tiles, dec, tile_mpp=0.5)
+    again = scorer.score(scorer.reference(tiles, tile_mpp=0.5), dec)
+    np.testing.assert_allclose(direct.featsim.per_depth, again.featsim.per_depth, rtol=1e-12)
+    np.testing.assert_allclose(direct.embsim, again.embsim, rtol=1e-12)
+    np.testing.assert_array_equal(direct.featsim.per_depth, fs.score(tiles, dec).per_depth)
+    emb = embedding_similarity("nic-multitask", tiles, dec, tile_mpp=0.5)
+    np.testing.assert_array_equal(direct.embsim, emb)
+    pixels = score_tiles(tiles, dec)
+    np.testing.assert_array_equal(direct.pixels.ms_ssim, pixels.ms_ssim)
+    assert again.pixels.mean_psnr == pixels.mean_psnr
+    assert scorer.describe()["feature_similarity"]["name"] == fs.name
+
+
 def test_user_weights_from_a_local_file(tmp_path, tiles, jpeg_versions, fs):
     """A plain resnet18 state dict (here the shipped one, wrapped as training checkpoints are)
     loads through the public API and scores as the shipped network does."""

@@ -166,3 +166,55 @@ def test_metrics_increase_with_jpeg_quality(name):
         assert values[0] < values[1] < values[2], (name, metric, values)
     assert all(s[1] < 1 and s[2] < 1 for s in scores)
     assert 20 < scores[0][0] < scores[2][0] < 50
+
+
+def test_slide_fidelity_parts_merge_to_the_whole_to_the_bit():
+    """Parts of a slide keep their per-tile terms; merged in order they give the whole-slide
+    totals exactly (float sums are not associative: summing the parts' sums would not)."""
+    from slidepress.metrics.fidelity import SlideFidelity
+
+    rng = np.random.default_rng(0)
+    sse = (rng.random(300) * 1e7).tolist()
+    values = rng.integers(1, 196608, 300).tolist()
+    whole = SlideFidelity()
+    for e, v in zip(sse, values, strict=True):
+        whole.add_stored(e, v)
+    whole.add_dropped(7)
+    merged = SlideFidelity()
+    for lo, hi in ((0, 100), (100, 250), (250, 300)):
+        part = SlideFidelity(terms=[])
+        for e, v in zip(sse[lo:hi], values[lo:hi], strict=True):
+            part.add_stored(e, v)
+        if lo == 100:
+            part.add_dropped(7)
+        merged.merge(part)
+    assert merged.sse == whole.sse and merged.psnr == whole.psnr
+    assert (merged.tiles_stored, merged.tiles_dropped, merged.max_dropped_deviation) == (
+        300, 1, 7)  # fmt: skip
+    with pytest.raises(ValueError, match="terms"):
+        merged.merge(whole)  # no per-tile terms kept
+
+
+def test_similarity_scorer_pixels_and_sums_merge():
+    """The one scorer's pixel scores are score_tiles' (PSNR of the pooled MSE: inf when
+    exact); a reference scores like the tiles themselves; weighted sums merge."""
+    from slidepress.metrics import PairScores, SimilarityScorer, SimilaritySums, score_tiles
+
+    rng = np.random.default_rng(1)
+    refs = rng.integers(0, 256, (4, 24, 24, 3), dtype=np.uint8)
+    noisy = np.clip(refs.astype(int) + rng.integers(-3, 4, refs.shape), 0, 255).astype(np.uint8)
+    scorer = SimilarityScorer(pixels=True)
+    s = scorer.score(refs, noisy)
+    assert s.featsim is None and s.embsim is None
+    assert s.pixels.mean_psnr == score_tiles(refs, noisy, structural=False).mean_psnr
+    assert scorer.score(scorer.reference(refs), noisy).pixels.mean_psnr == s.pixels.mean_psnr
+    assert math.isinf(scorer.score(refs, refs.copy()).pixels.mean_psnr)
+    a, b, both = SimilaritySums(), SimilaritySums(), SimilaritySums()
+    scores = PairScores(embsim=np.array([0.9, 0.5, 1.0]))
+    a.add(scores, np.array([1.0, 2.0, 3.0]))
+    b.add(scores, np.array([3.0, 0.0, 1.0]))
+    both.add(scores, np.array([1.0, 2.0, 3.0]))
+    both.add(scores, np.array([3.0, 0.0, 1.0]))
+    a.merge(SimilaritySums.from_dict(b.to_dict()))
+    assert a.embedding_mean() == both.embedding_mean() and a.tiles == 6
+    assert SimilaritySums().embedding_mean() is None

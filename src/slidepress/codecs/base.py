@@ -1,13 +1,14 @@
 """The tile codec contract: uint8 RGB tile -> bytes -> uint8 RGB tile, with one quality knob.
 
-Every codec declares the range and direction of its quality knob, so benchmarks and the CLI
-can validate and sweep it without special cases, and records library versions for metadata.
+Every codec declares the range and direction of its quality knob and its default sweeps of
+it, so benchmarks and the CLI can validate and sweep it without special cases, and records
+library versions for metadata.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -23,6 +24,12 @@ class Codec(ABC):
     lossless: bool = False
     library: str = "imagecodecs"
     batched: bool = False  # True where encode_batch / decode_batch beat one tile at a time
+    # Default quality sweeps, low to high quality, by the command that sweeps them: "bench"
+    # (`bench codecs`: covering JPEG q30-95's range on the shared data, PSNR about 27-34 dB at
+    # 256 px, with some margin, for BD-rates) and "downstream" (`eval downstream`: down to
+    # where a probe's AUC drops). Without one, `bench codecs` codes the default quality and
+    # `eval downstream` asks for --qualities.
+    sweeps: ClassVar[dict[str, tuple[float, ...]]] = {}
 
     def __init__(self, quality: float | None = None, **params: Any):
         q = self.default_quality if quality is None else float(quality)

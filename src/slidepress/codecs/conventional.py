@@ -42,6 +42,7 @@ class Jpeg(_ImagecodecsCodec):
     """libjpeg-turbo baseline JPEG; quality 1-100 (scanners ship q80-90), 4:2:0 chroma."""
 
     suffix, quality_range, default_quality, _lib_key = ".jpg", (1, 100), 90, "libjpeg_turbo"
+    sweeps = {"bench": (30, 50, 70, 80, 90, 95), "downstream": (10, 30, 50, 75, 90)}
 
     def encode(self, tile: np.ndarray) -> bytes:
         return imagecodecs.jpeg8_encode(check_tile(tile), level=int(self.quality), **self.params)
@@ -54,6 +55,7 @@ class JpegXL(_ImagecodecsCodec):
     """libjxl; quality 1-100 (mapped by libjxl to a Butteraugli distance), effort 3 (fast)."""
 
     suffix, quality_range, default_quality, _lib_key = ".jxl", (1, 100), 90, "libjxl"
+    sweeps = {"bench": (30, 50, 70, 80, 90, 95), "downstream": (20, 40, 60, 80, 95)}
 
     def __init__(self, quality: float | None = None, **params):
         params.setdefault("effort", 3)
@@ -71,6 +73,7 @@ class WebP(_ImagecodecsCodec):
     lossless, which would silently turn every quality into PNG-like sizes."""
 
     suffix, quality_range, default_quality, _lib_key = ".webp", (0, 100), 90, "libwebp"
+    sweeps = {"bench": (30, 50, 70, 80, 90, 95), "downstream": (20, 40, 60, 80, 95)}
 
     def encode(self, tile: np.ndarray) -> bytes:
         return imagecodecs.webp_encode(
@@ -85,6 +88,7 @@ class Avif(_ImagecodecsCodec):
     """libavif (AV1 intra); quality 0-100, speed 8 (fast; 0 is slowest/best)."""
 
     suffix, quality_range, default_quality, _lib_key = ".avif", (0, 100), 75, "libavif"
+    sweeps = {"bench": (30, 45, 60, 70, 80, 90), "downstream": (20, 40, 60, 80)}
 
     def __init__(self, quality: float | None = None, **params):
         params.setdefault("speed", 8)
@@ -102,6 +106,7 @@ class Jpeg2000(_ImagecodecsCodec):
     (measured: 30 -> 29.4 dB, 40 -> 39.5 dB on H&E)."""
 
     suffix, quality_range, default_quality, _lib_key = ".jp2", (20, 60), 40, "openjpeg"
+    sweeps = {"bench": (26, 28, 31, 34, 37, 40, 45), "downstream": (30, 35, 40, 45)}  # dB
 
     def encode(self, tile: np.ndarray) -> bytes:
         return imagecodecs.jpeg2k_encode(check_tile(tile), level=self.quality, **self.params)
@@ -120,6 +125,8 @@ class HTJ2K(_ImagecodecsCodec):
 
     suffix, quality_range, default_quality, _lib_key = ".j2c", (0.001, 1.0), 0.01, "openjph"
     higher_is_better = False
+    # 0.15 -> ~25 dB, 0.01 -> ~43 dB once decoding clips
+    sweeps = {"bench": (0.15, 0.1, 0.07, 0.05, 0.03, 0.02, 0.01)}
     _decoded_dtype = np.int16
 
     def encode(self, tile: np.ndarray) -> bytes:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SlidepressError
-from ..pipeline.batch import CompressJob, EncodeJob, Outcome, job_from_dict, run_slide
+from ..pipeline.batch import Outcome, job_from_dict, run_slide
 from ..pipeline.items import SlideItem
 
 
@@ -38,15 +38,11 @@ def _item(item: dict[str, Any]) -> SlideItem | Outcome:
 
 
 def check_job(job: dict[str, Any]) -> str:
-    """Build the job and load what it needs (an encoder) on a worker: a job that cannot run
-    (unknown encoder, bad weights, patch size against the encoder) fails the whole batch
-    once, with its one-line error, instead of once per slide."""
-    j = job_from_dict(job)
-    j.prepare()
-    if j.kind == "compress":  # an unknown codec or quality: once, not per slide
-        from ..codecs import get_codec
-
-        get_codec(j.options.get("codec", "jpegxl"), j.options.get("quality"))
+    """Build the job and load what it needs (an encoder, a codec) on a worker: a job that
+    cannot run (unknown encoder or codec, bad weights, a quality out of range, patch size
+    against the encoder) fails the whole batch once, with its one-line error, instead of
+    once per slide."""
+    job_from_dict(job).prepare()
     return _worker()
 
 
@@ -87,7 +83,7 @@ def _slide_once(
     it: SlideItem, job: dict[str, Any], out_dir: str, region_px: float, band_rows: int
 ) -> dict[str, Any]:
     j = job_from_dict(job)
-    if isinstance(j, EncodeJob | CompressJob) and region_px > 0:
+    if region_px > 0:  # a kind that cannot split runs whole (SplitJob)
         from .regions import split_job
 
         sj = split_job(j, region_px, band_rows)

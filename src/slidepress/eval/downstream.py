@@ -7,15 +7,19 @@ Protocol (CPU-sized, documented in the report):
    decoded by every codec at every quality, each 96 px patch as one tile; the decoded patches
    are embedded and scored by the same probe: accuracy and ROC AUC (bootstrap 95 % CI), next
    to bits per pixel, the embedding similarity (mean cosine of original vs decoded embeddings,
-   the probe's encoder), the feature similarity (shipped network) and PSNR. "original" is the
+   the probe's encoder, as the probe sees the patches), the feature similarity (shipped
+   network) and PSNR (of the pooled MSE; infinite for a lossless codec), the last two scored
+   by `metrics.similarity` as `compress` and `bench codecs` score them. "original" is the
    uncoded reference row. A model trained on original pixels that meets an archive of
    decompressed ones is the deployment the number answers for.
 3. The NIC grid of the bundled sample slide (CMU-1-Small-Region, level 0, the central
    `slide_max_side` px square): the slide is cut into 256 px tiles as a container stores them, each
    coded and decoded, and the encoder's grid of the decoded pixels is compared with that of
-   the original (`metrics.embsim`, every cell, glass included): mean cosine similarity.
+   the original (`metrics.embsim`, every cell, glass included): mean cosine similarity. The
+   slide must know its resolution (`MppError` otherwise).
 Writes downstream.csv / .json / .md / .png to the report folder; the JSON also holds the
-rank correlation of embedding / feature similarity with the AUC drop.
+rank correlation (Spearman, scipy: tied values share their mean rank) of embedding / feature
+similarity and PSNR with the AUC drop.
 """
 
 from __future__ import annotations
@@ -34,17 +38,6 @@ import numpy as np
 from ..errors import UsageError
 from ..progress import ProgressStart
 
-DEFAULT_QUALITIES: dict[str, list[float]] = {
-    "jpeg": [10, 30, 50, 75, 90],
-    "jpegxl": [20, 40, 60, 80, 95],
-    "webp": [20, 40, 60, 80, 95],
-    "avif": [20, 40, 60, 80],
-    "jpeg2000": [30, 35, 40, 45],
-    "learned": [1, 3, 5, 8],
-    "pathae": [1, 2, 3, 4, 5, 6],
-    "ae-kl": [1, 2, 3, 4],
-    "ae-dc": [1, 2, 3, 4],
-}
 COLUMNS = [
     "codec", "quality", "bpp", "bytes_per_patch", "psnr", "featsim_mean", "embsim", "accuracy",
     "auc", "auc_ci_low", "auc_ci_high", "auc_drop", "slide_grid_cosine", "n_test", "seconds",
@@ -73,34 +66,32 @@ class CodecSpec:
                    name, params)  # fmt: skip
 
 
-def parse_qualities(items: Sequence[str], codecs: Sequence[CodecSpec]) -> dict[str, list[float]]:
-    """`NAME=Q1,Q2,...` per codec (label or name) or `Q1,Q2,...` for all; the rest default."""
-    common: list[float] | None = None
-    per: dict[str, list[float]] = {}
-    for item in items:
-        key, sep, vals = item.rpartition("=")
-        try:
-            qs = [float(v) for v in vals.split(",") if v]
-        except ValueError:
-            raise UsageError(f"--qualities {item!r}: numbers separated by commas") from None
-        if not qs:
-            raise UsageError(f"--qualities {item!r}: no qualities")
-        if sep:
-            per[key] = qs
-        else:
-            common = qs
+def parse_qualities(
+    text: str | Sequence[str] | None, codecs: Sequence[CodecSpec]
+) -> dict[str, list[float]]:
+    """Each codec's sweep by label: `--qualities 'jpeg=10,50;ae-kl=1,2'` (the syntax of
+    `slidepress.jobs.qualities`, keyed by a codec's label or name), else its default."""
+    from ..jobs.qualities import parse_qualities as parse_sweeps
+
+    per = parse_sweeps(text)
+    known = {k for c in codecs for k in (c.label, c.name)}
+    extra = sorted(set(per) - known)
+    if extra:
+        raise UsageError(f"--qualities given for {', '.join(extra)}, not among the codecs")
     out = {}
     for c in codecs:
-        qs = per.get(c.label) or per.get(c.name) or common or DEFAULT_QUALITIES.get(c.name)
+        qs = per.get(c.label) or per.get(c.name) or default_sweep(c.name)
         if not qs:
             raise UsageError(f"no qualities for codec {c.label}: give --qualities {c.name}=Q1,Q2")
         out[c.label] = qs
     return out
 
 
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)
-    return float(10 * np.log10(255**2 / max(mse, 1e-12)))
+def default_sweep(codec: str) -> list[float]:
+    """A codec's default sweep here (its class's `sweeps["downstream"]`; empty: none)."""
+    from ..codecs import CODECS
+
+    return list(CODECS[codec].sweeps.get("downstream", ()))
 
 
 def _embed(encoder: Any, patches: list[np.ndarray], mpp: float, batch: int) -> np.ndarray:
@@ -123,12 +114,13 @@ def _coded(codec: Any, tiles: list[np.ndarray], batch: int = 64) -> tuple[list[n
 
 
 def _slide_tiles(path: Path, max_side: int) -> tuple[np.ndarray, float]:
+    """The central square of level 0 and its um/px (MppError when the slide does not say)."""
     from ..slide import open_slide
 
     with open_slide(path) as r:
+        mpp = r.require_mpp()
         fw, fh = r.info.dimensions
         w, h = min(fw, max_side), min(fh, max_side)
-        mpp = r.info.mpp[0] if r.info.mpp else 0.5
         return r.read_region(((fw - w) // 2, (fh - h) // 2), 0, (w, h)), float(mpp)
 
 
@@ -144,20 +136,20 @@ def _tiled_roundtrip(codec: Any, img: np.ndarray) -> np.ndarray:
 
 
 def _spearman(a: list[float], b: list[float]) -> float:
+    """scipy's Spearman rank correlation (tied values share their mean rank) over the pairs
+    where both are finite; NaN for fewer than 3 or a constant side."""
+    from scipy.stats import spearmanr
+
     a_, b_ = np.asarray(a, float), np.asarray(b, float)
     ok = np.isfinite(a_) & np.isfinite(b_)
-    if ok.sum() < 3:
+    if ok.sum() < 3 or np.ptp(a_[ok]) == 0 or np.ptp(b_[ok]) == 0:
         return math.nan
-    ra = np.argsort(np.argsort(a_[ok])).astype(float)
-    rb = np.argsort(np.argsort(b_[ok])).astype(float)
-    if ra.std() == 0 or rb.std() == 0:
-        return math.nan
-    return float(np.corrcoef(ra, rb)[0, 1])
+    return float(spearmanr(a_[ok], b_[ok]).statistic)
 
 
 def run_downstream(
     codec_specs: Sequence[str],
-    qualities: Sequence[str] = (),
+    qualities: str | Sequence[str] | None = None,
     *,
     pcam: str | Path,
     out_dir: str | Path,
@@ -179,6 +171,7 @@ def run_downstream(
     from ..encoders import get_encoder
     from ..imagefolder import list_image_folder, read_rgb
     from ..metrics.featsim import cosine_rows
+    from ..metrics.similarity import SimilarityScorer
     from ..metrics.stats import bootstrap_auc, bootstrap_indices, percentile_ci, roc_auc
     from .mlp import train_mlp_probe
     from .probe import pcam_splits
@@ -208,12 +201,9 @@ def run_downstream(
     test = [read_rgb(p) for p in f_te]
     x0 = _embed(enc, test, pcam_mpp, batch_size)
     boot_idx = bootstrap_indices(y_te, n_bootstrap, seed) if n_bootstrap > 0 else None
-    fs = None
-    if featsim:
-        from ..metrics.featsim import shipped
-
-        fs = shipped()
-        ref = fs.reference(test)
+    scorer = SimilarityScorer(pixels=True, featsim=featsim)
+    ref = scorer.reference(test)  # the originals' features, once
+    grid_scorer = SimilarityScorer(encoder=enc)
     slide_img = slide_mpp = None
     if slide is not None:
         from ..slide import resolve_slide_path
@@ -230,7 +220,7 @@ def run_downstream(
                 "auc_ci_low": lo, "auc_ci_high": hi}  # fmt: skip
 
     base = {"codec": "original", "quality": None, "bpp": 24.0, "bytes_per_patch": None,
-            "psnr": math.inf, "featsim_mean": 1.0 if fs else math.nan, "embsim": 1.0,
+            "psnr": math.inf, "featsim_mean": 1.0 if featsim else math.nan, "embsim": 1.0,
             **score(x0), "slide_grid_cosine": 1.0 if slide_img is not None else math.nan,
             "n_test": len(y_te), "seconds": 0.0}  # fmt: skip
     base["auc_drop"] = 0.0
@@ -241,21 +231,21 @@ def run_downstream(
         dec, nbytes = _coded(codec, test)
         pixels = sum(t.shape[0] * t.shape[1] for t in test)
         x = _embed(enc, dec, pcam_mpp, batch_size)
+        sim = scorer.score(ref, dec)
+        assert sim.pixels is not None
         row = {"codec": label, "quality": q, "bpp": 8 * nbytes / pixels,
-               "bytes_per_patch": nbytes / len(test),
-               "psnr": float(np.mean([_psnr(a, b) for a, b in zip(test, dec, strict=True)])),
-               "featsim_mean": float(fs.score(ref, dec).mean.mean()) if fs else math.nan,
+               "bytes_per_patch": nbytes / len(test), "psnr": sim.pixels.mean_psnr,
+               "featsim_mean": sim.featsim.summary()["featsim_mean"] if sim.featsim else math.nan,
+               # the probe's own view: its embeddings of the patches it classifies
                "embsim": float(cosine_rows(x0, x).mean()), **score(x),
                "n_test": len(y_te)}  # fmt: skip
         row["auc_drop"] = base["auc"] - row["auc"]
         row["slide_grid_cosine"] = math.nan
         if slide_img is not None:
-            from ..metrics.embsim import embedding_similarity
-
             rec = _tiled_roundtrip(codec, slide_img)
-            row["slide_grid_cosine"] = float(
-                embedding_similarity(enc, [slide_img], [rec], tile_mpp=slide_mpp)[0]
-            )
+            grid = grid_scorer.score([slide_img], [rec], tile_mpp=slide_mpp).embsim
+            assert grid is not None
+            row["slide_grid_cosine"] = float(grid[0])
         row["seconds"] = time.perf_counter() - t1
         rows.append(row)
         if adv:

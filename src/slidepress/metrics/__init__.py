@@ -1,8 +1,9 @@
 """Image quality and rate: PSNR, SSIM, MS-SSIM (pytorch-msssim), bits per pixel, ratios;
-feature similarity (ResNet18 features at six depths) and embedding similarity (any encoder)."""
+feature similarity (ResNet18 features at six depths) and embedding similarity (any encoder);
+`SimilarityScorer`: all of them for decoded tiles vs their originals, one way for every caller."""
 
 from .embsim import embedding_similarity
-from .featsim import DEPTHS, FeatureScores, FeatureSimilarity, score_pairs
+from .featsim import DEPTHS, FeatureScores, FeatureSimilarity
 from .quality import (
     MS_SSIM_WEIGHTS,
     RAW_BPP,
@@ -18,13 +19,17 @@ from .quality import (
     score_tiles,
     ssim,
 )
+from .similarity import PairScores, SimilarityScorer, SimilaritySums
 
 __all__ = [
     "DEPTHS",
     "FeatureScores",
     "FeatureSimilarity",
     "MS_SSIM_WEIGHTS",
+    "PairScores",
     "RAW_BPP",
+    "SimilarityScorer",
+    "SimilaritySums",
     "TileScores",
     "bits_per_pixel",
     "compression_ratio",
@@ -35,7 +40,6 @@ __all__ = [
     "mse",
     "psnr",
     "psnr_from_mse",
-    "score_pairs",
     "score_tiles",
     "ssim",
 ]

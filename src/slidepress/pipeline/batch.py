@@ -9,6 +9,11 @@ re-run skips what is done and redoes what an interruption left unfinished.
 A bad slide (SlidepressError) is a `failed` outcome with its one-line message and the batch
 goes on; a bug in slidepress is also recorded (`internal error: ...`) so one slide cannot
 stop an archive run; Ctrl-C and SIGTERM stop the batch.
+
+The job kinds are a registry (`JOBS`, one line each below). A kind may also code one slide
+as bands of rows in separate tasks merged into the whole-slide output (`Job.bands()`, a
+`Bands`: encode_bands.py, compress_bands.py); the Dask runner's region tasks use it
+(distributed/regions.py) without knowing the kinds.
 """
 
 from __future__ import annotations
@@ -21,12 +26,14 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..errors import OutputExistsError, SlidepressError, UsageError
+from ..errors import OutputExistsError, SlideError, SlidepressError, UsageError
 from ..progress import ProgressStart
+from ..registry import Registry
 from ..store.atomic import write_csv
 from .items import SlideItem
 
 STATUSES = ("done", "skipped", "failed")
+SPLIT = "split"  # the status of a slide handed on to band tasks (never in a report)
 REPORT_COLUMNS = (
     "slide", "path", "status", "error", "seconds", "units", "count", "bytes_in", "bytes_out",
     "ratio", "outputs",
@@ -94,8 +101,57 @@ class Job(ABC):
     def to_dict(self) -> dict[str, Any]:
         """Plain data that `job_from_dict` turns back into this job in another process."""
 
+    def bands(self) -> Bands | None:
+        """How this kind codes one slide as bands of rows, in separate tasks, merged into the
+        output of a whole-slide run; None: a slide is always run whole."""
+        return None
 
-def _bytes(paths: Iterable[Path]) -> int:
+
+class Bands(ABC):
+    """One slide of a job kind as bands of rows: planned once, each band coded by its own
+    task into a part file (atomically: a band whose part exists is done), the parts merged
+    into the output a whole-slide run writes. What crosses tasks is plain data: the `split`
+    state (`params_hash`, the content key; `bands`, [r0, r1) rows; what the bands need)."""
+
+    units: ClassVar[str]  # what an outcome's `count` counts
+    part: ClassVar[str]  # a band's part file name, formatted with the band's rows r0, r1
+    reader: str | None = None  # the reader that opens the slides (None: automatic)
+
+    def part_name(self, band: tuple[int, int]) -> str:
+        return self.part.format(*band)
+
+    @staticmethod
+    def require_parts(item: SlideItem, parts: list[Path]) -> None:
+        """SlideError naming the first band's part that is missing."""
+        for p in parts:
+            if not p.exists():
+                raise SlideError(f"{item.name}: region part {p.name} is missing; run again")
+
+    @abstractmethod
+    def plan(
+        self, item: SlideItem, out_dir: Path, band_rows: int, progress: ProgressStart | None
+    ) -> tuple[Outcome, dict[str, Any] | None]:
+        """(an outcome with status SPLIT, the split state); or (the slide's outcome, None)
+        when it is up to date or was run whole here (one band: no gain in splitting)."""
+
+    @abstractmethod
+    def code(
+        self, item: SlideItem, out_dir: Path, split: dict[str, Any], band: tuple[int, int],
+        target: Path,
+    ) -> int | None:  # fmt: skip
+        """Code `band` into the part file `target`; the units stored, or None when the
+        slide's whole output is already there."""
+
+    @abstractmethod
+    def merge(
+        self, item: SlideItem, out_dir: Path, split: dict[str, Any], parts: list[Path]
+    ) -> Outcome:
+        """The slide's output from the bands' parts (in band order); SlideError when a part
+        is stale (other content or parameters)."""
+
+
+def output_bytes(paths: Iterable[Path]) -> int:
+    """Bytes of output files and folders (recursively); missing ones count 0."""
     total = 0
     for p in paths:
         if p.is_dir():
@@ -103,6 +159,9 @@ def _bytes(paths: Iterable[Path]) -> int:
         elif p.exists():
             total += p.stat().st_size
     return total
+
+
+_bytes = output_bytes  # the name service/worker.py imports; use output_bytes
 
 
 def _source_bytes(path: Path) -> int:
@@ -135,6 +194,13 @@ class EncodeJob(Job):
         self._encoder = _cached_encoder(self.encoder, self.device)
         self._opts.grid_spec(self._encoder)  # patch size / stride / mpp against the encoder
 
+    def bands(self) -> Bands:
+        from .encode_bands import EncodeBands
+
+        if self._encoder is None:
+            self.prepare()
+        return EncodeBands(self, self._encoder, self._opts)
+
     def run(self, item: SlideItem, out_dir: Path, progress: ProgressStart | None) -> Outcome:
         from .encode import encode_slide
 
@@ -151,7 +217,7 @@ class EncodeJob(Job):
         return Outcome(
             slide=item.name, path=str(item.path), status="skipped" if res.skipped else "done",
             units="cells", count=res.cells_kept, bytes_in=_source_bytes(item.path),
-            bytes_out=_bytes(res.outputs), outputs=[str(p) for p in outputs],
+            bytes_out=output_bytes(res.outputs), outputs=[str(p) for p in outputs],
             summary=f"{res.outputs[0]}{extra}: grid {r}x{c}x{ch}, {res.cells_kept} tissue cells",
         )  # fmt: skip
 
@@ -186,8 +252,19 @@ class CompressJob(Job):
 
         self._opts = CompressOptions(**self.options)
 
+    def prepare(self) -> None:
+        """The codec: an unknown name or a quality out of its range stops the batch once."""
+        from ..codecs import get_codec
+
+        get_codec(self._opts.codec, self._opts.quality)
+
     def output_for(self, item: SlideItem, out_dir: Path) -> Path:
         return Path(self.output) if self.output else out_dir / f"{item.stem}.spz"
+
+    def bands(self) -> Bands:
+        from .compress_bands import CompressBands
+
+        return CompressBands(self, self._opts)
 
     def run(self, item: SlideItem, out_dir: Path, progress: ProgressStart | None) -> Outcome:
         from .compress import compress_slide
@@ -254,14 +331,14 @@ class CompressJob(Job):
         return {"kind": self.kind, "options": dict(self.options), "output": self.output}
 
 
-JOBS: dict[str, type[Job]] = {"encode": EncodeJob, "compress": CompressJob}
+JOBS: Registry[type[Job]] = Registry("job kind", UsageError)
+JOBS.add("encode", EncodeJob, summary="NIC embedding grids (+ previews) per slide")
+JOBS.add("compress", CompressJob, summary="one tile container (.spz) per slide")
 
 
 def job_from_dict(d: Mapping[str, Any]) -> Job:
-    kind = d.get("kind")
-    if kind not in JOBS:
-        raise UsageError(f"unknown job kind {kind!r}; choose from {', '.join(JOBS)}")
-    return JOBS[kind](**{k: v for k, v in d.items() if k != "kind"})
+    """The job a `to_dict` describes (UsageError naming the kinds for an unknown one)."""
+    return JOBS.get(d.get("kind"))(**{k: v for k, v in d.items() if k != "kind"})
 
 
 def job_to_dict(job: Job) -> dict[str, Any]:

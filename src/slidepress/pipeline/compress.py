@@ -16,7 +16,9 @@ encoder); they load torch and are recorded in the manifest's `fidelity`.
 Work is split by blocks of tiles: a worker thread reads a block, tests, codes and re-decodes
 its tiles (imagecodecs, Pillow and OpenSlide release the GIL); the calling thread only writes
 the entries in order. In-flight blocks are bounded (stream.py), so memory does not grow with
-the slide.
+the slide. The level loop is coding.py's `code_levels`, shared with the bands of a slide split
+across Dask tasks (compress_bands.py); so is the planning (`plan_compress`, `CompressPlan`) and
+the writing of the container (`write_container`).
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing
 from dataclasses import dataclass, field
 from importlib.util import find_spec
 from pathlib import Path
@@ -38,7 +40,6 @@ import numpy as np
 from ..bounds import check_workers
 from ..codecs import Codec, get_codec
 from ..errors import OutputExistsError, TissueError, UsageError
-from ..metrics.featsim import DEPTHS
 from ..metrics.fidelity import SlideFidelity
 from ..progress import ProgressStart
 from ..slide import SlideReader
@@ -53,12 +54,10 @@ from ..store.container import (
     level_dict,
 )
 from ..tiling import GridSpec, TileGrid, check_target_mpp, plan_grid
-from .coding import LevelCoder, MsSsimScorer, check_torch, children_kept
+from .coding import Level0Tally, check_torch, code_levels
 from .items import SlideItem
 from .provenance import content_sha256, slide_record, stamp
-from .stream import iter_blocks
 
-BLOCK_TILES = 4  # blocks of up to 4 x 4 tiles per worker task
 BACKGROUND_RULE = (
     "a level-0 tile is glass when no 2 um box of it deviates from the glass colour by more "
     "than the threshold (max over channels); tiles whose every pixel of a <= 2 um/px source "
@@ -140,86 +139,6 @@ class CompressResult:
         return self.source_bytes / self.container_bytes
 
 
-class SimilarityScorer:
-    """Feature and embedding similarity of stored level-0 tiles vs their decodings, in batches
-    on the calling thread (torch imported here), averaged over tiles weighted by their tissue
-    pixels as MS-SSIM is; `finish` writes them into `fidelity.extra`."""
-
-    BATCH = 32
-
-    @classmethod
-    def wanted(
-        cls, fidelity: SlideFidelity, opts: CompressOptions, tile_mpp: float
-    ) -> SimilarityScorer | None:
-        """A scorer when the options ask for feature or embedding similarity, else None."""
-        if not (opts.feature_similarity or opts.embedding_similarity):
-            return None
-        return cls(fidelity, opts.feature_similarity, opts.embedding_similarity, tile_mpp)
-
-    def __init__(
-        self, fidelity: SlideFidelity, feature: bool, encoder: str | None, tile_mpp: float
-    ):
-        import torch
-
-        from ..metrics.embsim import resolve_encoder
-        from ..metrics.featsim import shipped
-
-        torch.set_num_threads(1)  # as MS-SSIM: next to the coding threads on a busy machine
-        self.fidelity, self.tile_mpp = fidelity, tile_mpp
-        self.featsim = shipped() if feature else None
-        self.encoder = resolve_encoder(encoder) if encoder else None
-        self.batch: list[Any] = []
-        self.weight = 0.0
-        self.tiles = 0
-        self.feat_sum = np.zeros(len(DEPTHS))
-        self.emb_sum = 0.0
-
-    def add(self, tile: Any) -> None:
-        if tile.original is None or tile.values <= 0:  # no tissue box: no weight
-            return
-        self.batch.append(tile)
-        if len(self.batch) >= self.BATCH:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.batch:
-            return
-        from ..metrics.embsim import embedding_similarity
-
-        orig = [t.original for t in self.batch]
-        dec = [t.decoded for t in self.batch]
-        w = np.array([t.values / 3 for t in self.batch], np.float64)
-        if self.featsim:
-            self.feat_sum += w @ self.featsim.score(orig, dec).per_depth
-        if self.encoder:
-            sims = embedding_similarity(self.encoder, orig, dec, tile_mpp=self.tile_mpp)
-            self.emb_sum += float(w @ sims)
-        self.weight += float(w.sum())
-        self.tiles += len(self.batch)
-        self.batch = []
-
-    def finish(self) -> None:
-        self.flush()
-        scope = "stored level-0 tiles, mean weighted by their tissue pixels"
-        if self.featsim:
-            per = self.feat_sum / self.weight if self.weight else np.full(len(DEPTHS), np.nan)
-            fs = self.featsim
-            self.fidelity.extra["feature_similarity"] = {
-                "mean": float(per.mean()) if self.weight else None,
-                "per_depth": {d: float(v) if self.weight else None
-                              for d, v in zip(DEPTHS, per, strict=True)},
-                "tiles": self.tiles, "scope": scope,
-                "weights": {"name": fs.name, "sha256": fs.weights_hash},
-            }  # fmt: skip
-        if self.encoder:
-            e = self.encoder.describe()
-            self.fidelity.extra["embedding_similarity"] = {
-                "mean": self.emb_sum / self.weight if self.weight else None,
-                "encoder": e.get("name"), "weights_sha256": e.get("weights_hash"),
-                "tile_mpp": self.tile_mpp, "tiles": self.tiles, "scope": scope,
-            }  # fmt: skip
-
-
 def _full_grid(grid: TileGrid) -> tuple[TileGrid, int, int]:
     """The grid extended to cover partial edge tiles (they are read white-padded)."""
     w0, h0 = grid.slide_size
@@ -244,9 +163,10 @@ def _plan_levels(reader, slide_mpp: float, base_mpp: float, tile: int) -> list[t
     return levels
 
 
-def _params_hash(sha: str, slide_mpp: float, opts: CompressOptions, codec: Codec) -> str:
-    """What makes two containers the same: slide content and everything that shapes them,
-    the codec library's version included (an upgraded libjxl may code other bytes)."""
+def params_hash(sha: str, slide_mpp: float, opts: CompressOptions, codec: Codec) -> str:
+    """The content key: what makes two containers the same, i.e. slide content and everything
+    that shapes them, the codec library's version included (an upgraded libjxl may code other
+    bytes)."""
     c = codec.describe()
     params = {
         "slide_sha256": sha,
@@ -277,15 +197,15 @@ def _existing_hash(out: Path) -> str | None:
 class CompressPlan:
     """What is settled about a slide's container before any tile is coded: the pyramid, the
     glass colour and survey, the content key. A whole-slide run and a run split into bands of
-    rows (`compress_band` per band, then `merge_bands`) share it, so they write the same
-    container."""
+    rows (compress_bands.py: `compress_band` per band, then `merge_bands`) share it, so they
+    write the same container; `split_state` hands it to other processes as plain data."""
 
     item: SlideItem
     out: Path
     codec: Codec
     reader: SlideReader  # the closed planning handle: `reopen` and `info` only
     slide_mpp: float
-    levels: list[tuple[TileGrid, int, int]]
+    levels: list[tuple[TileGrid, int, int]]  # (grid, width, height) per pyramid level
     glass: Glass
     survey: Survey | None
     sha256: str | None  # known when an output was there (or given by a split run)
@@ -302,8 +222,25 @@ class CompressPlan:
         every = np.ones((base.rows, base.cols), bool)
         return self.survey.maybe_tissue() if self.survey is not None else every
 
+    def split_state(self, opts: CompressOptions) -> dict[str, Any]:
+        """What the tasks of a split run need from this plan, as plain data for
+        `plan_compress(..., given=)`: the content key (the slide hashed once), the glass
+        colour and the survey (read once)."""
+        sha = self.sha256 or content_sha256(self.item.path)
+        sv = self.survey
+        return {
+            "sha256": sha,
+            "params_hash": params_hash(sha, self.slide_mpp, opts, self.codec),
+            "glass": dataclasses.asdict(self.glass),
+            "survey": None if sv is None else {
+                "deviation": sv.deviation, "level": sv.level, "mpp": sv.mpp,
+                "threshold": sv.threshold,
+            },
+        }  # fmt: skip
 
-def _check_scorers(opts: CompressOptions) -> None:
+
+def check_scorers(opts: CompressOptions) -> None:
+    """UsageError when a score the options ask for needs torch and it is not installed."""
     if opts.ms_ssim:
         check_torch()
     if (opts.feature_similarity or opts.embedding_similarity) and find_spec("torch") is None:
@@ -340,14 +277,14 @@ def plan_compress(
                 given["params_hash"],
             )  # fmt: skip
         sha_now = None
-        params_hash = None
+        key = None
         if out.exists():  # re-run: same content and parameters -> nothing to do
             sha_now = content_sha256(path)
-            params_hash = _params_hash(sha_now, slide_mpp, opts, codec)
-            if not opts.overwrite and _existing_hash(out) == params_hash:
+            key = params_hash(sha_now, slide_mpp, opts, codec)
+            if not opts.overwrite and _existing_hash(out) == key:
                 return CompressPlan(
                     item, out, codec, reader, slide_mpp, [], Glass((255, 255, 255), 0, 0, ""),
-                    None, sha_now, params_hash, skipped=True,
+                    None, sha_now, key, skipped=True,
                 )  # fmt: skip
             if not opts.overwrite:
                 raise OutputExistsError(
@@ -364,9 +301,7 @@ def plan_compress(
                 reader, glass, opts.tile * base.scale, base.rows, base.cols, slide_mpp,
                 base.scale,
             )  # fmt: skip
-    return CompressPlan(
-        item, out, codec, reader, slide_mpp, levels, glass, survey, sha_now, params_hash
-    )
+    return CompressPlan(item, out, codec, reader, slide_mpp, levels, glass, survey, sha_now, key)
 
 
 def compress_slide(
@@ -380,118 +315,70 @@ def compress_slide(
     content with the same parameters is kept (`skipped`); another needs `overwrite`."""
     t0 = time.perf_counter()
     item = SlideItem.of(slide)
-    path = item.path
     out = Path(out)
-    check_output(out, overwrite=True, inputs=[path])  # path checks; existing: decided below
+    check_output(out, overwrite=True, inputs=[item.path])  # path checks; existing: below
     codec = get_codec(opts.codec, opts.quality)
-    _check_scorers(opts)
+    check_scorers(opts)
     with output_lock(out):  # one run at a time on this container: a second is refused
-        return _compress_locked(item, out, opts, codec, progress_start, t0)
+        plan = plan_compress(item, out, opts, codec)
+        if plan.skipped:
+            return skipped_result(out, t0)
+        levels = plan.levels
+        total = int(sum(g.rows * g.cols for g, _, _ in levels))
+        advance = progress_start(item.path.name, total) if progress_start else None
+        hashing = ThreadPoolExecutor(1, thread_name_prefix="sha256")
+        # overlaps the coding (hashlib releases the GIL)
+        sha = hashing.submit(lambda: plan.sha256 or content_sha256(item.path))
+
+        def fill(writer: ContainerWriter, tally: Level0Tally) -> None:
+            code_levels(plan, opts, writer, range(len(levels)), tally=tally, advance=advance)
+
+        try:
+            return write_container(plan, opts, fill, sha.result, t0)
+        finally:
+            sha.cancel()
+            hashing.shutdown(wait=True)
 
 
-def _compress_locked(
-    item: SlideItem,
-    out: Path,
+def write_container(
+    plan: CompressPlan,
     opts: CompressOptions,
-    codec: Codec,
-    progress_start: ProgressStart | None,
+    fill: Callable[[ContainerWriter, Level0Tally], None],
+    sha256: Callable[[], str],
     t0: float,
 ) -> CompressResult:
-    path = item.path
-    plan = plan_compress(item, out, opts, codec)
-    if plan.skipped:
-        return _skipped(out, t0)
-    reader, levels, glass, survey = plan.reader, plan.levels, plan.glass, plan.survey
-    sha_now, slide_mpp = plan.sha256, plan.slide_mpp
-    base = plan.base
-
-    total = int(sum(g.rows * g.cols for g, _, _ in levels))
-    advance = progress_start(path.name, total) if progress_start else None
-    fidelity = SlideFidelity()
-    scorer = MsSsimScorer(fidelity) if opts.ms_ssim else None
-    similarity = SimilarityScorer.wanted(fidelity, opts, base.effective_mpp)
-    hashing = ThreadPoolExecutor(1, thread_name_prefix="sha256")
-    # overlaps the coding (hashlib releases the GIL)
-    sha_future = hashing.submit(lambda: sha_now or content_sha256(path))
-
-    try:
-        with atomic_path(out) as tmp:
-            writer = open_writer(tmp, codec, opts, glass)
-            try:
-                keep = np.ones((base.rows, base.cols), bool)
-                for lv, (grid, _, _) in enumerate(levels):
-                    every = np.ones((grid.rows, grid.cols), bool)
-                    if lv == 0:
-                        todo = plan.level0_todo()
-                        if survey is not None:  # ruled out by the survey: glass, not read
-                            fidelity.add_dropped_many(survey.deviation[~todo])
-                    elif opts.background == "keep":
-                        todo = every
-                    else:
-                        todo = children_kept(keep, grid.rows, grid.cols)
-                    stored = np.zeros((grid.rows, grid.cols), bool)
-                    blocks = _level_blocks(plan, lv, todo, opts)
-                    with closing(blocks):
-                        for (r0, r1, c0, c1), tiles in blocks:
-                            for tile in tiles:
-                                if tile.data is not None:
-                                    writer.add_tile(lv, tile.row, tile.col, tile.data)
-                                    stored[tile.row, tile.col] = True
-                                if lv == 0:
-                                    if tile.data is None:
-                                        fidelity.add_dropped(tile.deviation)
-                                    else:
-                                        fidelity.add_stored(tile.sse, tile.values)
-                                        if scorer:
-                                            scorer.add(tile)
-                                        if similarity:
-                                            similarity.add(tile)
-                            if advance:
-                                advance(int(todo[r0:r1, c0:c1].sum()))
-                    if advance:  # tiles of this level ruled out without reading
-                        advance(int((~todo).sum()))
-                    if lv == 0:
-                        if scorer:
-                            scorer.flush()
-                        if similarity:
-                            similarity.finish()
-                        if not stored.any():
-                            raise _nothing_but_glass(path, glass)
-                    keep = stored
-                sha = sha_future.result()
-                manifest = _manifest(
-                    slide_record(path, reader, sha), opts, levels, codec, glass, survey,
-                    writer, fidelity,
-                )  # fmt: skip
-                manifest["params_hash"] = _params_hash(sha, slide_mpp, opts, codec)
-                writer.close(manifest)
-            except BaseException:
-                writer.abort()
-                raise
-    finally:
-        sha_future.cancel()
-        hashing.shutdown(wait=True)
-
-    return _result(out, levels, manifest, fidelity, t0)
-
-
-def _result(
-    out: Path,
-    levels: list[tuple[TileGrid, int, int]],
-    manifest: dict[str, Any],
-    fidelity: SlideFidelity,
-    t0: float,
-) -> CompressResult:
+    """Write `plan.out` atomically: `fill(writer, tally)` puts every tile in (coding it, or
+    copying the bands' parts) and level 0's accounts in the tally (which starts with the tiles
+    the survey ruled out); then the manifest, with the slide's content hash `sha256()`."""
+    tally = Level0Tally.for_options(opts, plan.base.effective_mpp)
+    if plan.survey is not None:  # ruled out by the survey: glass, not read
+        tally.fidelity.add_dropped_many(plan.survey.deviation[~plan.level0_todo()])
+    with atomic_path(plan.out) as tmp:
+        writer = open_writer(tmp, plan.codec, opts, plan.glass)
+        try:
+            fill(writer, tally)
+            tally.finish()
+            if not tally.fidelity.tiles_stored:
+                raise _nothing_but_glass(plan.item.path, plan.glass)
+            sha = sha256()
+            manifest = _manifest(plan, opts, slide_record(plan.item.path, plan.reader, sha),
+                                 writer, tally.fidelity)  # fmt: skip
+            manifest["params_hash"] = params_hash(sha, plan.slide_mpp, opts, plan.codec)
+            writer.close(manifest)
+        except BaseException:
+            writer.abort()
+            raise
+    levels = plan.levels
     return CompressResult(
-        path=out,
-        container_bytes=out.stat().st_size,
+        path=plan.out,
+        container_bytes=plan.out.stat().st_size,
         source_bytes=manifest["source"]["bytes"],
         size=(levels[0][1], levels[0][2]),
         tiles_stored=manifest["tiles"]["stored"],
         tiles_total=manifest["tiles"]["total"],
         seconds=time.perf_counter() - t0,
         manifest=manifest,
-        fidelity=fidelity,
+        fidelity=tally.fidelity,
     )
 
 
@@ -510,17 +397,6 @@ def _nothing_but_glass(path: Path, glass: Glass) -> TissueError:
         f"the glass colour {glass.colour} by more than "
         f"{glass.threshold}); use --background keep to store it all"
     )
-
-
-def _level_blocks(plan: CompressPlan, lv: int, todo: np.ndarray, opts: CompressOptions) -> Any:
-    """(block, coded tiles) of level `lv`'s tiles in `todo`, in order, coded in the worker
-    threads (see stream.iter_blocks); close it to release them."""
-    grid, width, height = plan.levels[lv]
-    coder = LevelCoder(
-        grid, width, height, plan.codec, todo, lv == 0, plan.glass, opts.background,
-        opts.keeps_pixels,
-    )  # fmt: skip
-    return iter_blocks(plan.reader.reopen, grid, todo, opts.workers, BLOCK_TILES, process=coder)
 
 
 def _glass_survey_from(given: dict[str, Any]) -> tuple[Glass, Survey | None]:
@@ -545,7 +421,8 @@ def _base_mpp(reader: SlideReader, opts: CompressOptions) -> float:
     return reader.require_mpp() * info.level_downsamples[level]
 
 
-def _skipped(out: Path, t0: float) -> CompressResult:
+def skipped_result(out: Path, t0: float) -> CompressResult:
+    """The result of a run that found `out` up to date (its manifest's numbers)."""
     from ..store.container import Container
 
     with Container(out) as c:
@@ -565,15 +442,13 @@ def _skipped(out: Path, t0: float) -> CompressResult:
 
 
 def _manifest(
-    record: dict[str, Any],
+    plan: CompressPlan,
     opts: CompressOptions,
-    levels: list[tuple[TileGrid, int, int]],
-    codec: Codec,
-    glass: Glass,
-    survey: Survey | None,
+    record: dict[str, Any],
     writer: ContainerWriter,
     fidelity: SlideFidelity,
 ) -> dict[str, Any]:
+    levels, glass, survey = plan.levels, plan.glass, plan.survey
     base = levels[0][0]
     container_levels = [
         ContainerLevel(
@@ -600,7 +475,7 @@ def _manifest(
         "tile_size": opts.tile,
         "mpp": base.effective_mpp,
         "levels": [level_dict(lv) for lv in container_levels],
-        "codec": codec.describe(),
+        "codec": plan.codec.describe(),
         "background": {
             "policy": opts.background,
             "colour": list(glass.colour) if opts.background == "constant" else [255, 255, 255],

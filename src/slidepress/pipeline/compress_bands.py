@@ -2,41 +2,49 @@
 whole-slide run writes (the Dask region tasks of `slidepress batch`, distributed/regions.py).
 
 A planning task settles the pyramid, glass colour, survey and content key once
-(`split_state`); each band task codes its rows of the levels whose tiles lie in one band
-(`compress_band`, a part zip); the merge codes the coarse levels above them and writes the
-single container with the manifest and fidelity re-added in whole-slide order (`merge_bands`).
+(`plan_compress`, then `CompressPlan.split_state`); each band task codes its rows of the
+levels whose tiles lie in one band (`compress_band`: the level coder of coding.py writing to
+a `BandPart`); the merge copies the bands' tiles, codes the coarse levels above them and
+writes the single container with the manifest and fidelity of a whole-slide run
+(`merge_bands`, through compress.py's `write_container`). `CompressBands` is how the batch
+runner's `compress` job does it (`CompressJob.bands()`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import time
 import zipfile
-from contextlib import closing
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..codecs import get_codec
+from ..errors import SlideError
 from ..metrics.fidelity import SlideFidelity
-from ..store.atomic import atomic_path
-from .coding import MsSsimScorer, children_kept
+from ..metrics.similarity import SimilaritySums
+from ..store.atomic import atomic_path, check_output
+from .batch import SPLIT, Bands, Outcome
+from .coding import BLOCK_TILES, Level0Tally, TileSink, code_levels
 from .compress import (
-    BLOCK_TILES,
     CompressOptions,
     CompressPlan,
     CompressResult,
-    SimilarityScorer,
-    _level_blocks,
-    _manifest,
-    _nothing_but_glass,
-    _params_hash,
-    _result,
-    open_writer,
+    check_scorers,
+    plan_compress,
+    skipped_result,
+    write_container,
 )
-from .provenance import content_sha256, slide_record
+from .items import SlideItem
+
+if TYPE_CHECKING:
+    from ..progress import ProgressStart
+    from .batch import CompressJob
+
+BAND_META = "band.json"
 
 
 def region_bands(level_rows: list[int], band_rows: int) -> tuple[list[tuple[int, int]], int]:
@@ -60,20 +68,55 @@ def region_bands(level_rows: list[int], band_rows: int) -> tuple[list[tuple[int,
     return bands, k
 
 
-def split_state(plan: CompressPlan, opts: CompressOptions) -> dict[str, Any]:
-    """What band and merge tasks need from the planning task, as plain data: the content key
-    (hashed once), the glass colour and the survey (read once)."""
-    sha = plan.sha256 or content_sha256(plan.item.path)
-    sv = plan.survey
-    return {
-        "sha256": sha,
-        "params_hash": _params_hash(sha, plan.slide_mpp, opts, plan.codec),
-        "glass": dataclasses.asdict(plan.glass),
-        "survey": None if sv is None else {
-            "deviation": sv.deviation, "level": sv.level, "mpp": sv.mpp,
-            "threshold": sv.threshold,
-        },
-    }  # fmt: skip
+class BandPart:
+    """A band's part file (a ZIP): its coded tiles as `L{level}/{row}_{col}` in whole-slide
+    order (a `TileSink`), then level 0's accounts: the per-tile squared errors and tissue
+    values in order (`sse.npy`, `values.npy`) and the other totals (`band.json`, last: a part
+    without it is not one)."""
+
+    def __init__(self, z: zipfile.ZipFile):
+        self.zip = z
+
+    def add_tile(self, level: int, row: int, col: int, data: bytes) -> None:
+        self.zip.writestr(f"L{level}/{row}_{col}", data)
+
+    def write_tally(self, tally: Level0Tally, meta: dict[str, Any]) -> None:
+        f = tally.fidelity
+        terms = f.terms or []
+        meta = {
+            **meta,
+            "tiles_dropped": f.tiles_dropped, "max_dropped_deviation": f.max_dropped_deviation,
+            "ms_ssim": [f.ms_ssim_sum, f.ms_ssim_weight, f.ms_ssim_tiles],
+            "similarity": None if tally.sums is None else tally.sums.to_dict(),
+        }  # fmt: skip
+        self.zip.writestr("sse.npy", _npy(np.asarray([e for e, _ in terms], np.float64)))
+        self.zip.writestr("values.npy", _npy(np.asarray([v for _, v in terms], np.int64)))
+        self.zip.writestr(BAND_META, json.dumps(meta))
+
+    def tiles(self, level: int) -> list[tuple[int, int, bytes]]:
+        """(row, col, coded bytes) of one level, in order."""
+        prefix = f"L{level}/"
+        out = []
+        for info in self.zip.infolist():
+            if info.filename.startswith(prefix):
+                row, col = map(int, info.filename[len(prefix) :].split("_"))
+                out.append((row, col, self.zip.read(info)))
+        return out
+
+    def tally(self) -> Level0Tally:
+        """The band's level-0 accounts, to merge into the slide's."""
+        meta = json.loads(self.zip.read(BAND_META))
+        sse = np.load(io.BytesIO(self.zip.read("sse.npy")), allow_pickle=False)
+        values = np.load(io.BytesIO(self.zip.read("values.npy")), allow_pickle=False)
+        ms_sum, ms_weight, ms_tiles = meta["ms_ssim"]
+        fidelity = SlideFidelity(
+            tiles_dropped=meta["tiles_dropped"],
+            max_dropped_deviation=meta["max_dropped_deviation"],
+            ms_ssim_sum=ms_sum, ms_ssim_weight=ms_weight, ms_ssim_tiles=ms_tiles,
+            terms=list(zip(sse.tolist(), values.tolist(), strict=True)),
+        )  # fmt: skip
+        sim = meta.get("similarity")
+        return Level0Tally(fidelity, SimilaritySums.from_dict(sim) if sim else None)
 
 
 def _npy(a: np.ndarray) -> bytes:
@@ -82,88 +125,22 @@ def _npy(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _band_todo(
-    plan: CompressPlan, opts: CompressOptions, lv: int, keep: np.ndarray, band: tuple[int, int]
-) -> np.ndarray:
-    """Level `lv`'s tiles to code in `band`: what a whole-slide run codes in those rows."""
-    grid = plan.levels[lv][0]
-    r0, r1 = band
-    lo, hi = r0 >> lv, (r1 >> lv if r1 < plan.base.rows else grid.rows)
-    if lv == 0:
-        todo = plan.level0_todo().copy()
-    elif opts.background == "keep":
-        todo = np.ones((grid.rows, grid.cols), bool)
-    else:
-        todo = children_kept(keep, grid.rows, grid.cols)
-        if todo[:lo].any() or todo[hi:].any():  # region_bands rules this out
-            raise RuntimeError(f"level {lv} tiles of band {band} fall outside it")
-    todo[:lo] = False
-    todo[hi:] = False
-    return todo
-
-
 def compress_band(
     plan: CompressPlan, opts: CompressOptions, band: tuple[int, int], n_levels: int, target: Path
 ) -> int:
     """Code levels 0..n_levels-1 of the tiles over level-0 rows `band` into a part file at
-    `target` (a ZIP written atomically: the tiles in whole-slide order, then the band's
-    fidelity terms: per-tile squared errors in order, so the merged PSNR is the whole-slide
-    one to the bit). Returns the level-0 tiles stored."""
-    fidelity = SlideFidelity()
-    scorer = MsSsimScorer(fidelity) if opts.ms_ssim else None
-    similarity = SimilarityScorer.wanted(fidelity, opts, plan.base.effective_mpp)
-    sse: list[float] = []
-    values: list[int] = []
-    keep = np.zeros((0, 0), bool)
+    `target` (written atomically; see `BandPart`), so the merged PSNR is the whole-slide one
+    to the bit. Returns the level-0 tiles stored."""
+    tally = Level0Tally.for_options(opts, plan.base.effective_mpp, part=True)
     with (
         atomic_path(target) as tmp,
         zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as z,
     ):
-        for lv in range(n_levels):
-            grid = plan.levels[lv][0]
-            todo = _band_todo(plan, opts, lv, keep, band)
-            stored = np.zeros((grid.rows, grid.cols), bool)
-            blocks = _level_blocks(plan, lv, todo, opts)
-            with closing(blocks):
-                for _, tiles in blocks:
-                    for tile in tiles:
-                        if tile.data is not None:
-                            z.writestr(f"L{lv}/{tile.row}_{tile.col}", tile.data)
-                            stored[tile.row, tile.col] = True
-                        if lv == 0:
-                            if tile.data is None:
-                                fidelity.add_dropped(tile.deviation)
-                                continue
-                            fidelity.add_stored(tile.sse, tile.values)
-                            sse.append(tile.sse)
-                            values.append(tile.values)
-                            if scorer:
-                                scorer.add(tile)
-                            if similarity:
-                                similarity.add(tile)
-            if lv == 0:
-                if scorer:
-                    scorer.flush()
-                if similarity:
-                    similarity.flush()
-            keep = stored
-        f = fidelity
-        meta = {
-            "band": list(band), "levels": n_levels, "params_hash": plan.params_hash,
-            "tiles_dropped": f.tiles_dropped, "max_dropped_deviation": f.max_dropped_deviation,
-            "ms_ssim": [f.ms_ssim_sum, f.ms_ssim_weight, f.ms_ssim_tiles],
-            "similarity": None if similarity is None else {
-                "feat_sum": similarity.feat_sum.tolist(), "emb_sum": similarity.emb_sum,
-                "weight": similarity.weight, "tiles": similarity.tiles,
-            },
-        }  # fmt: skip
-        z.writestr("sse.npy", _npy(np.asarray(sse, np.float64)))
-        z.writestr("values.npy", _npy(np.asarray(values, np.int64)))
-        z.writestr(BAND_META, json.dumps(meta))
-    return len(sse)
-
-
-BAND_META = "band.json"
+        part = BandPart(z)
+        code_levels(plan, opts, part, range(n_levels), tally=tally, band=band)
+        meta = {"band": list(band), "levels": n_levels, "params_hash": plan.params_hash}
+        part.write_tally(tally, meta)
+    return tally.fidelity.tiles_stored
 
 
 def read_band_meta(part: Path) -> dict[str, Any]:
@@ -177,87 +154,84 @@ def merge_bands(
 ) -> CompressResult:
     """The single container a whole-slide run writes, from the parts of its bands (in band
     order) plus the levels above `n_levels`, coded here; written atomically."""
-    t0 = time.perf_counter()
-    path, out, codec = plan.item.path, plan.out, plan.codec
-    levels, glass, survey = plan.levels, plan.glass, plan.survey
-    fidelity = SlideFidelity()
-    if survey is not None:  # ruled out by the survey: glass, not read (as compress_slide)
-        fidelity.add_dropped_many(survey.deviation[~plan.level0_todo()])
-    similarity = SimilarityScorer.wanted(fidelity, opts, plan.base.effective_mpp)
-    zips = [zipfile.ZipFile(p) for p in parts]
-    try:
-        with atomic_path(out) as tmp:
-            writer = open_writer(tmp, codec, opts, glass)
-            try:
-                keep = np.zeros((0, 0), bool)
-                for lv, (grid, _, _) in enumerate(levels):
-                    stored = np.zeros((grid.rows, grid.cols), bool)
-                    if lv < n_levels:
-                        prefix = f"L{lv}/"
-                        for z in zips:
-                            for info in z.infolist():
-                                if info.filename.startswith(prefix):
-                                    row, col = map(int, info.filename[len(prefix) :].split("_"))
-                                    writer.add_tile(lv, row, col, z.read(info))
-                                    stored[row, col] = True
-                    else:
-                        todo = (
-                            np.ones((grid.rows, grid.cols), bool)
-                            if opts.background == "keep"
-                            else children_kept(keep, grid.rows, grid.cols)
-                        )
-                        blocks = _level_blocks(plan, lv, todo, opts)
-                        with closing(blocks):
-                            for _, tiles in blocks:
-                                for tile in tiles:
-                                    if tile.data is not None:
-                                        writer.add_tile(lv, tile.row, tile.col, tile.data)
-                                        stored[tile.row, tile.col] = True
-                    if lv == 0:
-                        _merge_fidelity(fidelity, similarity, zips)
-                        if not stored.any():
-                            raise _nothing_but_glass(path, glass)
-                    keep = stored
-                assert plan.sha256 is not None and plan.params_hash is not None
-                manifest = _manifest(
-                    slide_record(path, plan.reader, plan.sha256), opts, levels, codec, glass,
-                    survey, writer, fidelity,
-                )  # fmt: skip
-                manifest["params_hash"] = plan.params_hash
-                writer.close(manifest)
-            except BaseException:
-                writer.abort()
-                raise
-    finally:
-        for z in zips:
-            z.close()
-    return _result(out, levels, manifest, fidelity, t0)
+    assert plan.sha256 is not None and plan.params_hash is not None
+    sha = plan.sha256
+    with ExitStack() as stack:
+        bands = [BandPart(stack.enter_context(zipfile.ZipFile(p))) for p in parts]
+
+        def fill(writer: TileSink, tally: Level0Tally) -> None:
+            keep = np.zeros((0, 0), bool)
+            for lv in range(n_levels):
+                grid = plan.levels[lv][0]
+                keep = np.zeros((grid.rows, grid.cols), bool)
+                for band in bands:
+                    for row, col, data in band.tiles(lv):
+                        writer.add_tile(lv, row, col, data)
+                        keep[row, col] = True
+            for band in bands:  # level 0's accounts, in whole-slide order
+                tally.merge(band.tally())
+            code_levels(plan, opts, writer, range(n_levels, len(plan.levels)), keep=keep)
+
+        return write_container(plan, opts, fill, lambda: sha, time.perf_counter())
 
 
-def _merge_fidelity(
-    fidelity: SlideFidelity, similarity: SimilarityScorer | None, zips: list[zipfile.ZipFile]
-) -> None:
-    """Level-0 fidelity of the bands, in band order: per-tile squared errors added in the
-    whole-slide order (PSNR to the bit), the weighted MS-SSIM / similarity sums added."""
-    for z in zips:
-        meta = json.loads(z.read(BAND_META))
-        sse = np.load(io.BytesIO(z.read("sse.npy")), allow_pickle=False)
-        values = np.load(io.BytesIO(z.read("values.npy")), allow_pickle=False)
-        for e, v in zip(sse.tolist(), values.tolist(), strict=True):
-            fidelity.add_stored(e, v)
-        fidelity.tiles_dropped += meta["tiles_dropped"]
-        fidelity.max_dropped_deviation = max(
-            fidelity.max_dropped_deviation, meta["max_dropped_deviation"]
-        )
-        ms_sum, ms_weight, ms_tiles = meta["ms_ssim"]
-        fidelity.ms_ssim_sum += ms_sum
-        fidelity.ms_ssim_weight += ms_weight
-        fidelity.ms_ssim_tiles += ms_tiles
-        sim = meta.get("similarity")
-        if similarity is not None and sim:
-            similarity.feat_sum += np.asarray(sim["feat_sum"])
-            similarity.emb_sum += sim["emb_sum"]
-            similarity.weight += sim["weight"]
-            similarity.tiles += sim["tiles"]
-    if similarity is not None:
-        similarity.finish()
+class CompressBands(Bands):
+    """`compress` as bands of level-0 tile rows (see the module docstring)."""
+
+    units = "tiles"
+    part = "tiles-{0:06d}-{1:06d}.zip"
+
+    def __init__(self, job: CompressJob, opts: CompressOptions):
+        self.job, self.opts = job, opts
+        self.reader = opts.reader
+
+    def plan(
+        self, item: SlideItem, out_dir: Path, band_rows: int, progress: ProgressStart | None
+    ) -> tuple[Outcome, dict[str, Any] | None]:
+        opts = self.opts
+        out = self.job.output_for(item, out_dir)
+        check_output(out, overwrite=True, inputs=[item.path])
+        codec = get_codec(opts.codec, opts.quality)
+        check_scorers(opts)
+        plan = plan_compress(item, out, opts, codec)  # OutputExistsError when in the way
+        if plan.skipped:
+            return self.job.outcome(item, skipped_result(out, time.perf_counter())), None
+        bands, n_levels = region_bands([g.rows for g, _, _ in plan.levels], band_rows)
+        if len(bands) == 1:  # one band: no gain in splitting
+            return self.job.run(item, out_dir, progress), None
+        split = {
+            **plan.split_state(opts),
+            "rows": plan.base.rows,
+            "levels_in_bands": n_levels,
+            "bands": [list(b) for b in bands],
+        }
+        n = int(plan.level0_todo().sum())
+        return Outcome(item.name, str(item.path), SPLIT, units="tiles", count=n), split
+
+    def _plan(self, item: SlideItem, out_dir: Path, split: dict[str, Any]) -> CompressPlan:
+        opts = self.opts
+        codec = get_codec(opts.codec, opts.quality)
+        out = self.job.output_for(item, out_dir)
+        plan = plan_compress(item, out, opts, codec, given=split)
+        if plan.base.rows != split["rows"]:
+            raise SlideError(f"{item.name}: the slide changed during the run; run again")
+        return plan
+
+    def code(
+        self, item: SlideItem, out_dir: Path, split: dict[str, Any], band: tuple[int, int],
+        target: Path,
+    ) -> int | None:  # fmt: skip
+        plan = self._plan(item, out_dir, split)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return compress_band(plan, self.opts, band, int(split["levels_in_bands"]), target)
+
+    def merge(
+        self, item: SlideItem, out_dir: Path, split: dict[str, Any], parts: list[Path]
+    ) -> Outcome:
+        plan = self._plan(item, out_dir, split)
+        self.require_parts(item, parts)
+        for p in parts:
+            if read_band_meta(p).get("params_hash") != split["params_hash"]:
+                raise SlideError(f"{item.name}: region part {p.name} is stale; run again")
+        res = merge_bands(plan, self.opts, parts, int(split["levels_in_bands"]))
+        return self.job.outcome(item, res)

@@ -5,7 +5,7 @@ match JPEG q80 (the quality scanners typically ship).
     options.py    default codecs and sweeps, the JPEG q80 anchor, `--qualities` parsing
     inputs.py     images and slides -> the tiles every codec codes (seeded samples)
     measuring.py  one codec, one quality, one input: bytes, PSNR/SSIM/MS-SSIM, time per tile
-    similarity.py feature similarity (6 depths) and embedding similarity columns
+    similarity.py the run's scorer (metrics.similarity) and its similarity columns
     summary.py    rows -> mean RD curve, BD-rates vs JPEG, rate to match JPEG q80
     report.py     results.csv / results.json / plots / report.md
     run.py        run_codec_benchmark: all of the above, in order

@@ -1,9 +1,10 @@
 """One codec at one quality on one input's tiles: bytes, distortion and time per tile.
 
 Every tile is encoded and decoded once: rate from the real coded byte counts, PSNR from the
-pooled MSE, SSIM / MS-SSIM averaged over tiles, feature and embedding similarity (when a
-`Similarity` is given) averaged over tiles, encode and decode wall time per tile (median of
-single calls, after a warm-up call per codec and quality; metrics are computed afterwards).
+pooled MSE, SSIM / MS-SSIM averaged over tiles, feature and embedding similarity (when the
+`Similarity` asks for them) averaged over tiles, all scored by `metrics.similarity`; encode
+and decode wall time per tile (median of single calls, after a warm-up call per codec and
+quality; metrics are computed afterwards).
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ import numpy as np
 
 from ...codecs import Codec, get_codec
 from ...errors import CodecError, SlidepressError
-from ...metrics import RAW_BPP, bits_per_pixel, compression_ratio, score_tiles
+from ...metrics import RAW_BPP, bits_per_pixel, compression_ratio
 from ...progress import Advance
 from .inputs import BenchInput
-from .similarity import COLUMNS as SIMILARITY_COLUMNS
 from .similarity import Similarity
 
 _WARM_UP = np.full((32, 32, 3), 128, np.uint8)
@@ -74,12 +74,10 @@ def measure(
         if advance:
             advance(1)
     n, h, w = inp.tiles.shape[:3]
-    s = score_tiles(inp.tiles, decoded).summary()
+    scores = (similarity or Similarity()).score(inp, decoded)
+    assert scores.pixels is not None
+    s = scores.pixels.summary()
     bpp = bits_per_pixel(n_bytes, n * h * w)
-    if similarity is not None:
-        sim = similarity.columns(inp, decoded)
-    else:
-        sim = dict.fromkeys(SIMILARITY_COLUMNS, float("nan"))
     return {
         "n_tiles": n, "tile_h": h, "tile_w": w, "pixels": n * h * w, "bytes": n_bytes,
         "bpp": bpp, "ratio_raw": compression_ratio(bpp, RAW_BPP), "source_bpp": inp.source_bpp,
@@ -87,7 +85,7 @@ def measure(
         "ssim": s["ssim"], "ms_ssim": s["ms_ssim"], "ms_ssim_db": s["ms_ssim_db"],
         "ms_ssim_scales": s["ms_ssim_scales_min"], "max_abs_error": max_err,
         "encode_ms": 1e3 * float(np.median(enc_s)), "decode_ms": 1e3 * float(np.median(dec_s)),
-        **sim,
+        **Similarity.columns(scores),
     }  # fmt: skip
 
 

@@ -111,7 +111,7 @@ def run_codec_benchmark(
         "max_tiles_per_input": max_tiles_per_input, "seed": seed, "mpp_override": mpp_override,
         "tissue_threshold": TISSUE_THRESHOLD, "anchor": f"{ANCHOR} q{ANCHOR_QUALITY:g}",
         "bd_methods": list(BD_METHODS),
-        "similarity": similarity.describe() if similarity else None,
+        "similarity": similarity.describe(),
     }  # fmt: skip
     env = environment(codecs)
     plots = write_plots(out_dir, curve, codecs)

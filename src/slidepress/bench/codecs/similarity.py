@@ -1,11 +1,12 @@
-"""Feature similarity (metrics/featsim) and embedding similarity (metrics/embsim) of each codec
-and quality: the benchmark's columns `featsim_<depth>`, `featsim_mean`, `featsim_db` and
-`embsim` (NaN when switched off).
+"""The benchmark's quality columns of each codec and quality, from the one scorer of
+`metrics.similarity`: PSNR (pooled MSE), SSIM and MS-SSIM always; feature similarity
+(metrics/featsim: `featsim_<depth>`, `featsim_mean`, `featsim_db`) and embedding similarity
+(metrics/embsim: `embsim`) when asked for (NaN otherwise).
 
-The originals' features and embeddings are computed once per input and reused for every codec
-and quality (half the cost); only the current input's are kept (about 3 MB of features per
-256 px tile). `featsim_db` = -10 log10(1 - featsim_mean), the axis of its BD-rate (it spreads
-values crowded near 1, as MS-SSIM in dB does).
+The originals' side (features, embeddings) is computed once per input and reused for every
+codec and quality (half the cost); only the current input's is kept (about 3 MB of features
+per 256 px tile). `featsim_db` = -10 log10(1 - featsim_mean), the axis of its BD-rate (it
+spreads values crowded near 1, as MS-SSIM in dB does).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ...metrics.featsim import DEPTHS
+from ...metrics.similarity import PairScores, Reference, SimilarityScorer
 from .inputs import BenchInput
 
 FEATSIM_COLUMNS = (*[f"featsim_{d}" for d in DEPTHS], "featsim_mean", "featsim_db")
@@ -30,55 +32,43 @@ def similarity_db(value: float) -> float:
 
 
 class Similarity:
-    """The scorers of one benchmark run; `columns(inp, decoded)` gives a row's values."""
+    """The scorer of one benchmark run: `score(inp, decoded)` scores a decoding of an input's
+    tiles, `columns(scores)` gives a row's feature / embedding similarity values."""
 
-    def __init__(self, feature: bool, encoder: str | None):
-        from ...metrics.featsim import shipped
-
-        self.featsim = shipped() if feature else None
-        self.encoder = None
-        if encoder:
-            from ...metrics.embsim import resolve_encoder
-
-            self.encoder = resolve_encoder(encoder)
+    def __init__(self, feature: bool = False, encoder: str | None = None):
+        self.scorer = SimilarityScorer(structural=True, featsim=feature, encoder=encoder or None)
         self._key: str | None = None
-        self._ref: Any = None
-        self._emb: tuple[np.ndarray, np.ndarray] | None = None
+        self._ref: Reference | None = None
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "feature_similarity": self.featsim.describe() if self.featsim else None,
-            "embedding_encoder": self.encoder.describe() if self.encoder else None,
-        }
+    @property
+    def networks(self) -> bool:
+        """Whether feature or embedding similarity is measured."""
+        return bool(self.scorer.featsim or self.scorer.encoder)
 
-    def _prepare(self, inp: BenchInput) -> None:
-        if self._key == inp.name:
-            return
-        from ...metrics.embsim import patch_embeddings
+    def describe(self) -> dict[str, Any] | None:
+        """The networks used; None when neither is."""
+        return self.scorer.describe() if self.networks else None
 
-        self._key, self._ref, self._emb = inp.name, None, None  # free the previous input's
-        if self.featsim:
-            self._ref = self.featsim.reference(inp.tiles)
-        if self.encoder:
-            self._emb = patch_embeddings(self.encoder, inp.tiles, tile_mpp=inp.mpp)
+    def score(self, inp: BenchInput, decoded: list[np.ndarray]) -> PairScores:
+        if self._key != inp.name:  # free the previous input's features first
+            self._key, self._ref = None, None
+            self._ref = self.scorer.reference(inp.tiles, tile_mpp=inp.mpp)
+            self._key = inp.name
+        assert self._ref is not None
+        return self.scorer.score(self._ref, decoded)
 
-    def columns(self, inp: BenchInput, decoded: list[np.ndarray]) -> dict[str, float]:
-        """Means over the input's tiles (each tile weighs the same)."""
-        from ...metrics.embsim import patch_embeddings, tile_means
-        from ...metrics.featsim import cosine_rows
-
-        self._prepare(inp)
+    @staticmethod
+    def columns(scores: PairScores) -> dict[str, float]:
+        """Means over the input's tiles (each tile weighs the same); NaN where not measured."""
         out = dict.fromkeys(COLUMNS, math.nan)
-        if self.featsim:
-            out.update(self.featsim.score(self._ref, decoded).summary())
+        if scores.featsim is not None:
+            out.update(scores.featsim.summary())
             out["featsim_db"] = similarity_db(out["featsim_mean"])
-        if self.encoder and self._emb is not None:
-            owner, ref = self._emb
-            _, emb = patch_embeddings(self.encoder, decoded, tile_mpp=inp.mpp)
-            out["embsim"] = float(tile_means(owner, cosine_rows(ref, emb), len(decoded)).mean())
+        if scores.embsim is not None:
+            out["embsim"] = float(scores.embsim.mean())
         return out
 
 
-def load_similarity(feature: bool, encoder: str | None) -> Similarity | None:
-    """None when both are off (the rows then hold NaN in COLUMNS)."""
-    return Similarity(feature, encoder) if feature or encoder else None
+def load_similarity(feature: bool, encoder: str | None) -> Similarity:
+    """The run's scorer (feature and embedding similarity only where asked for)."""
+    return Similarity(feature, encoder)

@@ -148,6 +148,7 @@ class AutoencoderCodec(Codec):
     suffix = ".pae"
     quality_range = (1, 7)
     default_quality = 4
+    sweeps = {"downstream": (1, 2, 3, 4, 5, 6)}
     library = "slidepress"
     batched = True
     kind: str | None = "pathae"  # the bundle kind this name accepts (class name for diffusers)
@@ -234,6 +235,7 @@ class KLCodec(AutoencoderCodec):
     name = "ae-kl"
     kind = "AutoencoderKL"
     env_var = "SLIDEPRESS_AE_KL"
+    sweeps = {"downstream": (1, 2, 3, 4)}
 
 
 class DCCodec(AutoencoderCodec):
@@ -242,3 +244,4 @@ class DCCodec(AutoencoderCodec):
     name = "ae-dc"
     kind = "AutoencoderDC"
     env_var = "SLIDEPRESS_AE_DC"
+    sweeps = {"downstream": (1, 2, 3, 4)}

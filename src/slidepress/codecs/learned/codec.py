@@ -41,6 +41,7 @@ class LearnedCodec(Codec):
     suffix = ".slc"
     quality_range = (1, 8)
     default_quality = 5
+    sweeps = {"downstream": (1, 3, 5, 8)}
     library = "slidepress"
     batched = True
 
