@@ -161,7 +161,6 @@ def output_bytes(paths: Iterable[Path]) -> int:
     return total
 
 
-_bytes = output_bytes  # the name service/worker.py imports; use output_bytes
 
 
 def _source_bytes(path: Path) -> int:

@@ -174,7 +174,7 @@ def _uses_cpu_torch(encoder: Encoder) -> bool:
 class EncodePlan:
     """Everything about one slide's encoding that is settled before any cell is encoded: the
     grid, the cells kept, the content key. Whole-slide runs and region runs (a Dask task per
-    band of rows, merged later: `slidepress.distributed.regions`) share it, so their grids are
+    band of rows, merged later: `pipeline/encode_bands.py`) share it, so their grids are
     the same."""
 
     item: SlideItem

@@ -263,12 +263,12 @@ def _missing(entry: dict[str, Any]):
 
 
 def _result(cfg: ServiceConfig, job: Job, path: Path, role: str, slide: str) -> Result:
-    from ..pipeline.batch import _bytes
+    from ..pipeline.batch import output_bytes
 
     return Result(
         job_id=job.id, user_id=job.user_id, name=path.name,
         path=str(path.relative_to(cfg.data_dir)), role=role, slide=slide,
-        bytes=_bytes([path]), is_dir=path.is_dir(),
+        bytes=output_bytes([path]), is_dir=path.is_dir(),
     )  # fmt: skip
 
 
