@@ -4,6 +4,7 @@ absent; reader and tiling tests also write their own small pyramids (`synthetic.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -70,3 +71,36 @@ def shared_slides() -> Path:
     if not SLIDES.is_dir():
         pytest.skip(f"shared test data not found at {SHARED}")
     return SLIDES
+
+
+# -- real Chromium (Debian's package) driven by Playwright: the page and deployment tests ------
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Chromium once per module; without it the test is skipped with the reason, except on
+    CI, where that is an error (.ci/run installs it)."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            raise RuntimeError("CI needs Debian's chromium for the browser tests")
+        pytest.skip("no Chromium here: apt-get install chromium (CI installs it)")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh browser context per test."""
+    ctx = browser.new_context(accept_downloads=True)
+    pg = ctx.new_page()
+    pg.set_default_timeout(60_000)
+    yield pg
+    ctx.close()

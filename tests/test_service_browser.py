@@ -18,19 +18,7 @@ import pytest
 
 from .service_fixtures import SLIDEPRESS, ServerProcess, create_token
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 sync_api = pytest.importorskip("playwright.sync_api")
-
-if not Path(CHROMIUM).exists():
-    if os.environ.get("CI"):
-        raise RuntimeError("CI needs Debian's chromium for the browser tests (.ci/run installs it)")
-    pytest.skip("no Chromium here: apt-get install chromium (CI installs it)",
-                allow_module_level=True)  # fmt: skip
-
-ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
-]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -40,23 +28,6 @@ def server(tmp_path_factory):
     srv = ServerProcess(data, workers=1).start()
     yield srv, token
     srv.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page(browser):
-    ctx = browser.new_context(accept_downloads=True)
-    pg = ctx.new_page()
-    pg.set_default_timeout(60_000)
-    yield pg
-    ctx.close()
 
 
 def test_wrong_token_shows_an_error(server, page):

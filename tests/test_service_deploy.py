@@ -4,30 +4,16 @@ through a small proxy on loopback that strips the prefix and sends X-Forwarded-P
 
 from __future__ import annotations
 
-import os
-import shutil
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
 from .service_fixtures import ServerProcess, create_token
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 sync_api = pytest.importorskip("playwright.sync_api")
 httpx = pytest.importorskip("httpx")
 
-if not Path(CHROMIUM).exists():
-    if os.environ.get("CI"):
-        raise RuntimeError("CI needs Debian's chromium for the browser tests (.ci/run installs it)")
-    pytest.skip("no Chromium here: apt-get install chromium (CI installs it)",
-                allow_module_level=True)  # fmt: skip
-
-ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
-]  # fmt: skip
 PREFIX = "/slidepress"
 
 
@@ -82,23 +68,6 @@ def proxy(server):
     t.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}{PREFIX}", token
     httpd.shutdown()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page(browser):
-    ctx = browser.new_context(accept_downloads=True)
-    pg = ctx.new_page()
-    pg.set_default_timeout(30_000)
-    yield pg
-    ctx.close()
 
 
 def test_swagger_ui_renders_the_operations_and_response_schemas(server, page):
