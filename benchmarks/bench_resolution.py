@@ -56,7 +56,7 @@ from common import (
     slidepress_exe,
     wait_quiet,
 )
-from tissue_slide import TILE, Mosaic, box_reduce, load_sources
+from tissue_slide import Mosaic, box_reduce, load_sources, write_pyramid
 
 MPP = 0.25  # level-0 resolution of the slide
 LEVELS = (0, 2, 4, 6)  # mosaic levels written: downsamples 1, 4, 16, 64
@@ -76,7 +76,6 @@ def build_slide(
     size: int, bench_dir: Path, tiles_dir: Path, quality: int = 90, rebuild: bool = False
 ) -> tuple[Path, dict[str, Any]]:
     """The cached 4x-pyramid TIFF at 0.25 um/px (built if missing) and its build record."""
-    import tifffile
 
     name = f"resolution_{size}_q{quality}_v{SLIDE_VERSION}"
     path, record_path = bench_dir / f"{name}.tiff", bench_dir / f"{name}.build.json"
@@ -92,33 +91,11 @@ def build_slide(
     # the mosaic renders the levels it has box-reduced sources for: add the missing ones
     while len(mosaic.sources) <= LEVELS[-1]:
         mosaic.sources.append([box_reduce(s, 1 << len(mosaic.sources)) for s in sources])
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
     log(f"slide: building {size}x{size} at {MPP} um/px, downsamples 1/4/16/64 -> {path}")
-    try:
-        with tifffile.TiffWriter(tmp, bigtiff=True) as tw:
-            for i, lv in enumerate(LEVELS):
-                side = size >> lv
-                res = 1e4 / (MPP * (1 << lv))  # px per cm
-                tw.write(
-                    mosaic.tiles(lv),
-                    shape=(side, side, 3),
-                    dtype=np.uint8,
-                    tile=(TILE, TILE),
-                    photometric="rgb",
-                    compression="jpeg",
-                    compressionargs={"level": quality},
-                    resolution=(res, res),
-                    resolutionunit="CENTIMETER",
-                    subfiletype=1 if i else 0,
-                    description=f"slidepress bench_resolution slide, downsample {1 << lv}",
-                    metadata=None,
-                    software="slidepress benchmarks/bench_resolution.py",
-                    maxworkers=os.cpu_count(),
-                )
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_pyramid(
+        path, mosaic, list(LEVELS), quality=quality, mpp=MPP, what="bench_resolution slide",
+        software="benchmarks/bench_resolution.py",
+    )  # fmt: skip
     record = {
         "path": str(path),
         "size_px": size,

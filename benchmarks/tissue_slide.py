@@ -148,6 +148,50 @@ class Mosaic:
                 yield np.ascontiguousarray(band[:, tx * TILE : (tx + 1) * TILE])
 
 
+def write_pyramid(
+    path: Path,
+    mosaic: Mosaic,
+    levels: list[int],
+    *,
+    quality: int,
+    mpp: float,
+    what: str,
+    software: str,
+) -> None:
+    """A pyramidal JPEG-tiled BigTIFF of `mosaic` at the given levels (downsample 2^level),
+    written under a temporary name and renamed when complete."""
+    import tifffile
+
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        with tifffile.TiffWriter(tmp, bigtiff=True) as tw:
+            for i, level in enumerate(levels):
+                tl = time.perf_counter()
+                lh, lw = mosaic.level_shape(level)
+                res = 1e4 / (mpp * (1 << level))  # px per cm
+                tw.write(
+                    mosaic.tiles(level),
+                    shape=(lh, lw, 3),
+                    dtype=np.uint8,
+                    tile=(TILE, TILE),
+                    photometric="rgb",
+                    compression="jpeg",
+                    compressionargs={"level": quality},
+                    resolution=(res, res),
+                    resolutionunit="CENTIMETER",
+                    subfiletype=1 if i else 0,
+                    description=f"slidepress {what}, level {level}, downsample {1 << level}",
+                    metadata=None,
+                    software=f"slidepress {software}",
+                    maxworkers=os.cpu_count(),
+                )
+                log(f"  level {level}: {lw}x{lh} in {time.perf_counter() - tl:.1f} s")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def build_slide(
     size: int,
     bench_dir: Path = BENCH_DIR,
@@ -158,7 +202,6 @@ def build_slide(
     rebuild: bool = False,
 ) -> tuple[Path, dict[str, Any]]:
     """The cached mosaic TIFF for these settings (built if missing) and its build record."""
-    import tifffile
 
     name = f"mosaic_{size}_q{quality}_s{seed}_v{MOSAIC_VERSION}"
     path = bench_dir / f"{name}.tiff"
@@ -171,38 +214,11 @@ def build_slide(
     bench_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     mosaic = Mosaic(size, load_sources(tiles_dir), seed=seed)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
     log(f"slide: building {size}x{size}, {mosaic.n_levels} levels -> {path}")
-    try:
-        with tifffile.TiffWriter(tmp, bigtiff=True) as tw:
-            for level in range(mosaic.n_levels):
-                tl = time.perf_counter()
-                lh, lw = mosaic.level_shape(level)
-                res = 1e4 / (MPP * (1 << level))  # px per cm
-                tw.write(
-                    mosaic.tiles(level),
-                    shape=(lh, lw, 3),
-                    dtype=np.uint8,
-                    tile=(TILE, TILE),
-                    photometric="rgb",
-                    compression="jpeg",
-                    compressionargs={"level": quality},
-                    resolution=(res, res),
-                    resolutionunit="CENTIMETER",
-                    subfiletype=1 if level else 0,
-                    description=(
-                        f"slidepress benchmark mosaic of real H&E tiles, level {level}, "
-                        f"downsample {1 << level}"
-                    ),
-                    metadata=None,
-                    software="slidepress benchmarks/tissue_slide.py",
-                    maxworkers=os.cpu_count(),
-                )
-                log(f"  level {level}: {lw}x{lh} in {time.perf_counter() - tl:.1f} s")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_pyramid(
+        path, mosaic, list(range(mosaic.n_levels)), quality=quality, mpp=MPP,
+        what="benchmark mosaic of real H&E tiles", software="benchmarks/tissue_slide.py",
+    )  # fmt: skip
     record = {
         "path": str(path),
         "size_px": size,
