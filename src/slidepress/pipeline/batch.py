@@ -161,8 +161,6 @@ def output_bytes(paths: Iterable[Path]) -> int:
     return total
 
 
-
-
 def _source_bytes(path: Path) -> int:
     from .provenance import source_bytes
 
