@@ -245,7 +245,9 @@ def test_bad_environment_setting_is_one_line(tmp_path, monkeypatch):
     from slidepress.service.config import ServiceConfig
 
     monkeypatch.setenv("SLIDEPRESS_MAX_UPLOAD_GB", "lots")
-    with pytest.raises(UsageError, match="SLIDEPRESS_MAX_UPLOAD_GB must be a number"):
+    with pytest.raises(
+        UsageError, match="SLIDEPRESS_MAX_UPLOAD_GB: .* must be a float, got 'lots'"
+    ):
         ServiceConfig.from_env(tmp_path)
 
 
