@@ -67,7 +67,9 @@ def _root(
 
 @app.command()
 def info(
-    slide: Annotated[str, typer.Argument(help="Slide file, DICOM folder, or @sample.")],
+    slide: Annotated[
+        str, typer.Argument(help="Slide file, DICOM folder, container (.spz) or @sample.")
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     thumbnail: Annotated[Path | None, typer.Option(help="Also save a thumbnail PNG here.")] = None,
     reader: ReaderOpt = None,
@@ -77,6 +79,7 @@ def info(
 
     def body() -> None:
         from ..slide import open_slide, plausible_mpp, resolve_slide_path
+        from ..slide.spz_reader import container_summary
         from ..store.atomic import check_output
         from ..viz import save_png
 
@@ -88,6 +91,9 @@ def info(
             d = r.info.to_dict()
             mpp_ok = bool(r.info.mpp) and all(plausible_mpp(m) for m in r.info.mpp)
             d["mpp_plausible"] = mpp_ok
+            container = container_summary(r.info)
+            if container is not None:
+                d["container"] = container
             if thumbnail is not None:
                 img, _ = r.thumbnail(1024)
                 save_png(img, thumbnail)
@@ -113,6 +119,13 @@ def info(
 
             what = "missing" if not m else f"implausible ({m[0]:.4g} um/px)"
             out.print(f"[yellow]mpp {what}[/]: to encode, {HOW_TO_OVERRIDE}")
+        if container is not None:
+            c = container
+            out.print(
+                f"codec: {c['codec']} quality {c['quality']}, tile {c['tile_size']} px, "
+                f"background {c['background']}, {c['tiles_stored']} of {c['tiles_total']} tiles "
+                f"stored; source: {c['source'] or 'unknown'}"
+            )
         if d["objective_power"]:
             out.print(f"objective: {d['objective_power']:g}x")
         if d["associated_images"]:
@@ -190,6 +203,7 @@ def list_encoders() -> None:
 from . import containers  # noqa: E402 (commands registered after the main ones)
 from .batch import batch_app  # noqa: E402
 from .bench import bench_app  # noqa: E402
+from .compare import compare  # noqa: E402
 from .eval import app as eval_app  # noqa: E402
 from .service import admin_app, remote_app, serve, token_app  # noqa: E402
 from .slidemodel import heatmap, predict, train_slide_model  # noqa: E402
@@ -197,6 +211,7 @@ from .train import train_app  # noqa: E402
 from .weights import list_weights  # noqa: E402
 
 containers.register(app)
+app.command("compare")(compare)
 app.add_typer(bench_app, name="bench")
 app.add_typer(batch_app, name="batch")
 app.add_typer(train_app, name="train")

@@ -5,7 +5,9 @@ bounded, then the opened geometry), so a hostile file is refused before any read
 Preference for files: the tifffile fast path for plain tiled TIFFs whose pixels it decodes
 exactly as OpenSlide does (Aperio SVS with JPEG, generic pyramidal TIFF: 2.5-7x faster, see
 slide/tifffile_reader.py), then OpenSlide (if it recognises the format), tiffslide (any TIFF),
-plain image. Folders of .dcm files go to wsidicom. `reader=` overrides the choice.
+plain image. Folders of .dcm files go to wsidicom; a slidepress container (.spz, a ZIP) goes
+to the spz reader (slide/spz_reader.py), so a compressed slide is a slide source like any
+other. `reader=` overrides the choice.
 """
 
 from __future__ import annotations
@@ -22,6 +24,12 @@ from .guard import check_info, inspect_tiff
 READERS: Registry[type[SlideReader]] = Registry("reader", SlideError, name_attr="name")
 # Registration order is the order of automatic choice. `suffixes`: the files a folder is
 # searched for (slide/discovery.py) and uploads are named by; readers still probe contents.
+READERS.add(
+    "spz",
+    "slidepress.slide.spz_reader:SpzReader",
+    suffixes=(".spz",),  # probed by the ZIP signature, which no other format here has
+    summary="slidepress container: coded tiles decoded on demand",
+)
 READERS.add(
     "tifffile",
     "slidepress.slide.tifffile_reader:TiffFileReader",

@@ -21,6 +21,7 @@ import re
 import struct
 import zipfile
 import zlib
+from collections import OrderedDict
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, NoReturn
@@ -43,7 +44,8 @@ from .manifest import (
 
 __all__ = [
     "BACKGROUND_POLICIES", "FORMAT_NAME", "FORMAT_VERSION", "MANIFEST", "Container",
-    "ContainerLevel", "ContainerWriter", "check_background_policy", "level_dict", "tile_name",
+    "ContainerLevel", "ContainerWriter", "TileCache", "check_background_policy", "level_dict",
+    "tile_name",
 ]  # fmt: skip
 
 MANIFEST = "manifest.json"
@@ -91,6 +93,42 @@ class ContainerWriter:
 
     def abort(self) -> None:
         self._zip.close()
+
+
+class TileCache:
+    """Decoded tiles, least recently used dropped first, at most `max_bytes` held.
+
+    For readers that ask for overlapping regions (a viewer, a tile grid whose cells straddle
+    coded tiles, a thumbnail read in blocks): a neural codec's tile costs milliseconds to
+    decode, a cached one nothing. Keyed by (level, row, col); one cache per Container."""
+
+    def __init__(self, max_bytes: int = 64 << 20):
+        self.max_bytes = int(max_bytes)
+        self.bytes = 0
+        self._tiles: OrderedDict[tuple[int, int, int], np.ndarray] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._tiles)
+
+    def get(self, key: tuple[int, int, int]) -> np.ndarray | None:
+        tile = self._tiles.get(key)
+        if tile is not None:
+            self._tiles.move_to_end(key)
+        return tile
+
+    def put(self, key: tuple[int, int, int], tile: np.ndarray) -> None:
+        if tile.nbytes > self.max_bytes or key in self._tiles:
+            return
+        tile.flags.writeable = False  # shared with later reads: nobody may paint on it
+        self._tiles[key] = tile
+        self.bytes += tile.nbytes
+        while self.bytes > self.max_bytes:
+            _, old = self._tiles.popitem(last=False)
+            self.bytes -= old.nbytes
+
+    def clear(self) -> None:
+        self._tiles.clear()
+        self.bytes = 0
 
 
 class Container:
@@ -330,9 +368,28 @@ class Container:
                 out.append((int(r), int(c)))
         return sorted(out)
 
+    def read_tiles_cached(
+        self, level: int, cells: list[tuple[int, int]], cache: TileCache | None
+    ) -> list[np.ndarray]:
+        """`read_tiles`, taking what `cache` holds from it and decoding the rest in one batch
+        (then adding them). Tiles come back read-only when a cache is given."""
+        if cache is None:
+            return self.read_tiles(level, cells)
+        found = {rc: cache.get((level, *rc)) for rc in cells}
+        missing = [rc for rc in cells if found[rc] is None]
+        if missing:
+            for rc, tile in zip(missing, self.read_tiles(level, missing), strict=True):
+                found[rc] = tile
+                if tile is not self._background_tile:  # held once already
+                    cache.put((level, *rc), tile)
+        return [found[rc] for rc in cells]
+
     # -- regions -------------------------------------------------------------------------------
-    def read_region(self, x: int, y: int, w: int, h: int, level: int = 0) -> np.ndarray:
-        """Pixels [y, y+h) x [x, x+w) of `level`, decoding only the tiles that intersect."""
+    def read_region(
+        self, x: int, y: int, w: int, h: int, level: int = 0, *, cache: TileCache | None = None
+    ) -> np.ndarray:
+        """Pixels [y, y+h) x [x, x+w) of `level`, decoding only the tiles that intersect (and
+        only those `cache` does not hold, when one is given)."""
         if not 0 <= level < len(self.levels):
             raise UsageError(f"level {level} out of range 0..{len(self.levels) - 1}")
         lv = self.levels[level]
@@ -350,7 +407,8 @@ class Container:
             for row in range(y // t, (y + h - 1) // t + 1)
             for col in range(x // t, (x + w - 1) // t + 1)
         ]
-        for (row, col), tile in zip(cells, self.read_tiles(level, cells), strict=True):
+        tiles = self.read_tiles_cached(level, cells, cache)
+        for (row, col), tile in zip(cells, tiles, strict=True):
             ty0, tx0 = row * t, col * t
             a0, a1 = max(y, ty0), min(y + h, ty0 + t)
             b0, b1 = max(x, tx0), min(x + w, tx0 + t)
