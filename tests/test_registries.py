@@ -62,7 +62,7 @@ def test_front_doors_name_the_valid_choices(sample_svs):
         get_codec("gif")
     with pytest.raises(EncoderError, match="choose from mean-rgb.*nic-multitask.*timm:"):
         get_encoder("resnet")
-    with pytest.raises(SlideError, match="unknown reader 'bioformats'; choose from tifffile"):
+    with pytest.raises(SlideError, match="unknown reader 'bioformats'; choose from spz, tifffile"):
         open_slide(sample_svs, reader="bioformats")
     with pytest.raises(FormatError, match=r"\.zarr, \.npz, \.mha, \.h5, \.hdf5"):
         format_for("grid.parquet")

@@ -1,4 +1,4 @@
-"""Reconstructive compression on the command line: compress, decompress, read, codecs."""
+"""Reconstructive compression on the command line: compress, decompress, export, read, codecs."""
 
 from __future__ import annotations
 
@@ -106,6 +106,53 @@ def decompress(
     guarded(body)
 
 
+@with_options([DECODE_THREADS])
+def export(
+    container: Annotated[Path, typer.Argument(help="Container written by 'compress'.")],
+    output: Annotated[
+        Path,
+        typer.Option("-o", "--output", help="Pyramidal TIFF (tiff) or a new folder (dicom)."),
+    ],
+    format: Annotated[
+        str, typer.Option("--format", help="tiff (OpenSlide, QuPath) or dicom (DICOM WSI).")
+    ] = "tiff",
+    quality: Annotated[
+        int, typer.Option(help="JPEG quality of tiles the format cannot carry as coded.")
+    ] = 95,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
+    *,
+    options: dict[str, Any],
+) -> None:
+    """Export to TIFF or DICOM WSI, copying the coded tiles where the format carries them.
+
+    jpeg -> TIFF and DICOM (JPEG baseline); jpeg2000, jpegxl -> DICOM (their transfer
+    syntaxes): tiles byte-identical, pixels exact. Other codecs are decoded and re-encoded,
+    and the loss is reported.
+    """
+
+    def body() -> None:
+        from ..pipeline.export import export_container
+
+        threads = options["threads"]
+        DECODE_THREADS.check(threads)
+        with progress_bars(unit="tiles") as start:
+            r = export_container(
+                container, output, format=format, quality=quality, workers=threads,
+                overwrite=overwrite, progress_start=start,
+            )  # fmt: skip
+        loss = ""
+        if r.tiles_reencoded:
+            psnr = r.reencode_psnr_db
+            loss = ", exact" if psnr == float("inf") else f", {psnr:.2f} dB vs the container"
+        console.print(
+            f"{container} -> {r.path} ({r.format}: {r.codestream}; {r.tiles_copied} tiles "
+            f"copied, {r.tiles_reencoded} re-encoded{loss}, {r.tiles_filled} glass tiles "
+            f"filled; {r.seconds:.2f} s)"
+        )
+
+    guarded(body)
+
+
 def read_region(
     container: Annotated[Path, typer.Argument(help="Container written by 'compress'.")],
     x: Annotated[int, typer.Option("--x", help="Left, in container level-0 px.")],
@@ -152,5 +199,6 @@ def list_codecs() -> None:
 def register(app: typer.Typer) -> None:
     app.command()(compress)
     app.command()(decompress)
+    app.command()(export)
     app.command("read")(read_region)
     app.command("codecs")(list_codecs)
