@@ -203,10 +203,17 @@ class Client:
     def delete_upload(self, upload_id: str) -> None:
         self._request("DELETE", f"/api/uploads/{upload_id}")
 
-    def submit(self, kind: str, uploads: Sequence[str] | str, **options: Any) -> dict[str, Any]:
-        """Queue an `encode` or `compress` job; options as in POST /api/jobs (see /docs)."""
+    def submit(self, kind: str, uploads: Sequence[str] | str = (),
+               results: Sequence[str] | str = (), **options: Any) -> dict[str, Any]:  # fmt: skip
+        """Queue an `encode` or `compress` job over uploads and/or `results` (ids of containers
+        earlier compress jobs made: encoded, or transcoded, without uploading them again);
+        options as in POST /api/jobs (see /docs)."""
         ids = [uploads] if isinstance(uploads, str) else list(uploads)
-        return self._json("POST", "/api/jobs", json={"kind": kind, "uploads": ids, **options})
+        done = [results] if isinstance(results, str) else list(results)
+        body: dict[str, Any] = {"kind": kind, "uploads": ids, **options}
+        if done:
+            body["results"] = done
+        return self._json("POST", "/api/jobs", json=body)
 
     def job(self, job_id: str) -> dict[str, Any]:
         return self._json("GET", f"/api/jobs/{job_id}")

@@ -209,9 +209,17 @@ def _value(raw: str):
 @remote_app.command("submit")
 def remote_submit(
     kind: Annotated[str, typer.Argument(help="encode or compress.")],
-    uploads: Annotated[list[str], typer.Argument(help="Upload ids.")],
+    uploads: Annotated[list[str] | None, typer.Argument(help="Upload ids.")] = None,
     url: UrlOpt = "http://127.0.0.1:8000",
     token: TokenOpt = None,
+    result: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--result",
+            help="A result id (repeatable) of a container a compress job made: its input "
+            "without uploading it again (encode it, or transcode it with --set codec=...).",
+        ),
+    ] = None,  # fmt: skip
     option: Annotated[
         list[str] | None,
         typer.Option(
@@ -221,7 +229,8 @@ def remote_submit(
         ),
     ] = None,  # fmt: skip
 ) -> None:
-    """Queue a job; prints its id (stdout)."""
+    """Queue a job over uploads and/or results (--result: containers on the server); prints
+    its id (stdout)."""
 
     def body() -> None:
         from ..errors import UsageError
@@ -232,9 +241,12 @@ def remote_submit(
             if not sep or not key:
                 raise UsageError(f"--set {kv!r}: expected KEY=VALUE")
             opts[key.replace("-", "_")] = _value(raw)
+        if not uploads and not result:
+            raise UsageError("give upload ids, or --result ID of a container, or both")
         with _client(url, token) as c:
-            job = c.submit(kind, uploads, **opts)
-        console.print(f"job {job['id']} queued ({kind}, {len(uploads)} slide(s))")
+            job = c.submit(kind, uploads or [], results=result or [], **opts)
+        n = len(uploads or []) + len(result or [])
+        console.print(f"job {job['id']} queued ({kind}, {n} slide(s))")
         typer.echo(job["id"])
 
     guarded(body)

@@ -31,11 +31,32 @@ def request_field(option: Option) -> tuple[Any, Any]:
     )  # fmt: skip
 
 
+ID = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+
+
 class _JobBase(BaseModel):
+    """The job's inputs: uploads and/or results (a slidepress container a compress job made,
+    used again without uploading it: encode it, or transcode it with another codec)."""
+
     model_config = ConfigDict(extra="forbid")
-    uploads: list[Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]] = Field(
-        min_length=1, max_length=MAX_SLIDES, description="upload ids, one slide each"
+    uploads: list[ID] = Field(
+        default_factory=list, max_length=MAX_SLIDES, description="upload ids, one slide each"
     )
+    results: list[ID] = Field(
+        default_factory=list, max_length=MAX_SLIDES,
+        description="result ids of containers (role 'container', a compress job's .spz), one "
+        "slide each: the input of this job without uploading it again",
+    )  # fmt: skip
+
+    @model_validator(mode="after")
+    def _some_input(self) -> Any:
+        n = len(self.uploads) + len(self.results)
+        if n == 0:
+            raise ValueError("give at least one input: uploads (upload ids) or results "
+                             "(result ids of containers)")  # fmt: skip
+        if n > MAX_SLIDES:
+            raise ValueError(f"at most {MAX_SLIDES} slides per job (uploads + results)")
+        return self
 
 
 def ready_codecs() -> list[str]:

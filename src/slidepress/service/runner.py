@@ -155,16 +155,18 @@ def run_job(cfg: ServiceConfig, make: sessionmaker[Session], job_id: str, me: st
             batch.prepare()
             out.mkdir(parents=True, exist_ok=True)
             stems = Counter(SlideItem.from_dict(e["item"]).stem for e in job.items)
+            gone = _deleted_results(make, job)
             for i, entry in enumerate(job.items):
                 tracker.start_slide(i)
                 item = entry["item"]
-                if not Path(item["path"]).exists():
+                if entry.get("result") in gone or not Path(item["path"]).exists():
                     outcomes.append(_missing(entry))
                     items.append(item)
                     continue
                 slide = SlideItem.from_dict(item)
-                # two uploads with one file name: each its own folder, so outputs never clash
-                where = out / entry["upload"][:12] if stems[slide.stem] > 1 else out
+                # two inputs with one file name: each its own folder, so outputs never clash
+                key = entry["upload"] or entry.get("result", "")
+                where = out / key[:12] if stems[slide.stem] > 1 else out
                 try:
                     outcome = run_slide(slide, batch, where, tracker.progress)
                 except MemoryError:
@@ -175,7 +177,9 @@ def run_job(cfg: ServiceConfig, make: sessionmaker[Session], job_id: str, me: st
                     outcome.error = _out_of_memory(cfg, entry).error
                 elif outcome.error:
                     outcome.error = public(outcome.error)
-                outcome.fields = {"upload": entry["upload"], **outcome.fields}
+                source = ({"upload": entry["upload"]} if entry["upload"]
+                          else {"result": entry.get("result", "")})  # fmt: skip
+                outcome.fields = {**source, **outcome.fields}
                 outcomes.append(outcome)
                 items.append(item)
             tracker.check()
@@ -255,11 +259,35 @@ def gave_up(runs: int) -> str:
     )
 
 
+def _deleted_results(make: sessionmaker[Session], job: Job) -> set[str]:
+    """Ids of the job's input results no longer recorded (deleted, or their job deleted or
+    purged by retention) since the job was queued."""
+    wanted = {e["result"] for e in job.items if e.get("result")}
+    if not wanted:
+        return set()
+    with make() as s:
+        there = set(s.scalars(select(Result.id).where(Result.id.in_(wanted),
+                                                      Result.user_id == job.user_id)))  # fmt: skip
+    return wanted - there
+
+
 def _missing(entry: dict[str, Any]):
     from ..pipeline.batch import Outcome
 
     name = entry.get("label") or Path(entry["item"]["path"]).name
-    return Outcome(name, name, "failed", error=f"{name}: the upload was deleted before the job ran")
+    if entry.get("result"):
+        error = (f"{name}: the result {entry['result']} was deleted before the job ran (it, or "
+                 "the job that made it, was deleted or purged by retention); upload the "
+                 "container or submit the job with another result")  # fmt: skip
+    else:
+        error = f"{name}: the upload was deleted before the job ran"
+    return Outcome(
+        name,
+        name,
+        "failed",
+        error=error,
+        fields={k: entry[k] for k in ("upload", "result") if entry.get(k)},
+    )
 
 
 def _result(cfg: ServiceConfig, job: Job, path: Path, role: str, slide: str) -> Result:

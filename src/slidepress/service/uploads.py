@@ -6,6 +6,12 @@ unpacked member by member with the sizes actually written counted (a zip's decla
 are not trusted), so a zip bomb stops at the cap: the upload limit or the user's remaining
 quota, whichever is lower; a member deflated more than `max_ratio` times is refused before a
 byte of it is written.
+
+A slidepress container (`.spz`, the output of a compress job) is a zip too: one that holds
+the container's `manifest.json` (or is named `.spz`) is kept whole as a file upload of kind
+`container`, after the container's own validation (`store.container.Container`: entry names,
+stored-only entries, sizes, the manifest's schema, every tile a declared cell, CRCs), so a
+tampered container is refused (422) with that one message, and nothing is unpacked.
 """
 
 from __future__ import annotations
@@ -29,7 +35,14 @@ TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _UNSAFE = set('/\\:*?"<>|')
 MAX_NAME_BYTES = 200  # UTF-8 bytes of a stored name (file systems allow 255)
 CHUNK = 1 << 20
-SUFFIX = {"tiff": ".tiff", "dicom": "", "png": ".png", "jpeg": ".jpg", "zip": ".zip"}
+SUFFIX = {
+    "tiff": ".tiff",
+    "dicom": "",
+    "png": ".png",
+    "jpeg": ".jpg",
+    "zip": ".zip",
+    "container": ".spz",
+}
 
 
 class UploadRejected(Exception):
@@ -108,13 +121,15 @@ def stored_name(filename: str, kind: str) -> str:
         return filename
     if kind == "dicom" and suffix == ".dcm":
         return filename
+    if kind == "container" and suffix == ".spz":
+        return filename
     return filename + (SUFFIX.get(kind) or ".dcm")
 
 
 @dataclass
 class Received:
     path: Path  # a file, or a folder of DICOM files
-    kind: str  # tiff | dicom | image | zip (a DICOM folder still to unpack)
+    kind: str  # tiff | dicom | image | container | zip (not yet told apart: DICOM or .spz)
     filename: str
     bytes: int
     sha256: str
@@ -161,7 +176,7 @@ def place(tmp: Path, folder: Path, filename: str, size: int, sha256: str,
     kind = sniff(head)
     if kind is None:
         raise UploadRejected(415, _not_a_slide(filename))
-    if kind == "zip":  # unpacked by extract_dicom_zip, off the event loop
+    if kind == "zip":  # a container or a DICOM zip: told apart off the event loop (store)
         target = folder / "upload.zip"
         tmp.rename(target)
         return Received(target, "zip", filename, size, sha256)
@@ -186,8 +201,50 @@ def hash_file(path: Path) -> tuple[str, bytes]:
 def _not_a_slide(filename: str) -> str:
     return (
         f"{filename}: not a slide (expected a TIFF-based slide such as SVS or pyramidal "
-        "TIFF, a zip of a DICOM slide folder, a DICOM file, or a PNG/JPEG image)"
+        "TIFF, a zip of a DICOM slide folder, a DICOM file, a PNG/JPEG image, or a "
+        "slidepress container .spz)"
     )
+
+
+def is_container_zip(zip_path: Path, filename: str) -> bool:
+    """Whether an uploaded zip is meant as a slidepress container: its name ends in `.spz`
+    or its central directory lists the container's manifest (a DICOM folder's zip holds
+    `.dcm` files). Only the directory is read; a zip that cannot be read is a container
+    when so named (its validation then says why), else left to the DICOM unpacker."""
+    from ..store.container import MANIFEST
+
+    if Path(filename).suffix.lower() == ".spz":
+        return True
+    try:
+        with zipfile.ZipFile(zip_path) as zf:
+            return MANIFEST in zf.NameToInfo
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError):
+        return False
+
+
+def accept_container(zip_path: Path, folder: Path, filename: str) -> Path:
+    """Keep an uploaded container as `folder/NAME.spz` (the reader picks it by the suffix)
+    once it validates as a container and every entry's CRC matches; else UploadRejected
+    (422) with the container's one-line reason (the caller removes the folder)."""
+    from ..errors import SlidepressError
+    from ..store.container import Container
+
+    target = folder / stored_name(filename, "container")
+    zip_path.rename(target)
+    try:
+        with Container(target) as c:
+            bad = c.verify()
+    except SlidepressError as e:
+        raise UploadRejected(422, f"not a valid slidepress container: {e}") from None
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, zlib.error) as e:
+        raise UploadRejected(
+            422, (f"not a valid slidepress container: {target.name}: corrupted ({e})")
+        ) from None
+    if bad:
+        raise UploadRejected(422, (
+            f"not a valid slidepress container: {target.name}: entry {bad[0]} fails its CRC "
+            "check (the container is damaged or was tampered with)"))  # fmt: skip
+    return target
 
 
 def extract_dicom_zip(

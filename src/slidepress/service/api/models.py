@@ -49,7 +49,9 @@ class Options(BaseModel):
 class UploadOut(BaseModel):
     id: str
     filename: str = Field(description="the file's name as sent, made safe: its label")
-    kind: str = Field(description="tiff, dicom or image (sniffed from the content)")
+    kind: str = Field(
+        description="tiff, dicom, image or container (a slidepress .spz; sniffed from the content)"
+    )
     bytes: int
     sha256: str
     created_at: float
@@ -64,6 +66,9 @@ class JobOut(BaseModel):
     error: str
     params: dict[str, Any] = Field(description="the request as accepted")
     uploads: list[str]
+    results: list[str] = Field(
+        default_factory=list, description="results (containers) used as inputs, after the uploads"
+    )
     attempts: int
     created_at: float
     started_at: float | None

@@ -1,4 +1,5 @@
-"""Jobs: queue an encode or compress job over uploads, follow it, cancel it, delete it."""
+"""Jobs: queue an encode or compress job over uploads and/or results (containers made by
+earlier compress jobs, used again without uploading them), follow it, cancel it, delete it."""
 
 # no `from __future__ import annotations`: FastAPI reads the dependency aliases at runtime
 
@@ -24,24 +25,30 @@ State = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 def job_out(j: Job) -> JobOut:
     return JobOut(
         id=j.id, kind=j.kind, state=j.state, progress=j.progress, message=j.message,
-        error=j.error, params=j.params, uploads=[e["upload"] for e in j.items],
+        error=j.error, params=j.params, uploads=[e["upload"] for e in j.items if e["upload"]],
+        results=[e["result"] for e in j.items if e.get("result")],
         attempts=j.attempts, created_at=j.created_at, started_at=j.started_at,
         finished_at=j.finished_at, outcomes=j.outcomes or [], summary=j.summary or {},
     )  # fmt: skip
 
 
 @router.post("", status_code=201, response_model=JobOut,
-             responses={404: {"description": "an unknown upload"},
+             responses={404: {"description": "an unknown upload or result"},
+                        410: {"description": "a result gone from the server's disk"},
+                        422: {"description": "invalid options, or a result that is not a "
+                                             "container"},
                         429: {"description": "too many queued or running jobs"},
                         507: {"description": "storage quota reached"}})  # fmt: skip
 def create_job(req: Annotated[JobRequest, Body()], ident: User, cfg: Config,
                make: Sessions) -> JobOut:  # fmt: skip
-    """Queue an `encode` (NIC grids) or `compress` (tile container) job over uploads."""
+    """Queue an `encode` (NIC grids) or `compress` (tile container) job over uploads and/or
+    results: a result of role `container` (a compress job's .spz) is a slide like an upload,
+    so a container can be encoded, or transcoded with another codec, without re-uploading."""
     try:
         spec = batch_job(req, cfg.threads_per_job)
     except ValueError as e:
         raise HTTPException(422, str(e)) from None
-    if len(req.uploads) > cfg.max_slides_per_job:
+    if len(req.uploads) + len(req.results) > cfg.max_slides_per_job:
         raise HTTPException(422, f"at most {cfg.max_slides_per_job} slides per job")
     from ....pipeline.items import SlideItem
 
@@ -59,12 +66,29 @@ def create_job(req: Annotated[JobRequest, Body()], ident: User, cfg: Config,
             u = own(s, Upload, uid, ident, "upload")
             item = SlideItem(cfg.data_dir / u.path, req.mpp_override)
             items.append({"upload": uid, "item": item.to_dict(), "label": u.filename})
+        for rid in req.results:
+            items.append(result_item(cfg, s, rid, ident, req.mpp_override, SlideItem))
         job = Job(user_id=ident.user_id, kind=req.kind, params=req.model_dump(),
                   batch_job=spec, items=items, message="queued")  # fmt: skip
         s.add(job)
         s.commit()
     event("job.queued", job=job.id, user=ident.name, kind=job.kind, slides=len(items))
     return job_out(job)
+
+
+def result_item(cfg, s, rid: str, ident, mpp_override, slide_item) -> dict:
+    """A job item for one of the user's results: a container, still on disk. `upload` stays
+    empty (every item has the key); `result` names it."""
+    r = own(s, Result, rid, ident, "result")
+    if r.role != "container":
+        raise HTTPException(422, (
+            f"result {rid} ({r.name}) is a {r.role}, not a container: only a compress job's "
+            "container (.spz, role 'container') can be the input of a job"))  # fmt: skip
+    path = cfg.data_dir / r.path
+    if not path.is_file():
+        raise HTTPException(410, f"result {rid} ({r.name}) is gone from the server's disk")
+    item = slide_item(path, mpp_override)
+    return {"upload": "", "result": rid, "item": item.to_dict(), "label": r.name}
 
 
 @router.get("", response_model=list[JobOut])

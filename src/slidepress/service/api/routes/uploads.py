@@ -1,5 +1,6 @@
 """Uploads: the raw request body streamed to disk, capped by the upload limit and the user's
-remaining quota; a zip of a DICOM folder unpacked under the same cap."""
+remaining quota; a zip of a DICOM folder unpacked under the same cap; a slidepress container
+(.spz) kept whole once it validates."""
 
 # no `from __future__ import annotations`: FastAPI reads the dependency aliases at runtime
 
@@ -18,8 +19,17 @@ from ...auth import Identity
 from ...config import ServiceConfig
 from ...db import ACTIVE_STATES, Job, Upload, new_id
 from ...logs import event
+from ...messages import for_user
 from ...storage import quota_message, remaining, used_bytes
-from ...uploads import Received, UploadRejected, extract_dicom_zip, receive, sanitize_filename
+from ...uploads import (
+    Received,
+    UploadRejected,
+    accept_container,
+    extract_dicom_zip,
+    is_container_zip,
+    receive,
+    sanitize_filename,
+)
 from ..deps import ID, Config, Sessions, User, own
 from ..models import UploadOut
 from .paging import Page, paginate
@@ -41,8 +51,9 @@ async def upload(
     filename: Annotated[str, Query(max_length=1000, description="the file's name")],
 ) -> UploadOut:  # fmt: skip
     """Send the file as the raw request body (streamed to disk, never held in memory).
-    A DICOM slide goes as a zip of its folder (stored, not deflated). Types are sniffed
-    from the content. The file, or the zip unpacked, may be at most the upload limit and
+    A DICOM slide goes as a zip of its folder (stored, not deflated); a slidepress
+    container (.spz, e.g. a compress job's result) as it is. Types are sniffed from the
+    content. The file, or the zip unpacked, may be at most the upload limit and
     the user's remaining quota."""
     limit, reason = upload_limit(cfg, make, ident)
     declared = request.headers.get("content-length")
@@ -91,10 +102,18 @@ def too_large(cfg: ServiceConfig, limit: int, reason: str) -> HTTPException:
 async def store(cfg: ServiceConfig, make: sessionmaker[Session], ident: Identity, uid: str,
                 folder: Path, got: Received, limit: int, reason: str,
                 t0: float) -> UploadOut:  # fmt: skip
-    """Unpack a DICOM zip (under `limit`), record the upload, log it; on a refusal nothing
-    stays in `folder`."""
+    """Keep a container whole (validated) or unpack a DICOM zip (under `limit`), record the
+    upload, log it; on a refusal nothing stays in `folder`."""
     try:
-        if got.kind == "zip":
+        if got.kind == "zip" and await run_in_threadpool(is_container_zip, got.path,
+                                                         got.filename):  # fmt: skip
+            try:
+                got.path = await run_in_threadpool(accept_container, got.path, folder,
+                                                   got.filename)  # fmt: skip
+            except UploadRejected as e:  # no server path, no command-line advice
+                raise UploadRejected(e.status, for_user(str(e), cfg.data_dir)) from None
+            got.kind = "container"
+        elif got.kind == "zip":
             target = folder / (Path(got.filename).stem or "dicom")
             await run_in_threadpool(
                 extract_dicom_zip, got.path, target, limit, cfg.max_zip_members,
