@@ -191,6 +191,7 @@ function endSession() {
   $("#signout").hidden = true;
   $("#app").hidden = true;
   $("#detail").hidden = true;
+  closeViewer();
   selectedJob = null;
   detailShown = "";
   $("#signin-section").hidden = false;
@@ -405,6 +406,7 @@ function closeDetail() {
   detailSeq++;
   for (const u of objectUrls.splice(0)) URL.revokeObjectURL(u);
   $("#detail").hidden = true;
+  closeViewer();
 }
 
 // the results panel's heading, state, progress, settings and error: from a job's JSON
@@ -444,6 +446,7 @@ async function showJob(id) {
   }
   const j = await api("GET", `api/jobs/${id}`);
   if (seq !== detailSeq) return;  // another job was picked meanwhile
+  if (viewerJob && viewerJob !== id) closeViewer();
   for (const u of objectUrls.splice(0)) URL.revokeObjectURL(u);
   detailShown = `${j.id} ${j.state}`;
   drawDetailHead(j);
@@ -453,6 +456,7 @@ async function showJob(id) {
   prev.innerHTML = "";
   const list = $("#downloads");
   list.innerHTML = "";
+  $("#viewers-open").innerHTML = "";
   for (const o of j.outcomes) {
     const repeated = o.error && j.error && j.error.includes(o.error);  // shown above already
     metric(dl, "slide", `${o.slide}: ${o.status}${o.error && !repeated ? " - " + o.error : ""}`);
@@ -477,6 +481,7 @@ async function showJob(id) {
     a.onclick = (ev) => { ev.preventDefault(); download(url, r.name).catch((e) => showError(e.message)); };
     li.appendChild(a);
     list.appendChild(li);
+    if (r.role === "container") viewerButton(j, r);
     if (r.role === "preview") {
       const fig = document.createElement("figure");
       const img = document.createElement("img");
@@ -503,6 +508,66 @@ async function showJob(id) {
   list.appendChild(li);
 }
 
+// -- side-by-side viewer (static/viewer.js) ------------------------------------------------------
+// What a container was made from: the outcome that lists it among its outputs names the
+// upload, or the container result of an earlier job that it transcoded.
+let viewers = [];
+let viewerJob = null;
+
+function viewerButton(j, r) {
+  const o = j.outcomes.find((x) => String(x.outputs || "").split(";").includes(r.name));
+  const b = button("View side by side", `View side by side: ${r.slide || r.name}, original and compressed`,
+    () => openViewer(j, r, o).catch((e) => showError(e.message)));
+  if (!o || !(o.result || uploadNames[o.upload])) {
+    b.disabled = true;
+    b.title = "the original upload was deleted";
+  }
+  $("#viewers-open").appendChild(b);
+}
+
+async function tileFetch(url) {
+  const resp = await fetch(url, { headers: { Authorization: `Bearer ${token}` } });
+  if (resp.status === 401 && signedIn) throw endSession();
+  return resp;
+}
+
+async function openViewer(j, r, o) {
+  closeViewer();
+  viewerJob = j.id;
+  const p = j.params || {};
+  const source = o.upload ? `api/uploads/${o.upload}/deepzoom` : `api/results/${o.result}/deepzoom`;
+  $("#cap-original").textContent = o.upload ? `original: ${uploadNames[o.upload] || o.slide}`
+    : `source: ${o.slide} (an earlier container)`;
+  $("#cap-compressed").textContent = `compressed: ${r.name} (${p.codec}` +
+    (o.ratio ? `, ${o.ratio}x smaller)` : ")");
+  const dl = $("#fidelity");
+  dl.innerHTML = "";
+  metric(dl, "PSNR (dB, whole slide)", typeof o.psnr_db === "number" ? o.psnr_db.toFixed(2) : o.psnr_db);
+  metric(dl, "MS-SSIM", typeof o.ms_ssim === "number" ? o.ms_ssim.toFixed(4) : "");
+  metric(dl, "tiles stored", o.count !== undefined ? `${o.count} (${o.tiles_dropped || 0} left out as glass)` : "");
+  metric(dl, "bits per pixel", o.bpp);
+  metric(dl, "ratio vs source", o.ratio ? `${o.ratio}x` : "");
+  $("#viewer").hidden = false;
+  const onError = (e) => { if (!e.sessionEnded) showError(`viewer: ${e.message}`); };
+  viewers = [
+    new DeepZoomViewer($("#dz-original"), { base: source, fetchTile: tileFetch, onError, label: "original slide" }),
+    new DeepZoomViewer($("#dz-compressed"), { base: `api/results/${r.id}/deepzoom`, fetchTile: tileFetch, onError, label: "compressed slide" }),
+  ];
+  window.slidepressViewers = viewers;
+  await Promise.all(viewers.map((v) => v.ready));
+  DeepZoomViewer.sync(viewers);
+  viewers[0].home(false);
+  $("#viewer").scrollIntoView({ block: "start" });
+}
+
+function closeViewer() {
+  for (const v of viewers) v.close();
+  viewers = [];
+  viewerJob = null;
+  window.slidepressViewers = [];
+  $("#viewer").hidden = true;
+}
+
 async function download(url, name) {
   const href = await blobUrl(url);
   const a = document.createElement("a");
@@ -519,6 +584,10 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#signin-fields").disabled = false;
   $("#signout").addEventListener("click", signOut);
   $("#codec").addEventListener("change", showRange);
+  $("#zoom-in").addEventListener("click", () => viewers.length && viewers[0].zoomBy(2));
+  $("#zoom-out").addEventListener("click", () => viewers.length && viewers[0].zoomBy(0.5));
+  $("#zoom-fit").addEventListener("click", () => viewers.length && viewers[0].home());
+  $("#viewer-close").addEventListener("click", closeViewer);
   for (const r of document.querySelectorAll("input[name=kind]")) {
     r.addEventListener("change", () => {
       const enc = document.querySelector("input[name=kind]:checked").value === "encode";
