@@ -108,11 +108,14 @@ def test_default_sweeps_are_declared_on_the_codec_classes():
     from slidepress.codecs import CODECS
 
     assert DEFAULT_QUALITIES["jpeg"] == list(CODECS["jpeg"].sweeps["bench"])
-    assert resolve_default("learned") == [5.0]  # no bench sweep: the default quality
+    assert resolve_default("learned") == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
+    from slidepress.bench.codecs.options import default_sweep
+
+    assert default_sweep("pathae") == []  # no bench sweep: the default quality is coded
     code = ("import sys\nfrom slidepress.bench.codecs.options import DEFAULT_CODECS\n"
             "print('imagecodecs' in sys.modules, len(DEFAULT_CODECS))")  # fmt: skip
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert r.stdout.split() == ["False", "6"], r.stderr
+    assert r.stdout.split() == ["False", "7"], r.stderr
 
 
 def resolve_default(codec: str) -> list[float]:

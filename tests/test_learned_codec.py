@@ -258,3 +258,23 @@ def test_train_resume_export_and_fixed_point_decoder_match_float(tmp_path, strid
             want = net(x, torch.full((len(x),), q - 1))["x_hat"].clamp(0, 1) * 255
         want = want.round().permute(0, 2, 3, 1).numpy().astype(int)
         assert np.abs(got - want).mean() < 0.5  # fixed point: within rounding on average
+
+
+# -- bench codecs: the learned codec is timed per batch -----------------------------------------
+
+
+@needs_tiles
+def test_bench_codecs_times_batched_codecs_per_batch(tmp_path):
+    from slidepress.bench.codecs import DEFAULT_CODECS, DEFAULT_QUALITIES, run_codec_benchmark
+
+    assert "learned" in DEFAULT_CODECS and DEFAULT_QUALITIES["learned"] == [1, 2, 3, 4, 5, 6, 7, 8]
+    res = run_codec_benchmark(
+        [TILES / "tiatoolbox_target.png"], tmp_path / "rep", ["jpeg", "learned"],
+        {"jpeg": [80], "learned": [2, 5]}, tile=256, max_tiles_per_input=6, threads=2,
+        feature_similarity=False, embedding_encoder="none",
+    )  # fmt: skip
+    by = {(r["codec"], r["quality"]): r for r in res.rows}
+    assert by["learned", 2.0]["timed_batch"] == 32 and by["jpeg", 80.0]["timed_batch"] == 1
+    assert by["learned", 2.0]["bytes"] < by["learned", 5.0]["bytes"]
+    for r in res.rows:
+        assert 0 < r["encode_ms"] < 1e4 and 0 < r["decode_ms"] < 1e4

@@ -10,7 +10,9 @@ draws one kind of data:
 - `digits`: the synthetic digit canvases of the NIC paper (Tellez et al., TPAMI 2019, 4.1.1);
 - `slides`: small pyramidal TIFF files (tiled JPEG / deflate pages, 2x pyramid, resolution
   tags) and a tissue-like texture to fill them, so reader and tiling tests run without
-  downloaded slides.
+  downloaded slides;
+- `stress_tiles`: tiles a codec trained on H&E never saw (DAB-like IHC, flat, noise, dark
+  fluorescence-like) and JPEG-XL's bytes at equal pooled PSNR (the learned codec's guard).
 
 Import the module you need (`from slidepress.synthetic import mosaic`); nothing is imported
 here, so `import slidepress` stays light.

@@ -4,7 +4,11 @@ Every tile is encoded and decoded once: rate from the real coded byte counts, PS
 pooled MSE, SSIM / MS-SSIM averaged over tiles, feature and embedding similarity (when the
 `Similarity` asks for them) averaged over tiles, all scored by `metrics.similarity`; encode
 and decode wall time per tile (median of single calls, after a warm-up call per codec and
-quality; metrics are computed afterwards).
+quality; metrics are computed afterwards). A batched codec (`Codec.batched`: a neural
+network) is called the way the pipeline calls it, `encode_batch` / `decode_batch` on blocks of
+`BATCH` tiles, and its time per tile is each block's wall time over its tiles (median over
+blocks): timed one tile per call it would pay the whole batch overhead per tile, and its speed
+column would be understated.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from .inputs import BenchInput
 from .similarity import Similarity
 
 _WARM_UP = np.full((32, 32, 3), 128, np.uint8)
+BATCH = 32  # tiles per encode_batch / decode_batch call of a batched codec (the pipeline's)
 
 
 def make_codec(name: str, quality: float, threads: int) -> tuple[Codec, bool]:
@@ -49,30 +54,36 @@ def measure(
     similarity: Similarity | None = None,
 ) -> dict[str, Any]:
     """Encode and decode every tile of `inp` once: rate, quality, and the median time per
-    tile (robust to scheduler hiccups, which dominate sub-millisecond calls)."""
+    tile (robust to scheduler hiccups, which dominate sub-millisecond calls); a batched codec
+    per block of BATCH tiles, its torch on the codec's `numthreads` while it is timed."""
     n_bytes, max_err = 0, 0
     enc_s, dec_s, decoded = [], [], []
     q = f"{codec.name} q{codec.quality:g}"
-    for t in inp.tiles:
-        t0 = time.perf_counter()
-        try:
-            data = codec.encode(t)
-        except SlidepressError:
-            raise
-        except Exception as e:
-            raise CodecError(f"{q}: cannot encode a tile of {inp.name}: {e}") from None
-        t1 = time.perf_counter()
-        out = codec.decode(data)
-        t2 = time.perf_counter()
-        if out.shape != t.shape or out.dtype != np.uint8:
-            raise CodecError(f"{q}: decoded {out.shape} {out.dtype}, expected {t.shape} uint8")
-        n_bytes += len(data)
-        enc_s.append(t1 - t0)
-        dec_s.append(t2 - t1)
-        max_err = max(max_err, int(np.abs(out.astype(np.int16) - t).max()))
-        decoded.append(out)
+    step = BATCH if codec.batched else 1
+    threads = codec.params.get("numthreads") if codec.batched else None
+    for i in range(0, len(inp.tiles), step):
+        tiles = list(inp.tiles[i : i + step])
+        with torch_threads(threads):
+            t0 = time.perf_counter()
+            try:
+                blobs = codec.encode_batch(tiles) if codec.batched else [codec.encode(tiles[0])]
+            except SlidepressError:
+                raise
+            except Exception as e:
+                raise CodecError(f"{q}: cannot encode a tile of {inp.name}: {e}") from None
+            t1 = time.perf_counter()
+            outs = codec.decode_batch(blobs) if codec.batched else [codec.decode(blobs[0])]
+            t2 = time.perf_counter()
+        enc_s.append((t1 - t0) / len(tiles))
+        dec_s.append((t2 - t1) / len(tiles))
+        for t, data, out in zip(tiles, blobs, outs, strict=True):
+            if out.shape != t.shape or out.dtype != np.uint8:
+                raise CodecError(f"{q}: decoded {out.shape} {out.dtype}, expected {t.shape} uint8")
+            n_bytes += len(data)
+            max_err = max(max_err, int(np.abs(out.astype(np.int16) - t).max()))
+            decoded.append(out)
         if advance:
-            advance(1)
+            advance(len(tiles))
     n, h, w = inp.tiles.shape[:3]
     scores = (similarity or Similarity()).score(inp, decoded)
     assert scores.pixels is not None
@@ -85,8 +96,26 @@ def measure(
         "ssim": s["ssim"], "ms_ssim": s["ms_ssim"], "ms_ssim_db": s["ms_ssim_db"],
         "ms_ssim_scales": s["ms_ssim_scales_min"], "max_abs_error": max_err,
         "encode_ms": 1e3 * float(np.median(enc_s)), "decode_ms": 1e3 * float(np.median(dec_s)),
+        "timed_batch": step,
         **Similarity.columns(scores),
     }  # fmt: skip
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """torch on `n` threads inside (a batched codec's encoder while it is timed); None: as
+    is."""
+    if not n:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @contextmanager

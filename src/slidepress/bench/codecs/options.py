@@ -22,8 +22,10 @@ __all__ = [
 ]  # fmt: skip
 
 # The lossy codecs with a tuned sweep (each class's `sweeps["bench"]`, codecs/base.py; the
-# lossless `png` reference is opt-in).
-DEFAULT_CODECS: tuple[str, ...] = ("jpeg", "jpegxl", "webp", "avif", "jpeg2000", "htj2k")
+# lossless `png` reference is opt-in); `learned` is slidepress's own (its 8 rate levels).
+DEFAULT_CODECS: tuple[str, ...] = (
+    "jpeg", "jpegxl", "webp", "avif", "jpeg2000", "htj2k", "learned",
+)  # fmt: skip
 ANCHOR, ANCHOR_QUALITY = "jpeg", 80.0  # the quality scanners typically ship
 # Whose embeddings `embsim` compares (any `slidepress.encoders` name; "none" skips it).
 DEFAULT_EMBEDDING_ENCODER = "nic-multitask"

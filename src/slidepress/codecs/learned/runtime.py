@@ -126,8 +126,17 @@ class LearnedModel:
 
     def encode_batch(self, tiles: list[np.ndarray], quality: float) -> list[bytes]:
         """Tiles of one size (H, W, 3) uint8 -> one bitstream each."""
+        return self.encode_batch_pixels(tiles, quality, pixels=False)[0]
+
+    def encode_batch_pixels(
+        self, tiles: list[np.ndarray], quality: float, pixels: bool = True
+    ) -> tuple[list[bytes], list[np.ndarray] | None]:
+        """Bitstreams and (with `pixels`) the pixels a decoder will give for them: the exact
+        integer synthesis of the (table-clipped) symbols the bitstream carries, so equal to
+        `decode_batch(bitstreams)` without entropy-decoding them (the per-tile guard's
+        distortion)."""
         if not tiles:
-            return []
+            return [], []
         h, w = tiles[0].shape[:2]
         if any(t.shape != tiles[0].shape for t in tiles):
             raise ValueError("encode_batch takes tiles of one size")
@@ -153,7 +162,11 @@ class LearnedModel:
                 idx[i].transpose(2, 0, 1),
             )  # fmt: skip
             out.append(HEADER.pack(MAGIC, VERSION, q16, h, w) + words.astype("<u4").tobytes())
-        return out
+        if not pixels:
+            return out, None
+        r = self.tables.y_radius[idx]  # what entropy.encode clips to, and a decoder reads
+        rec = self.synthesize(np.clip(y_sym, -r, r).astype(np.float64), mu, q16)
+        return out, [np.ascontiguousarray(rec[i, :h, :w]) for i in range(len(tiles))]
 
     # -- decoder -------------------------------------------------------------------------------
     def decode_batch(self, blobs: list[bytes]) -> list[np.ndarray]:
