@@ -58,7 +58,7 @@ def _first_last(method, batch, key: str, steps: int) -> tuple[float, float]:
 @pytest.mark.parametrize(
     ("name", "key", "steps"),
     [("vae", "loss", 12), ("bigan", "loss_d", 12), ("contrastive", "loss", 12),
-     ("multitask", "loss", 12), ("supervised", "loss", 12)],
+     ("multitask", "loss", 12), ("supervised", "loss", 12), ("simclr", "loss", 12)],
 )  # fmt: skip
 def test_method_loss_decreases_on_real_patches(name, key, steps):
     x, y = _pcam_batch()
@@ -71,10 +71,106 @@ def test_method_loss_decreases_on_real_patches(name, key, steps):
     elif name == "contrastive":
         same = torch.arange(len(x)) % 2
         batch = (x, torch.where(same.bool()[:, None, None, None], x, x.flip(0)), same)
+    elif name == "simclr":
+        batch = (x, x.flip(-1).roll(1, dims=-2))  # two "views" of each patch
     else:
         batch = x
     first, last = _first_last(method, batch, key, steps)
     assert last < first, f"{name}: {key} {first:.4f} -> {last:.4f}"
+
+
+@needs_patches
+def test_simclr_forward_shapes_and_one_training_step_on_augmented_views():
+    from slidepress.training.augment import PatchAugmenter
+    from slidepress.training.nic.data import load_image_folder
+
+    src = load_image_folder(PCAM / "train", 0.97, 0.97, 64, limit_per_class=4, seed=2)
+    aug = PatchAugmenter(64)
+    batch = (aug(src.images, train=True), aug(src.images, train=True))
+    method = _method("simclr")
+    assert method.data_kind == "views" and method.training_only == ("projector.",)
+    method.eval()
+    assert method.embedder()(batch[0]).shape == (8, 32)  # the code, before the projection
+    before = {k: v.clone() for k, v in method.state_dict().items()}
+    method.train()
+    logs = method.training_step(batch, method.make_optimizers())
+    assert np.isfinite(logs["loss"]) and 0 <= logs["top1"] <= 1
+    changed = [k for k, v in method.state_dict().items() if not torch.equal(v, before[k])]
+    assert any(k.startswith("encoder.") for k in changed)
+    assert any(k.startswith("projector.") for k in changed)
+    # NT-Xent: identical views are found (top-1 = 1), and the loss is lower than for noise
+    from slidepress.encoders.nic.simclr import nt_xent
+
+    p = torch.randn(8, 16)
+    loss_same, acc = nt_xent(torch.cat([p, p]), 0.2)
+    loss_rand, _ = nt_xent(torch.randn(16, 16), 0.2)
+    assert acc == 1 and loss_same < loss_rand
+
+
+@needs_patches
+def test_issue24_options_train_and_default_options_keep_the_shipped_networks():
+    x, _ = _pcam_batch()
+    vae = _method("vae", gamma=5e-6, kl_warmup=0.5, full_res_conv=True)
+    vae.progress = 0.0
+    assert vae.kl_weight() == 0.0  # warm-up starts without KL
+    vae.progress = 0.25
+    assert vae.kl_weight() == pytest.approx(2.5e-6)
+    vae.eval()
+    assert vae.kl_weight() == 5e-6 and vae.decoder(vae.encoder(x)[0]).shape == x.shape
+    first, last = _first_last(vae, x, "loss", 8)
+    assert last < first
+    gan = _method("bigan", spectral_norm=True, lr_d=4e-4, recon_weight=1.0)
+    opt_d, opt_ge = gan.make_optimizers()
+    assert opt_d.param_groups[0]["lr"] == 4e-4 and opt_ge.param_groups[0]["lr"] == 2e-4
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in gan.D.modules())
+    gan.train()
+    logs = gan.training_step(x, [opt_d, opt_ge])
+    assert np.isfinite(logs["loss_d"]) and np.isfinite(logs["loss_ge"]) and logs["recon"] > 0
+    # the defaults build exactly the shipped networks (same state-dict keys and shapes)
+    from safetensors.torch import load_file
+
+    from slidepress.encoders.nic import NICConfig, build_method
+
+    for name in ("nic-vae", "nic-bigan"):
+        meta = json.loads((WEIGHTS_DIR / name / "config.json").read_text())
+        shipped = load_file(str(WEIGHTS_DIR / name / "model.safetensors"))
+        built = build_method(NICConfig.from_dict(meta["config"])).state_dict()
+        assert {k: v.shape for k, v in shipped.items()} == {
+            k: v.shape for k, v in built.items() if k in shipped
+        }
+
+
+@needs_patches
+def test_pair_mix_draws_far_partners_and_probe_split_is_held_out():
+    from slidepress.training.nic.data import DataSpec, FeedInputs, PairSampler, load_canvas
+    from slidepress.training.nic.probe import heldout_files, probe_split
+
+    canvas = load_canvas(SVS, 0.97)
+    sampler = PairSampler([canvas], None, 96, 64, mix={"far": 1.0}, other_anchor=0.0)
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        ci, box = sampler.anchors[rng.integers(len(sampler.anchors))]
+        far = sampler._far(ci, box, rng)
+        if far is not None:
+            assert np.abs(far[:2] - box[:2]).max() >= sampler.FAR * 64
+    a, b, same = sampler.sample(16, rng)
+    assert same.sum() == 8 and not any(
+        np.array_equal(a[i], b[i]) for i in np.flatnonzero(~same.astype(bool))
+    )
+    split = probe_split(PCAM)
+    held = {f"{f.parent.name}/{f.name}" for f in split["heldout"][0]}
+    sel = {f"{f.parent.name}/{f.name}" for f in split["select"][0]}
+    assert len(held) == len(sel) == 800 and not held & sel and held == heldout_files(PCAM)
+    assert np.bincount(split["heldout"][1]).tolist() == [400, 400]
+    inputs = FeedInputs(
+        data=[DataSpec("pcam", PCAM, 0.97)],
+        limit_per_class=4,
+        val_limit_per_class=None,
+        exclude=frozenset(held),
+        val_include=frozenset(list(sorted(sel))[:3] + list(sorted(sel))[-3:]),
+    )
+    train, val = inputs.split(inputs.data[0], 64, 0.97, 0, None)
+    assert len(train) == 8 and len(val) == 6  # validation: only the listed select patches
 
 
 def test_hed_jitter_without_jitter_is_identity():

@@ -23,7 +23,7 @@ from slidepress.store.grid import EmbeddingGrid
 runner = CliRunner()
 
 REGISTRIES = [
-    (METHODS, "NIC method", ["vae", "contrastive", "bigan", "multitask", "supervised"]),
+    (METHODS, "NIC method", ["vae", "contrastive", "bigan", "multitask", "supervised", "simclr"]),
     (SLIDE_MODELS, "slide model", ["nic-cnn", "abmil"]),
     (TASKS, "task", ["classify", "regress", "survival"]),
 ]

@@ -1,5 +1,5 @@
 """Neural Image Compression encoders: the trainable methods (VAE, contrastive, BiGAN,
-multitask, supervised) behind one registry.
+multitask, supervised, and SimCLR) behind one registry.
 
 A method is one module with a `NICMethod` subclass plus one `METHODS.add(...)` line below,
 which also declares its default learning rate (`lr=`, else 1e-3). Entries are lazy: listing
@@ -46,6 +46,12 @@ METHODS.add(
     "supervised",
     f"{_NIC}.multitask:Supervised",
     summary="single-task baseline: exactly one --data folder",
+)
+
+METHODS.add(
+    "simclr",
+    f"{_NIC}.simclr:SimCLR",
+    summary="SimCLR: two H&E-augmented views per --data image, NT-Xent (Chen et al. 2020)",
 )
 
 register_method = METHODS.register  # decorator for methods defined outside this package

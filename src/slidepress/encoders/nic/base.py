@@ -41,6 +41,9 @@ class NICMethod(nn.Module):
         super().__init__()
         self.config = config
         self.opt = {**self.defaults, **config.options}
+        # fraction of the training budget used, set by the trainer before every step (for
+        # schedules such as a KL warm-up; derived from the step, so exact after a resume)
+        self.progress = 1.0
 
     @classmethod
     def check_inputs(cls, n_data: int, n_slides: int) -> None:

@@ -70,7 +70,17 @@ class ConvEncoder(nn.Module):
 class ConvDecoder(nn.Module):
     """Mirror of `ConvEncoder`: code -> dense -> (upsample + conv) x n -> tanh image."""
 
-    def __init__(self, patch_size: int, code_size: int, widths: Sequence[int], dense: int = 512):
+    def __init__(
+        self,
+        patch_size: int,
+        code_size: int,
+        widths: Sequence[int],
+        dense: int = 512,
+        full_res_conv: bool = False,
+    ):
+        """`full_res_conv` adds a conv + BN + LeakyReLU at full resolution after the last
+        upsampling (the original decoder maps the 2x nearest-upsampled map straight to RGB
+        with one 3x3 conv, so its output is built of 2x2 blocks: a PSNR ceiling)."""
         super().__init__()
         widths = list(widths)[::-1]  # e.g. 512, 256, 128, 64, 32
         self.side = check_patch(patch_size, len(widths))
@@ -84,6 +94,8 @@ class ConvDecoder(nn.Module):
         )
         ups = [upsample_conv(a, b) for a, b in zip(widths, widths[1:], strict=False)]
         ups.append(nn.Upsample(scale_factor=2, mode="nearest"))
+        if full_res_conv:
+            ups.append(conv_bn_act(widths[-1], widths[-1], 1))
         self.body = nn.Sequential(*ups, nn.Conv2d(widths[-1], 3, 3, padding=1), nn.Tanh())
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

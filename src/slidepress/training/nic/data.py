@@ -102,12 +102,19 @@ def load_image_folder(
     limit_per_class: int | None = None,
     seed: int = 0,
     progress: Advance | None = None,
+    keep: Callable[[Path], bool] | None = None,
 ) -> PatchSource:
     """An ImageFolder at `dst_mpp`, optional seeded subset per class.
 
     Contexts are as large as the images allow, up to `context` (default 1.5 x patch), never
-    below the patch: smaller images are upsized to the patch, and the origin says so."""
-    files, labels, classes = list_image_folder(root, limit_per_class=limit_per_class, seed=seed)
+    below the patch: smaller images are upsized to the patch, and the origin says so.
+    `keep` filters the files before the per-class subset is drawn (e.g. leaving out a
+    held-out test split)."""
+    if keep is None:
+        files, labels, classes = list_image_folder(root, limit_per_class=limit_per_class,
+                                                   seed=seed)  # fmt: skip
+    else:
+        files, labels, classes = _filtered_folder(root, keep, limit_per_class, seed)
     context = context or context_size(patch)
     first = read_rgb(files[0])
     side = round(min(first.shape[:2]) * src_mpp / dst_mpp)
@@ -121,6 +128,26 @@ def load_image_folder(
     if side < patch:
         origin += f" [upsized: {side} px at {dst_mpp} um/px < patch {patch}]"
     return PatchSource(name or root.name, out, labels, classes, origin)
+
+
+def _filtered_folder(root: Path, keep: Callable[[Path], bool], limit: int | None, seed: int):
+    """`list_image_folder` restricted to the files `keep` accepts (the same seeded per-class
+    draw, over the kept files)."""
+    files, labels, classes = list_image_folder(root)
+    sel = np.asarray([keep(f) for f in files], bool)
+    files, labels = [f for f, k in zip(files, sel, strict=True) if k], labels[sel]
+    if limit is not None:
+        idx = []
+        for k in range(len(classes)):
+            cls = np.flatnonzero(labels == k)
+            if len(cls) > limit:
+                cls = cls[
+                    np.sort(np.random.default_rng([seed, k]).choice(len(cls), limit, replace=False))
+                ]
+            idx.append(cls)
+        order = np.concatenate(idx)
+        files, labels = [files[i] for i in order], labels[order]
+    return files, labels, classes
 
 
 def holdout(source: PatchSource, fraction: float, seed: int) -> tuple[PatchSource, PatchSource]:
@@ -141,11 +168,17 @@ def holdout(source: PatchSource, fraction: float, seed: int) -> tuple[PatchSourc
     return source.subset(train_idx), source.subset(val_idx, source.name)
 
 
-def pool(sources: list[PatchSource], name: str) -> PatchSource:
-    """Unlabelled union of several sources, centre-cropped to the smallest context."""
-    side = min(s.images.shape[1] for s in sources)
+def pool(sources: list[PatchSource], name: str, pad: bool = False) -> PatchSource:
+    """Unlabelled union of several sources, centre-cropped to the smallest context (`pad`:
+    smaller contexts are reflection-padded to the largest instead, so one small source, e.g.
+    Kather's 77 px contexts, does not shrink the others' room for rotation)."""
+    side = (max if pad else min)(s.images.shape[1] for s in sources)
 
     def centre(a: np.ndarray) -> np.ndarray:
+        if a.shape[1] < side:
+            lo = (side - a.shape[1]) // 2
+            hi = side - a.shape[1] - lo
+            return np.pad(a, ((0, 0), (lo, hi), (lo, hi), (0, 0)), mode="reflect")
         o = (a.shape[1] - side) // 2
         return a[:, o : o + side, o : o + side]
 
@@ -166,6 +199,18 @@ class FeedInputs:
     val_fraction: float = 0.15  # held out of folders without a train/valid split
     tissue_per_class: int = 2000  # multitask: tissue-task contexts per class
     val_pairs: int = 512  # contrastive: validation pairs
+    # "class/file" names never loaded (the issue-24 held-out probe split: `probe.heldout_files`)
+    exclude: frozenset[str] = frozenset()
+    # "class/file" names that alone make up a folder's validation split (None: all of valid/)
+    val_include: frozenset[str] | None = None
+    # image feeds (VAE, BiGAN, SimCLR): also tissue contexts cut from --slides
+    slide_contexts: bool = False
+    slide_stride: int = 16  # px at the model mpp between slide contexts
+    slide_min_tissue: float = 0.5
+    # contrastive "different" partners: shares of adjacent / distant same-slide / other image
+    # (None: the shipped sampler: 75 % adjacent, 25 % other image)
+    pair_mix: dict[str, float] | None = None
+    pair_other_anchor: float = 0.25  # share of anchors drawn from the --data images
 
     def split(
         self, spec: DataSpec, patch: int, mpp: float, seed: int, progress: ProgressStart | None
@@ -173,19 +218,28 @@ class FeedInputs:
         """Training and validation images of one `--data` folder at `mpp`."""
         train_root, val_root = splits_of(spec.path)
 
-        def load(root: Path, lim: int | None, tag: str) -> PatchSource:
+        def load(root: Path, lim: int | None, tag: str, only=None) -> PatchSource:
+            def keep_file(f: Path) -> bool:
+                name = f"{f.parent.name}/{f.name}"
+                return name not in self.exclude and (only is None or name in only)
+
+            filtered = bool(self.exclude) or only is not None
             files, labels, _ = list_image_folder(root)
-            n = len(files)
+            if filtered:
+                sel = np.asarray([keep_file(f) for f in files], bool)
+                labels = labels[sel]
+            n = len(labels)
             if lim:
                 n = int(sum(min(lim, (labels == i).sum()) for i in np.unique(labels)))
             advance = progress(f"loading {spec.name}/{tag}", n) if progress else None
             return load_image_folder(root, spec.mpp, mpp, patch, name=spec.name,
-                                     limit_per_class=lim, seed=seed, progress=advance)  # fmt: skip
+                                     limit_per_class=lim, seed=seed, progress=advance,
+                                     keep=keep_file if filtered else None)  # fmt: skip
 
         if val_root is not None:
             return (
                 load(train_root, self.limit_per_class, "train"),
-                load(val_root, self.val_limit_per_class, "valid"),
+                load(val_root, self.val_limit_per_class, "valid", self.val_include),
             )
         return holdout(load(train_root, self.limit_per_class, "all"), self.val_fraction, seed)
 
@@ -261,16 +315,44 @@ def tissue_task(canvases: list[Canvas], size: int, per_class: int, seed: int) ->
     )
 
 
+def slide_contexts(
+    canvases: list[Canvas], size: int, stride: int, min_tissue: float
+) -> PatchSource:
+    """Unlabelled contexts on a grid over the tissue of every slide (image feeds)."""
+    images = []
+    for c in canvases:
+        boxes = grid_boxes(c, size, stride)
+        images += [crop(c, b) for b in boxes[c.tissue(boxes) >= min_tissue]]
+    if not images:
+        raise UsageError("the slides give no tissue contexts")
+    origin = f"{', '.join(c.name for c in canvases)} ({len(images)} contexts, stride {stride})"
+    return PatchSource("slides", np.stack(images), None, [], origin)
+
+
 class PairSampler:
     """Contrastive pairs (Tellez et al. 2019, A.2): same location, or a different one.
 
     `same`: one context from a slide (or from the other-image pool), both views augmented
     independently later. `different`: 75% the location next to it (non-overlapping, any of
     the 8 neighbours, still on tissue), 25% a context from another image.
+
+    `mix` (issue 24) sets the "different" partners deliberately instead: shares of
+    `adjacent` (hard: next to the anchor, often the same tissue), `far` (a tissue location of
+    the same slide at least `FAR` patches away: medium) and `other` (another image: easy);
+    `other_anchor` is the share of anchors drawn from the other-image pool (whose partners
+    are then other images).
     """
 
-    def __init__(self, canvases: list[Canvas], others: PatchSource | None, size: int, patch: int):
+    FAR = 4  # patches: a "far" partner is at least this far from the anchor (Chebyshev)
+
+    def __init__(self, canvases: list[Canvas], others: PatchSource | None, size: int, patch: int,
+                 mix: dict[str, float] | None = None, other_anchor: float = 0.25):  # fmt: skip
         self.canvases, self.others, self.size, self.patch = canvases, others, size, patch
+        self.mix, self.other_anchor = mix, other_anchor
+        if mix is not None:
+            unknown = set(mix) - {"adjacent", "far", "other"}
+            if unknown or not sum(mix.values()) > 0:
+                raise UsageError(f"pair mix {mix}: shares of adjacent, far, other (sum > 0)")
         self.anchors = []  # (canvas index, box) on tissue with a tissue neighbour
         for ci, c in enumerate(canvases):
             boxes = grid_boxes(c, size, max(8, patch // 4))
@@ -292,7 +374,51 @@ class PairSampler:
                     return nb
         return None
 
+    def _far(self, ci: int, box: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
+        for _ in range(16):
+            cj, other = self.anchors[rng.integers(len(self.anchors))]
+            if cj == ci and np.abs(other[:2] - box[:2]).max() >= self.FAR * self.patch:
+                return other
+        return None
+
+    def _sample_mix(self, n: int, rng: np.random.Generator):
+        a = np.empty((n, self.size, self.size, 3), np.uint8)
+        b = np.empty_like(a)
+        same = (np.arange(n) % 2 == 0).astype(np.int64)
+        rng.shuffle(same)
+        kinds = list(self.mix)
+        shares = np.asarray([self.mix[k] for k in kinds], np.float64)
+        shares /= shares.sum()
+        n_other = 0 if self.others is None else len(self.others)
+        for i in range(n):
+            ci, box = self.anchors[rng.integers(len(self.anchors))]
+            from_other = n_other and rng.random() < self.other_anchor
+            a[i] = (
+                self.others.images[rng.integers(n_other)]
+                if from_other
+                else crop(self.canvases[ci], box)
+            )
+            if same[i]:
+                b[i] = a[i]
+                continue
+            kind = "other" if from_other else kinds[rng.choice(len(kinds), p=shares)]
+            nb = None
+            if kind == "adjacent":
+                nb = self._neighbour(ci, box, rng)
+            elif kind == "far":
+                nb = self._far(ci, box, rng)
+            if nb is not None:
+                b[i] = crop(self.canvases[ci], nb)
+            elif n_other:
+                b[i] = self.others.images[rng.integers(n_other)]
+            else:
+                cj, box_j = self.anchors[rng.integers(len(self.anchors))]
+                b[i] = crop(self.canvases[cj], box_j)
+        return a, b, same
+
     def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self.mix is not None:
+            return self._sample_mix(n, rng)
         a = np.empty((n, self.size, self.size, 3), np.uint8)
         b = np.empty_like(a)
         same = (np.arange(n) % 2 == 0).astype(np.int64)

@@ -29,6 +29,7 @@ from .data import (
     context_size,
     holdout,
     pool,
+    slide_contexts,
     tissue_task,
 )
 
@@ -102,7 +103,16 @@ class ImageFeed(Feed):
         if not inputs.data:
             raise UsageError(f"{config.method}: give at least one --data DIR@MPP")
         parts = [_split(inputs, d, config, settings, progress) for d in inputs.data]
-        train, val = pool([p[0] for p in parts], "train"), pool([p[1] for p in parts], "val")
+        trains, vals = [p[0] for p in parts], [p[1] for p in parts]
+        if inputs.slides and inputs.slide_contexts:  # tissue contexts from every slide
+            size = context_size(config.patch_size)
+            ctx = slide_contexts(inputs.canvases(config.mpp), size, inputs.slide_stride,
+                                 inputs.slide_min_tissue)  # fmt: skip
+            t, v = holdout(ctx, inputs.val_fraction, settings.seed)
+            trains.append(t)
+            vals.append(v)
+        pad = inputs.slide_contexts  # the issue-24 feeds: keep every context's full size
+        train, val = pool(trains, "train", pad=pad), pool(vals, "val", pad=pad)
         return cls(train, val, aug, settings.batch_size, settings.steps_per_epoch)
 
     def train_batches(self, rng):
@@ -114,7 +124,10 @@ class ImageFeed(Feed):
         )
         for k in range(self.steps_per_epoch):
             idx = np.sort(order[k * self.batch : (k + 1) * self.batch])
-            yield self.aug(self.train.images[idx], train=True)
+            yield self._batch(idx)
+
+    def _batch(self, idx: np.ndarray) -> Any:
+        return self.aug(self.train.images[idx], train=True)
 
     def val_batches(self):
         return self._val
@@ -124,6 +137,22 @@ class ImageFeed(Feed):
 
     def describe(self):
         return {"train": self.train.describe(), "val": self.val.describe()}
+
+
+class ViewFeed(ImageFeed):
+    """Two independently augmented views of each image (SimCLR-style methods). Validation
+    views are augmented under a fixed seed (unaugmented twins would make the task trivial)."""
+
+    def __init__(self, train, val, aug, batch, steps):
+        super().__init__(train, val, aug, batch, steps)
+        with torch.random.fork_rng():
+            torch.manual_seed(10**6)
+            self._val = [(aug(val.images[s], train=True), aug(val.images[s], train=True))
+                         for s in _chunks(len(val), 256)]  # fmt: skip
+
+    def _batch(self, idx: np.ndarray) -> Any:
+        x = self.train.images[idx]
+        return self.aug(x, train=True), self.aug(x, train=True)
 
 
 class TaskFeed(Feed):
@@ -225,8 +254,10 @@ class PairFeed(Feed):
         others = None
         if inputs.data:
             splits = [_split(inputs, d, config, settings, progress) for d in inputs.data]
-            others = pool([train for train, _ in splits], "others")
-        sampler = PairSampler(canvases, others, context_size(config.patch_size), config.patch_size)
+            # padded, not cropped, to the largest context: partners must match the slide's
+            others = pool([train for train, _ in splits], "others", pad=True)
+        sampler = PairSampler(canvases, others, context_size(config.patch_size), config.patch_size,
+                              inputs.pair_mix, inputs.pair_other_anchor)  # fmt: skip
         return cls(sampler, aug, settings.batch_size, settings.steps_per_epoch,
                    inputs.val_pairs, settings.seed)  # fmt: skip
 
@@ -247,6 +278,7 @@ class PairFeed(Feed):
             "tissue_locations": len(s.anchors),
             "other_images": None if s.others is None else s.others.describe(),
             "pairs_per_batch": self.pairs,
+            **({} if s.mix is None else {"mix": s.mix, "other_anchor": s.other_anchor}),
         }
 
 
@@ -254,3 +286,4 @@ FEEDS: Registry[type[Feed]] = Registry("data kind", UsageError)
 FEEDS.add("images", ImageFeed, summary="unlabelled images pooled from every --data folder")
 FEEDS.add("tasks", TaskFeed, summary="one labelled task per --data folder (+ tissue from --slides)")
 FEEDS.add("pairs", PairFeed, summary="same/different location pairs from --slides")
+FEEDS.add("views", ViewFeed, summary="two augmented views of every image of the --data folders")

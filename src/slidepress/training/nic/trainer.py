@@ -45,6 +45,9 @@ class TrainSettings:
     lr_patience: int = 1  # epochs without improvement before halving the LR
     seed: int = 0
     device: str | None = None
+    # what picks the best epoch and drives early stopping: "loss" (the validation loss) or
+    # "probe_auc" (the linear-probe AUC on the validation split, needs a `probe`)
+    select: str = "loss"
 
 
 def to_device(batch: Any, device: str) -> Any:
@@ -106,10 +109,16 @@ class NICTrainer(Trainer):
         *,
         extra: dict | None = None,
         on_epoch_start: Callable[[int, int], Advance | None] | None = None,
+        probe: Callable[[NICMethod], dict[str, float]] | None = None,
     ):
         self.cfg, self.feed, self.settings, self.run, self.device = (
             config, feed, settings, run, device,
         )  # fmt: skip
+        if settings.select not in ("loss", "probe_auc") or (
+            settings.select == "probe_auc" and probe is None
+        ):
+            raise ValueError(f"select={settings.select!r}: 'loss', or 'probe_auc' with a probe")
+        self.probe = probe
         self.extra = dict(extra or {})
         self.on_epoch_start = on_epoch_start
         self.method = build_method(config).to(device)
@@ -137,6 +146,7 @@ class NICTrainer(Trainer):
             self._batches = iter(self.feed.train_batches(np.random.default_rng([seed, epoch])))
             self._advance = self.on_epoch_start(epoch, self.period) if self.on_epoch_start else None
             self.method.train()
+        self.method.progress = progress
         logs = self.method.training_step(to_device(next(self._batches), self.device), self.opts)
         if self._advance:
             self._advance(1)
@@ -147,6 +157,8 @@ class NICTrainer(Trainer):
         self.method.eval()
         val = mean_of([self.method.validation_step(to_device(b, self.device))
                        for b in self.feed.val_batches()])  # fmt: skip
+        if self.probe is not None:
+            val.update(self.probe(self.method))
         for sch in self.scheds:
             sch.step(val["loss"])
         row = {
@@ -155,8 +167,9 @@ class NICTrainer(Trainer):
             **{f"train_{k}": v for k, v in means.items()},
             **{f"val_{k}": v for k, v in val.items()},
         }
-        if val["loss"] < self.best:
-            self.best, self.bad = val["loss"], 0
+        score = val["loss"] if self.settings.select == "loss" else -val["probe_auc"]
+        if score < self.best:
+            self.best, self.bad = score, 0
             self.best_row = {
                 "epoch": epoch,
                 **{k: v for k, v in row.items() if k.startswith("val_")},
@@ -202,15 +215,19 @@ def train_encoder(
     on_epoch_start: Callable[[int, int], Advance | None] | None = None,
     stop_after: int | None = None,
     log: Callable[[str], None] = print,
+    probe: Callable[[NICMethod], dict[str, float]] | None = None,
+    minutes: float | None = None,
 ) -> dict:
     """Train `config.method` on `feed` into the run folder `out_dir`; returns the final
-    `config.json` content. `stop_after` (steps) pauses the run for a later `resume`."""
+    `config.json` content. `stop_after` (steps) pauses the run for a later `resume`;
+    `probe` adds validation metrics each epoch (see `TrainSettings.select`); `minutes` caps
+    the training time (all sessions together)."""
     run = Run(out_dir, resume=resume)
     device = choose_device(settings.device)
     prepare_torch(settings.seed)
     trainer = NICTrainer(config, feed, settings, run, device, extra=extra,
-                         on_epoch_start=on_epoch_start)  # fmt: skip
-    budget = Budget(settings.epochs * trainer.period)
+                         on_epoch_start=on_epoch_start, probe=probe)  # fmt: skip
+    budget = Budget(settings.epochs * trainer.period, minutes)
     p = fit(trainer, run, budget, log_every=trainer.period, stop_after=stop_after, log=log)
     if p.stopped == "finished":
         log(f"early stop: no validation improvement for {settings.patience} epochs")
