@@ -88,11 +88,15 @@ def test_sign_in_upload_encode_preview_download(server, page, tmp_path):
 
 
 def test_bad_job_options_show_a_readable_error(server, page):
-    srv, token = server
-    page.goto(srv.url + "/")
-    page.get_by_label("API token").fill(token)
-    page.get_by_role("button", name="Sign in").click()
-    sync_api.expect(page.locator("#app")).to_be_visible()
+    """Its own user and upload (no dependence on other tests); the click waits for the upload
+    to be listed and selected, so the 422 is the service's, not "select an upload"."""
+    from slidepress.slide import sample_slide_path
+
+    srv, _ = server
+    token, api = new_user(server, "olga")
+    api.upload("sample.svs", sample_slide_path().read_bytes())
+    sign_in(page, srv, token)
+    sync_api.expect(page.locator("#uploads tbody input[type=checkbox]").first).to_be_checked()
     page.get_by_label("compress (coded tile container)").check()
     page.get_by_label("mpp override (level-0 um/px instead of the file's)").fill("0")
     page.get_by_role("button", name="Start job").click()  # the service answers 422
@@ -484,3 +488,100 @@ def test_page_works_behind_a_proxy_sub_path(server, page):
     sync_api.expect(page.locator("#who")).to_contain_text("alice", timeout=15_000)
     page.wait_for_function("() => document.querySelector('#encoder').options.length > 0")
     assert outside == []
+
+
+def test_upload_in_parts_resumes_after_a_dropped_connection(server, page):
+    """Issue 21: forced into 256 KB parts (threshold 0), the sample slide goes through the
+    resumable API; the 3rd part's request is dropped once, the page asks for the offset, says
+    it is resuming and finishes; the stored file is the local one byte for byte."""
+    import hashlib
+
+    from slidepress.slide import sample_slide_path
+
+    srv, _ = server
+    token, api = new_user(server, "ivan")
+    local = sample_slide_path()
+    data = local.read_bytes()
+    parts, whole, dropped = [], [], []
+
+    def handle(route):
+        req = route.request
+        if req.method == "PUT" and "/api/uploads/resumable/" in req.url:
+            parts.append(req.headers.get("content-range"))
+            if len(parts) == 3 and not dropped:
+                dropped.append(parts[-1])
+                route.abort("connectionreset")
+                return
+        elif req.method == "POST" and "/api/uploads?" in req.url:
+            whole.append(req.url)
+        route.continue_()
+
+    page.route(srv.url + "/api/uploads**", handle)
+    sign_in(page, srv, token)
+    page.evaluate("""() => {
+      window.slidepressResumableFrom = 0;
+      window.slidepressUploadPartBytes = 256 * 1024;
+      window.statusSeen = [];
+      const st = document.querySelector('#upload-status');
+      new MutationObserver(() => window.statusSeen.push(st.textContent))
+        .observe(st, {childList: true, characterData: true, subtree: true});
+    }""")
+    page.locator("#file").set_input_files(str(local))
+    page.get_by_role("button", name="Upload").click()
+    sync_api.expect(page.locator("#upload-status")).to_contain_text("uploaded", timeout=60_000)
+    sync_api.expect(page.get_by_role("alert")).to_be_hidden()
+    assert page.locator("#upload-progress").evaluate("e => e.value") == 1
+    seen = page.evaluate("window.statusSeen")
+    assert any(s.startswith("connection lost, resuming from ") and s.endswith(" %")
+               for s in seen), seen  # fmt: skip
+
+    assert whole == [] and dropped, (whole, dropped)
+    n = -(-len(data) // (256 * 1024))
+    assert len(parts) == n + 1, parts  # every part once, the dropped one twice
+    assert parts[3] == dropped[0]  # resumed where the server was
+    assert parts[-1] == f"bytes {(n - 1) * 256 * 1024}-{len(data) - 1}/{len(data)}"
+
+    rows = page.locator("#uploads tbody tr")
+    sync_api.expect(rows).to_have_count(1)
+    sync_api.expect(rows.first).to_contain_text(local.name)
+    sync_api.expect(rows.first.locator("td.num")).to_have_text(f"{len(data) / 1e6:.2f} MB")
+    (u,) = api.http.get("/api/uploads").raise_for_status().json()
+    assert u["bytes"] == len(data)
+    sha = hashlib.sha256(data).hexdigest()
+    assert u["sha256"] == sha
+    stored = [p for p in srv.data_dir.glob(f"uploads/*/{u['id']}/*") if p.is_file()]
+    assert len(stored) == 1, stored
+    assert hashlib.sha256(stored[0].read_bytes()).hexdigest() == sha
+    assert api.http.get("/api/uploads/resumable/" + u["id"]).status_code == 404  # session gone
+
+
+def test_upload_in_parts_retries_a_5xx_and_stops_at_a_4xx(server, page):
+    """A part answered 503 is resumed; a file that is not a slide, sent in parts, is refused
+    with 415 when its last part lands: final, shown as a failed upload (bar hidden)."""
+    srv, _ = server
+    token, api = new_user(server, "judy")
+    puts = []
+
+    def handle(route):
+        if route.request.method == "PUT":
+            puts.append(route.request.headers.get("content-range"))
+            if len(puts) == 2:
+                route.fulfill(status=503, json={"detail": "try later"})
+                return
+        route.continue_()
+
+    page.route(srv.url + "/api/uploads/resumable/**", handle)
+    sign_in(page, srv, token)
+    page.evaluate(
+        "() => { window.slidepressResumableFrom = 0;"
+        " window.slidepressUploadPartBytes = 16 * 1024; }"
+    )
+    page.locator("#file").set_input_files(
+        {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"not a slide\n" * 4000}
+    )
+    page.get_by_role("button", name="Upload").click()
+    sync_api.expect(page.get_by_role("alert")).to_contain_text("not a slide")
+    sync_api.expect(page.locator("#upload-progress")).to_be_hidden()
+    sync_api.expect(page.locator("#upload-status")).to_contain_text("failed")
+    assert len(puts) == 4 and puts[1] == puts[2], puts  # 3 parts, the 503 one sent again
+    assert api.http.get("/api/uploads").raise_for_status().json() == []

@@ -263,31 +263,127 @@ function showRange() {
 }
 
 // -- uploads ------------------------------------------------------------------------------------
-function uploadFile(file) {
+// Files of RESUMABLE_FROM bytes or more go through the resumable API in parts of PART_BYTES
+// (like the Python client): a part that fails (connection lost, 5xx, 409) asks the server for
+// its offset and goes on from there, up to UPLOAD_RETRIES times in a row; another 4xx is final.
+// Tests (or a deployment) may set window.slidepressResumableFrom / slidepressUploadPartBytes.
+const RESUMABLE_FROM = 64 << 20;
+const PART_BYTES = 8 << 20;
+const UPLOAD_RETRIES = 5;
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const uploadSetting = (name, dflt) => {
+  const v = Number(window[name]);
+  return window[name] !== undefined && window[name] !== null && Number.isFinite(v) && v >= 0 ? v : dflt;
+};
+
+// one XHR: resolves {status, body}; rejects only when the connection is lost
+function sendXhr(method, url, data, headers, onProgress) {
   return new Promise((resolve, reject) => {
     const xhr = new XMLHttpRequest();
-    xhr.open("POST", `api/uploads?filename=${encodeURIComponent(file.name)}`);
+    xhr.open(method, url);
     xhr.setRequestHeader("Authorization", `Bearer ${token}`);
-    xhr.setRequestHeader("Content-Type", "application/octet-stream");
-    const bar = $("#upload-progress");
-    bar.hidden = false;
-    bar.value = 0;
-    xhr.upload.onprogress = (ev) => {
-      if (ev.lengthComputable) {
-        bar.value = ev.loaded / ev.total;
-        $("#upload-status").textContent = `${Math.round(100 * bar.value)} %`;
-      }
-    };
+    for (const [k, v] of Object.entries(headers || {})) xhr.setRequestHeader(k, v);
+    if (onProgress) xhr.upload.onprogress = (ev) => { if (ev.lengthComputable) onProgress(ev.loaded, ev.total); };
     xhr.onload = () => {
       let body = {};
       try { body = JSON.parse(xhr.responseText); } catch (e) { /* keep {} */ }
-      if (xhr.status >= 200 && xhr.status < 300) resolve(body);
-      else if (xhr.status === 401 && signedIn) reject(endSession());
-      else reject(new Error(detail(body, xhr.status)));
+      resolve({ status: xhr.status, body });
     };
     xhr.onerror = () => reject(new Error("upload failed: connection lost"));
-    xhr.send(file);
+    xhr.onabort = xhr.onerror;
+    xhr.send(data === undefined ? null : data);
   });
+}
+
+function uploadError(r) {
+  if (r.status === 401 && signedIn) return endSession();
+  const err = new Error(detail(r.body, r.status));
+  err.status = r.status;
+  return err;
+}
+
+const retriable = (status) => status >= 500 || status === 409;
+
+function showUploadProgress(fraction) {
+  const bar = $("#upload-progress");
+  bar.value = Math.min(1, fraction);
+  $("#upload-status").textContent = `${Math.round(100 * bar.value)} %`;
+}
+
+async function uploadFile(file) {
+  const bar = $("#upload-progress");
+  bar.hidden = false;
+  bar.value = 0;
+  if (file.size > 0 && file.size >= uploadSetting("slidepressResumableFrom", RESUMABLE_FROM)) {
+    return uploadParts(file, Math.max(1, uploadSetting("slidepressUploadPartBytes", PART_BYTES)));
+  }
+  const r = await sendXhr("POST", `api/uploads?filename=${encodeURIComponent(file.name)}`, file,
+    { "Content-Type": "application/octet-stream" }, (loaded, total) => showUploadProgress(loaded / total));
+  if (r.status >= 200 && r.status < 300) return r.body;
+  throw uploadError(r);
+}
+
+async function uploadParts(file, partBytes) {
+  const size = file.size;
+  const bar = $("#upload-progress");
+  const open = await sendXhr("POST",
+    `api/uploads/resumable?filename=${encodeURIComponent(file.name)}&size=${size}`);
+  if (open.status < 200 || open.status >= 300) throw uploadError(open);
+  const where = `api/uploads/resumable/${encodeURIComponent(open.body.id)}`;
+  let offset = open.body.offset || 0;
+  let failures = 0;
+  const giveUp = (err) => {
+    fetch(where, { method: "DELETE", headers: { Authorization: `Bearer ${token}` } }).catch(() => {});
+    return err;
+  };
+  // after a failed part: wait a little, then ask where the server is (it may be back shortly)
+  const resume = async (err) => {
+    while (true) {
+      if (failures >= UPLOAD_RETRIES) throw giveUp(err);
+      failures += 1;
+      $("#upload-status").textContent =
+        `connection lost, resuming from ${Math.floor(100 * offset / size)} %`;
+      await sleep(Math.min(2 ** failures * 100, 5000));
+      let r;
+      try { r = await sendXhr("GET", where); } catch (e) { err = e; continue; }
+      if (r.status >= 200 && r.status < 300) {
+        offset = r.body.offset;
+        $("#upload-status").textContent =
+          `connection lost, resuming from ${Math.floor(100 * offset / size)} %`;
+        bar.value = offset / size;
+        return;
+      }
+      if (!retriable(r.status)) throw uploadError(r);
+      err = uploadError(r);
+    }
+  };
+  bar.value = offset / size;
+  while (true) {
+    const end = Math.min(offset + partBytes, size);
+    let r;
+    try {
+      r = await sendXhr("PUT", where, file.slice(offset, end), {
+        "Content-Type": "application/octet-stream",
+        "Content-Range": `bytes ${offset}-${end - 1}/${size}`,
+      }, (loaded) => showUploadProgress((offset + loaded) / size));
+    } catch (e) {
+      await resume(e);
+      continue;
+    }
+    if (r.status >= 200 && r.status < 300) {
+      failures = 0;
+      if (r.body.upload) {
+        bar.value = 1;
+        return r.body.upload;
+      }
+      offset = r.body.offset;
+      showUploadProgress(offset / size);
+    } else if (retriable(r.status)) {
+      await resume(uploadError(r));
+    } else {
+      throw giveUp(uploadError(r));
+    }
+  }
 }
 
 async function refreshUploads() {

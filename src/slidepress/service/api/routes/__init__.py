@@ -4,5 +4,11 @@ deepzoom (viewer tiles of uploads and results)."""
 
 from . import deepzoom, jobs, meta, results, resumable, uploads
 
-ROUTERS = (meta.router, resumable.router, uploads.router, jobs.router, results.router,
-           deepzoom.router)
+ROUTERS = (
+    meta.router,
+    resumable.router,
+    uploads.router,
+    jobs.router,
+    results.router,
+    deepzoom.router,
+)
