@@ -103,4 +103,7 @@ def page(browser):
     pg = ctx.new_page()
     pg.set_default_timeout(60_000)
     yield pg
+    # a route handler still fetching when the test ends (the page polls every second) would
+    # fail at teardown with "Fetch response has been disposed": drop handlers first
+    pg.unroute_all(behavior="ignoreErrors")
     ctx.close()
