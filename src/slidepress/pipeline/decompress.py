@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -51,8 +52,9 @@ def decompress_container(
     overwrite: bool = False,
     progress_start: ProgressStart | None = None,
 ) -> Path:
-    import tifffile
-
+    """A standard tiled pyramidal TIFF of the container's decoded tiles (JPEG q`quality` 4:4:4,
+    or deflate with `lossless`): what OpenSlide and tiffslide open. `slidepress export`
+    copies coded tiles instead where it can (pipeline/export.py)."""
     out = Path(out)
     container = Path(container)
     check_output(out, overwrite=overwrite, inputs=[container])
@@ -72,38 +74,49 @@ def decompress_container(
         compression, args = "jpeg", {"level": int(quality)}
 
     with Container(container) as c:
-        t = c.tile
         total = sum(lv.rows * lv.cols for lv in c.levels)
         advance = progress_start(container.name, total) if progress_start else None
-        description = json.dumps(
-            {
-                "slidepress": __version__,
-                "container": container.name,
-                "codec": c.manifest["codec"],
-                "source": c.source_name,
-                "export": {"compression": compression, **args},
-            }
-        )
+        export = {"compression": compression, **args}
         with atomic_path(out) as tmp, ThreadPoolExecutor(workers) as pool:
-            with tifffile.TiffWriter(tmp, bigtiff=True) as tw:
-                for lv in c.levels:
-                    res = 1e4 / lv.mpp  # pixels per centimetre
-                    tw.write(
-                        _level_tiles(c, lv.index, pool, advance),
-                        shape=(lv.height, lv.width, 3),
-                        dtype=np.uint8,
-                        tile=(t, t),
-                        photometric="rgb",
-                        compression=compression,
-                        compressionargs=args,
-                        # 4:4:4: H&E's sharp colour edges lose ~13 dB to 4:2:0 chroma at q95
-                        subsampling=None if lossless else (1, 1),
-                        resolution=(res, res),
-                        resolutionunit="CENTIMETER",
-                        subfiletype=1 if lv.index else 0,
-                        description=description if lv.index == 0 else None,
-                        software=f"slidepress {__version__}",
-                        metadata=None,
-                        maxworkers=workers,
-                    )
+            write_tiff_levels(
+                tmp, c, lambda level: _level_tiles(c, level, pool, advance), export,
+                photometric="rgb", compression=compression, compressionargs=args,
+                # 4:4:4: H&E's sharp colour edges lose ~13 dB to 4:2:0 chroma at q95
+                subsampling=None if lossless else (1, 1), maxworkers=workers,
+            )  # fmt: skip
     return out
+
+
+def write_tiff_levels(
+    path: Path,
+    c: Container,
+    tiles: Callable[[int], Iterator[Any]],
+    export: dict[str, Any],
+    **coding: Any,
+) -> None:
+    """One tiled TIFF page per container level (resolution tags in px/cm, level 0 first with
+    a JSON description of where it came from): what OpenSlide and tiffslide open as a
+    pyramid. `tiles(level)` yields the level's tiles row by row (arrays, or coded bytes that
+    tifffile writes as they are); `coding`: photometric, compression and its arguments."""
+    import tifffile
+
+    description = json.dumps(
+        {"slidepress": __version__, "container": c.path.name, "codec": c.manifest["codec"],
+         "source": c.source_name, "export": export}
+    )  # fmt: skip
+    with tifffile.TiffWriter(path, bigtiff=True) as tw:
+        for lv in c.levels:
+            res = 1e4 / lv.mpp  # pixels per centimetre
+            tw.write(
+                tiles(lv.index),
+                shape=(lv.height, lv.width, 3),
+                dtype=np.uint8,
+                tile=(c.tile, c.tile),
+                resolution=(res, res),
+                resolutionunit="CENTIMETER",
+                subfiletype=1 if lv.index else 0,
+                description=description if lv.index == 0 else None,
+                software=f"slidepress {__version__}",
+                metadata=None,
+                **coding,
+            )

@@ -26,7 +26,6 @@ It is coded in the target's codestream (JPEG q100 decodes uniform white exactly)
 from __future__ import annotations
 
 import copy
-import json
 import struct
 import threading
 import time
@@ -45,6 +44,7 @@ from ..errors import ContainerError, UsageError
 from ..progress import ProgressStart
 from ..store.atomic import atomic_path, check_output
 from ..store.container import Container, tile_name
+from .decompress import write_tiff_levels
 
 # DICOM transfer syntaxes (pydicom / wsidicom spell the same UIDs)
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
@@ -268,39 +268,15 @@ def export_tiff(
     c: Container, out: Path, *, quality: int, workers: int, advance: Callable[[int], None] | None
 ) -> tuple[TileCoder, str]:
     """Tiled pyramidal TIFF, one page per level, JPEG tiles written as coded bytes."""
-    import tifffile
-
     coder = _jpeg_coder(c, quality)
     sampling = _ycbcr_sampling(c, coder)
-    t = c.tile
-    description = json.dumps(
-        {
-            "slidepress": __version__,
-            "container": c.path.name,
-            "codec": c.manifest["codec"],
-            "source": c.source_name,
-            "export": {"compression": "jpeg", "copied": coder.copy_tile is not None},
-        }
-    )
-    with ThreadPoolExecutor(workers) as pool, tifffile.TiffWriter(out, bigtiff=True) as tw:
-        for lv in c.levels:
-            res = 1e4 / lv.mpp  # pixels per centimetre
-            # an iterator of coded tiles + compression= writes the bytes as they are
-            tw.write(
-                _tiff_tiles(coder, lv.index, pool, advance),
-                shape=(lv.height, lv.width, 3),
-                dtype=np.uint8,
-                tile=(t, t),
-                photometric="ycbcr",
-                compression="jpeg",
-                subsampling=sampling,
-                resolution=(res, res),
-                resolutionunit="CENTIMETER",
-                subfiletype=1 if lv.index else 0,
-                description=description if lv.index == 0 else None,
-                software=f"slidepress {__version__}",
-                metadata=None,
-            )
+    export = {"compression": "jpeg", "copied": coder.copy_tile is not None}
+    with ThreadPoolExecutor(workers) as pool:
+        # an iterator of coded tiles + compression= writes the bytes as they are
+        write_tiff_levels(
+            out, c, lambda level: _tiff_tiles(coder, level, pool, advance), export,
+            photometric="ycbcr", compression="jpeg", subsampling=sampling,
+        )  # fmt: skip
     what = "JPEG (copied)" if coder.copy_tile else f"JPEG q{quality} 4:4:4 (re-encoded)"
     return coder, what
 
