@@ -47,3 +47,10 @@ def test_cli(jpeg_spz, tmp_path):
     res = CliRunner().invoke(app, ["compare", "@sample", str(jpeg_spz), "-o", str(tmp_path / "c")])
     assert res.exit_code == 0, res.output
     assert "cosine mean" in res.output and (tmp_path / "c" / "cosine.npy").exists()
+    # a second run does not replace the first one's outputs unless asked (refused before work)
+    before = (tmp_path / "c" / "compare.json").read_bytes()
+    res = CliRunner().invoke(app, ["compare", "@sample", str(jpeg_spz), "-o", str(tmp_path / "c")])
+    assert res.exit_code == 2 and "--overwrite" in res.output
+    assert (tmp_path / "c" / "compare.json").read_bytes() == before
+    args = ["compare", "@sample", str(jpeg_spz), "-o", str(tmp_path / "c"), "--overwrite"]
+    assert CliRunner().invoke(app, args).exit_code == 0

@@ -20,6 +20,9 @@ def compare(
     tissue_threshold: Annotated[
         float, typer.Option(help="Cells with at least this tissue fraction are compared.")
     ] = 0.5,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace outputs of an earlier comparison.")
+    ] = False,
 ) -> None:
     """Encode the same grid of both slides; write the per-cell cosine similarity (cosine.npy,
     aligned with the grid), a heat map over the thumbnail (heatmap.png) and compare.json;
@@ -33,6 +36,7 @@ def compare(
             r = compare_grids(
                 resolve_slide_path(original), resolve_slide_path(compressed), output,
                 encoder=encoder, tissue_threshold=tissue_threshold, progress_start=start,
+                overwrite=overwrite,
             )  # fmt: skip
         console.print(f"{Path(r.compressed).name} vs {Path(r.original).name} ({r.encoder}): "
                       f"{r.summary()}")  # fmt: skip

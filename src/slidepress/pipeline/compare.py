@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import SlideError, TissueError
+from ..errors import SlideError, TissueError, UsageError
 from ..progress import ProgressStart
 from ..slide import open_slide
 from ..slide.tissue import detect_tissue
@@ -56,6 +56,9 @@ class CompareResult:
         )
 
 
+OUTPUTS = ("cosine.npy", "heatmap.png", "compare.json")
+
+
 def compare_grids(
     original: str | Path,
     compressed: str | Path,
@@ -66,15 +69,19 @@ def compare_grids(
     batch_size: int = 64,
     block_cells: int = 8,
     progress_start: ProgressStart | None = None,
+    overwrite: bool = False,
 ) -> CompareResult:
     """Encode the same grid of `original` and `compressed` with `encoder`; per-cell cosine and
-    tissue PSNR at the grid's resolution. Writes cosine.npy, heatmap.png and compare.json
-    to `out_dir` when given."""
+    tissue PSNR at the grid's resolution. Writes OUTPUTS to `out_dir` when given (existing
+    ones only with `overwrite`)."""
     from ..encoders import get_encoder
 
     original, compressed = Path(original), Path(compressed)
     if out_dir is not None:
         out_dir = check_output(out_dir, folder=True)
+        earlier = [out_dir / n for n in OUTPUTS if (out_dir / n).exists()]
+        if earlier and not overwrite:  # before any work: replaced only on request
+            raise UsageError(f"{earlier[0]} exists; use --overwrite to replace it")
     enc = get_encoder(encoder)
     spec = GridSpec(enc.patch_size or 128, enc.patch_size or 128, enc.mpp or 0.5)
     with open_slide(original) as a, open_slide(compressed) as b:
