@@ -50,7 +50,7 @@ from slidepress.training.nic.probe import (
 )
 
 DEFAULT = ["mean-rgb", "nic-vae", "nic-contrastive", "nic-bigan", "nic-multitask",
-           "nic-supervised"]  # fmt: skip
+           "nic-supervised", "nic-simclr"]  # fmt: skip
 N_BOOT = 2000
 
 

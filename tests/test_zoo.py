@@ -24,6 +24,7 @@ SHIPPED_SHA256 = {
     "nic-bigan": "7d58caef41b29080ce770ace51e7b4174a662f60d4ff4f86420121c6b9225767",
     "nic-contrastive": "719cb99a9af77cbd54ab024ce6b68700558cf0ffa1c25dec6c261d7f141bb5ab",
     "nic-multitask": "a1b526adece26748d6a7a069af7d5880c6410b60e3725c6d1632cbaa99b4d11c",
+    "nic-simclr": "d3ae0bee646ad96e2560ff61a3f9c880240d13789909bb6305728493827230e8",
     "nic-supervised": "0bc5f20d8f16ed0f93b2b89d75c7fdeeb9538db0cb2db2e869e7b9e67edc75df",
     "nic-vae": "c8614cc1fa637206d2056dd6944269cbdf56ffee6dfa90e54ff8e1572c75dae0",
 }

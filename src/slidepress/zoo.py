@@ -211,7 +211,8 @@ def _ship(name: str, fmt: str, used_as: str, loader: str | None = None) -> None:
 _ship("codec-he-shallow", "learned-codec", "learned")
 _ship("featsim-resnet18", "featsim", "featsim")
 _ship("pathae-he-f8c8", "autoencoder", "pathae")
-for _name in ("nic-bigan", "nic-contrastive", "nic-multitask", "nic-supervised", "nic-vae"):
+for _name in ("nic-bigan", "nic-contrastive", "nic-multitask", "nic-simclr", "nic-supervised",
+              "nic-vae"):  # fmt: skip
     _ship(_name, "nic-encoder", _name, "slidepress.encoders.nic_weights:load_shipped")
 
 

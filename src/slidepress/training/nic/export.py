@@ -39,12 +39,18 @@ def export_run(run_dir: Path, dest: Path, name: str, *, fp16: bool = True, notes
     return dest
 
 
+# where each method comes from (the model card's first line)
+REFERENCES = {"simclr": "SimCLR, Chen et al., ICML 2020, as a NIC encoder"}
+NIC_PAPERS = "Tellez et al., TPAMI 2019 / MIDL 2020"
+
+
 def model_card(meta: dict, notes: str = "") -> str:
     cfg, enc, tr = meta["config"], meta["encoder"], meta["training"]
+    ref = REFERENCES.get(cfg["method"], NIC_PAPERS)
     lines = [
         f"# {meta['name']}",
         "",
-        f"NIC patch encoder, method `{cfg['method']}` (Tellez et al., TPAMI 2019 / MIDL 2020),",
+        f"NIC patch encoder, method `{cfg['method']}` ({ref}),",
         f"{enc['patch_size']} px patches at {enc['mpp']} um/px -> {enc['dim']}-dim codes;",
         "inputs scaled to [-1, 1]. Weights stored fp16, computed in fp32.",
         "",
