@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     from slidepress.synthetic import mosaic as M
 
     t_start = time.perf_counter()
-    train, valid = pcam_tables(args.encoder)
+    train, valid = pcam_tables(args.encoder, args.unseen_by, args.pool)
     cfg, cv, test = build_cohorts(args, train, valid, args.positive_fraction)
     scfg = M.SurvivalConfig(args.beta, args.base_rate, args.censor_rate, args.follow_up)
     b_cv = np.array([m.burden for m in cv])

@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     from slidepress.slidemodel.data import Labels
 
     t_start = time.perf_counter()
-    train, valid = pcam_tables(args.encoder)
+    train, valid = pcam_tables(args.encoder, args.unseen_by, args.pool)
     cfg, cv, test = build_cohorts(args, train, valid)
     log(f"cohorts: {len(cv)} CV slides (PCam train, {args.folds} folds, disjoint patch pools), "
         f"{len(test)} test slides (PCam valid), {cfg.n} x {cfg.n} cells")  # fmt: skip

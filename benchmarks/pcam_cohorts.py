@@ -33,6 +33,16 @@ def add_common_args(ap: argparse.ArgumentParser, out: Path) -> None:
     ap.add_argument("--models", default="nic-cnn,abmil")
     ap.add_argument("--model-options", type=json.loads, default={},
                     help='JSON per model, e.g. \'{"nic-cnn": {"width": 64}}\'')  # fmt: skip
+    ap.add_argument("--unseen-by", action="append", default=[], metavar="ENCODER",
+                    help="also leave out the patches this encoder saw (repeatable), so runs "
+                    "of several encoders use the same slides")  # fmt: skip
+    ap.add_argument(
+        "--pool",
+        choices=["train", "valid"],
+        default="train",
+        help="train: CV cohort from PCam train, test from valid; valid: both from "
+        "the unseen valid patches, disjoint halves (encoders that saw all train)",
+    )
     ap.add_argument("--slides", type=int, default=160, help="CV cohort size (PCam train)")
     ap.add_argument("--test-slides", type=int, default=80, help="test cohort (PCam valid)")
     ap.add_argument("--grid", type=int, default=24, help="mosaic side n in cells")
@@ -70,26 +80,76 @@ def start_run(args: argparse.Namespace, default_out: Path) -> bool:
     return True
 
 
-def pcam_tables(encoder_name: str):
-    """(train table, valid table): PCam minus the files the encoder saw (for a shipped nic-*
-    encoder or a nic:DIR run) and always minus those the shipped nic-multitask saw, so every
-    encoder is benchmarked on the same slides."""
+def pcam_tables(encoder_name: str, unseen_by: list[str] = (), pool: str = "train"):
+    """(CV table, test table): PCam minus the files the encoder saw (for a shipped nic-*
+    encoder or a nic:DIR run), minus those the `unseen_by` encoders saw (so several runs use
+    the same slides), and always minus those the shipped nic-multitask saw.
+
+    pool "train": CV cohort from PCam train, test cohort from PCam valid. pool "valid": both
+    from the valid patches no encoder saw, split in two disjoint halves per class (for the
+    issue-24 encoders, which trained on all of PCam train)."""
     from slidepress.encoders.nic_weights import WEIGHTS_DIR
     from slidepress.synthetic import pcam
 
     cfgs = [WEIGHTS_DIR / "nic-multitask" / "config.json"]
-    if encoder_name.startswith("nic-"):
-        cfgs.append(WEIGHTS_DIR / encoder_name / "config.json")
-    elif encoder_name.startswith("nic:"):
-        cfgs.append(Path(encoder_name[4:]) / "config.json")
+    for name in [encoder_name, *unseen_by]:
+        if name.startswith("nic-"):
+            cfgs.append(WEIGHTS_DIR / name / "config.json")
+        elif name.startswith("nic:"):
+            cfgs.append(Path(name[4:]) / "config.json")
     seen: dict[str, set[Path]] = {"train": set(), "valid": set()}
     for c in dict.fromkeys(cfgs):
         if c.is_file():
-            for k, v in pcam.encoder_pcam_files(json.loads(c.read_text()), PCAM).items():
+            config = json.loads(c.read_text())
+            files = (seen_files(config["pcam_seen"]) if "pcam_seen" in config
+                     else pcam.encoder_pcam_files(config, PCAM))  # fmt: skip
+            for k, v in files.items():
                 seen[k] |= v
-    train = pcam.pcam_table(PCAM / "train", seen["train"])
     valid = pcam.pcam_table(PCAM / "valid", seen["valid"])
+    if pool == "valid":
+        return split_table(valid, seed=24)
+    train = pcam.pcam_table(PCAM / "train", seen["train"])
+    if not (len(train.ids(0)) and len(train.ids(1))):
+        raise SystemExit("the encoders saw every PCam train patch: use --pool valid")
     return train, valid
+
+
+def split_table(table, seed: int):
+    """Two disjoint halves of a patch table, per class (seeded)."""
+    from slidepress.synthetic.pcam import PatchTable
+
+    rng = np.random.default_rng(seed)
+    halves: list[list[int]] = [[], []]
+    for k in (0, 1):
+        ids = rng.permutation(table.ids(k))
+        halves[0] += ids[: len(ids) // 2].tolist()
+        halves[1] += ids[len(ids) // 2 :].tolist()
+    out = []
+    for h, name in zip(halves, ("cv", "test"), strict=True):
+        h = sorted(h)
+        src = {**table.source, "half": name, "n_normal": int((table.labels[h] == 0).sum()),
+               "n_tumour": int((table.labels[h] == 1).sum())}  # fmt: skip
+        out.append(PatchTable([table.files[i] for i in h], table.labels[h], None, src))
+    return tuple(out)
+
+
+def seen_files(rules: dict[str, str]) -> dict[str, set[Path]]:
+    """The PCam files an issue-24 run saw (its config's `pcam_seen`, written by
+    `training/nic/nic24.py`): per split "all", or "probe-select" (the probe's model-selection
+    split)."""
+    from slidepress.imagefolder import list_image_folder
+    from slidepress.training.nic.probe import probe_split
+
+    out: dict[str, set[Path]] = {}
+    for split, rule in rules.items():
+        if rule == "all":
+            files = list_image_folder(PCAM / split)[0]
+        elif rule == "probe-select":
+            files = probe_split(PCAM)["select"][0]
+        else:
+            raise ValueError(f"unknown pcam_seen rule {rule!r} for {split}")
+        out[split] = {Path(f).resolve() for f in files}
+    return out
 
 
 def build_cohorts(args: argparse.Namespace, train, valid, positive_fraction: float = 0.5):

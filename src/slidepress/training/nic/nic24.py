@@ -50,6 +50,9 @@ RECIPES: dict[str, dict] = {
     "simclr": {"options": {"temperature": 0.2}},
     "multitask": {"options": {}},
 }
+# which PCam files every issue-24 run sees, in a form `synthetic.pcam.encoder_pcam_files`
+# resolves (benchmarks leave them out): all of train, and valid's probe `select` split
+PCAM_SEEN = {"train": "all", "valid": "probe-select"}
 SETTINGS = {"epochs": 400, "batch_size": 64, "steps_per_epoch": 200, "patience": 40,
             "lr_patience": 8, "select": "probe_auc"}  # fmt: skip
 
@@ -188,7 +191,8 @@ def main(argv: list[str] | None = None) -> None:
         argv if argv is not None else sys.argv[1:]
     )
     train_encoder(config, feed, out, settings, resume=resume, probe=probe,
-                  minutes=args.minutes, extra={"command": command, "issue": 24},
+                  minutes=args.minutes,
+                  extra={"command": command, "issue": 24, "pcam_seen": PCAM_SEEN},
                   log=lambda m: print(m, flush=True))  # fmt: skip
 
 
