@@ -150,9 +150,11 @@ def test_job_kinds_are_a_registry_and_split_by_their_own_bands(tmp_path, sample_
     from slidepress.errors import CodecError
     from slidepress.pipeline.batch import JOBS, Job
 
-    assert JOBS.names() == ["encode", "compress"]
+    assert JOBS.names() == ["encode", "compress", "compare", "export"]
     assert JOBS.get("compress") is CompressJob and JOBS.entry("encode").summary
-    with pytest.raises(UsageError, match="unknown job kind 'print'; choose from encode, compress"):
+    with pytest.raises(
+        UsageError, match="unknown job kind 'print'; choose from encode, compress, compare, export"
+    ):
         job_from_dict({"kind": "print"})
     with pytest.raises(CodecError, match="outside its range"):
         CompressJob(options={"codec": "jpeg", "quality": 500}).prepare()

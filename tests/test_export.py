@@ -228,3 +228,29 @@ def test_cli_export(containers, tmp_path):
     )
     assert r.exit_code == 0, r.output
     assert "re-encoded" in r.output and "dB" in r.output
+
+
+def test_cli_export_options_are_the_export_job_spec(containers, tmp_path):
+    """`export`'s --format/--quality/--threads/--overwrite come from jobs/options.EXPORT (the
+    service's export job's spec): the same defaults, ranges and choices, one line, exit 2."""
+    from slidepress.jobs.options import EXPORT
+
+    spz = str(containers["jpeg"])
+    import typer
+
+    command = typer.main.get_command(app).commands["export"]
+    defaults = {p.name: p.default for p in command.params if not p.hidden}
+    assert {o.name: o.default for o in EXPORT.options} == {
+        k: v for k, v in defaults.items() if k not in ("container", "output", "help")
+    }
+    for args, words in ((["--format", "png"], "tiff, dicom"), (["--quality", "0"], "quality"),
+                        (["--threads", "0"], "threads")):  # fmt: skip
+        r = CliRunner().invoke(app, ["export", spz, "-o", str(tmp_path / "x.tiff"), *args])
+        assert r.exit_code == 2 and words in r.output, r.output
+        assert not (tmp_path / "x.tiff").exists()
+    r = CliRunner().invoke(app, ["export", spz, "-o", str(tmp_path / "w.tiff"), "--workers", "1"])
+    assert r.exit_code == 0, r.output  # the old spelling of --threads
+    submit = typer.main.get_command(app).commands["remote"].commands["submit"]
+    assert next(p for p in submit.params if p.name == "kind").help == (
+        "encode, compress, compare or export."
+    )

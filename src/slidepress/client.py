@@ -8,6 +8,12 @@ load the grids as numpy.
     c.wait(job["id"])
     grids = [c.load_grid(p) for p in c.download(job["id"], "out/", roles=["grid"])]
 
+    cz = c.submit("compress", [up["id"]], codec="jpegxl", quality=90)
+    spz = next(r for r in c.results(c.wait(cz["id"])["id"]) if r["role"] == "container")
+    cmp = c.wait(c.compare(spz["id"])["id"])       # vs the upload it was made from
+    exp = c.wait(c.export(spz["id"], format="dicom")["id"])
+    c.download(exp["id"], "out/", roles=["export"])  # out/SLIDE.dicom/ (a folder)
+
 The token never lives in code: pass it, or set SLIDEPRESS_TOKEN.
 """
 
@@ -31,6 +37,7 @@ CHUNK = 1 << 20
 RESUMABLE_FROM = 256 << 20  # files this large go in resumable parts
 PART = 64 << 20  # bytes per part of a resumable upload
 FINAL = ("succeeded", "failed", "cancelled")
+FOLDERS = (".zarr.zip", ".dicom.zip")  # results that are folders, sent as zips
 
 
 class ServiceError(SlidepressError):
@@ -205,15 +212,34 @@ class Client:
 
     def submit(self, kind: str, uploads: Sequence[str] | str = (),
                results: Sequence[str] | str = (), **options: Any) -> dict[str, Any]:  # fmt: skip
-        """Queue an `encode` or `compress` job over uploads and/or `results` (ids of containers
-        earlier compress jobs made: encoded, or transcoded, without uploading them again);
-        options as in POST /api/jobs (see /docs)."""
+        """Queue a job (`encode`, `compress`, `compare`, `export`) over uploads and/or
+        `results` (ids of containers earlier compress jobs made: encoded, transcoded, compared
+        or exported without uploading them again); options as in POST /api/jobs (see
+        /docs)."""
         ids = [uploads] if isinstance(uploads, str) else list(uploads)
         done = [results] if isinstance(results, str) else list(results)
         body: dict[str, Any] = {"kind": kind, "uploads": ids, **options}
         if done:
             body["results"] = done
         return self._json("POST", "/api/jobs", json=body)
+
+    def compare(self, results: Sequence[str] | str, originals: Sequence[str] | str = (),
+                **options: Any) -> dict[str, Any]:  # fmt: skip
+        """Queue a `compare` job: each container result's NIC grid against its original's
+        (per-cell cosine, heat map, summary). `originals`: upload ids, one per result; empty:
+        each result's own source, as its compress job recorded it. Options: encoder,
+        tissue_threshold, mpp_override (the originals')."""
+        if isinstance(originals, str):
+            originals = [originals]
+        extra = {"originals": list(originals)} if originals else {}
+        return self.submit("compare", results=results, **extra, **options)
+
+    def export(self, results: Sequence[str] | str, format: str = "tiff",
+               **options: Any) -> dict[str, Any]:  # fmt: skip
+        """Queue an `export` job: each container result as a pyramidal TIFF (`tiff`) or a
+        DICOM WSI folder (`dicom`, downloaded as a folder), coded tiles copied where the
+        format carries them. Options: quality (of tiles re-encoded as JPEG)."""
+        return self.submit("export", results=results, format=format, **options)
 
     def job(self, job_id: str) -> dict[str, Any]:
         return self._json("GET", f"/api/jobs/{job_id}")
@@ -291,8 +317,9 @@ class Client:
         roles: Iterable[str] | None = None,
         overwrite: bool = False,
     ) -> list[Path]:
-        """Save a job's results into folder `dest`; a zarr grid (a folder) is unpacked.
-        `roles` picks some: grid, container, preview, report."""
+        """Save a job's results into folder `dest`; a folder (a zarr grid, a DICOM export)
+        is unpacked. `roles` picks some: grid, container, preview, report, cosine, summary,
+        export."""
         from .store.atomic import check_output
 
         dest = check_output(dest, folder=True)  # not a file, not read-only: one line
@@ -308,7 +335,7 @@ class Client:
                 raise ServiceError(f"refusing a result path outside {dest}: {rel}")
             target = dest / rel
             target.parent.mkdir(parents=True, exist_ok=True)
-            if r["name"].endswith(".zarr.zip"):
+            if r["name"].endswith(FOLDERS):
                 folder = target.with_name(target.name[: -len(".zip")])
                 if folder.exists() and not overwrite:
                     raise self._exists(folder)

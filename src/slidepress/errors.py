@@ -37,6 +37,11 @@ class UsageError(SlidepressError):
     """Invalid option values or paths."""
 
 
+class StorageError(SlidepressError):
+    """An object store URL cannot be read or written: missing bucket or key, wrong
+    credentials, denied access (the message names the URL, never a secret)."""
+
+
 class OutputExistsError(UsageError):
     """An output of other slide content or parameters is in the way (replace: --overwrite).
     Its own type, so a batch can replace such outputs when asked without parsing messages."""

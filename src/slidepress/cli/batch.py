@@ -20,9 +20,11 @@ from .common import (
     EXIT_INTERNAL,
     EXIT_OK,
     MppOverrideOpt,
+    check_output_at,
     console,
     failure_lines,
     guarded,
+    show_staging,
     warning_line,
 )
 from .options import build_job, with_options
@@ -78,7 +80,7 @@ batch_app = typer.Typer(
 @dataclass
 class BatchState:
     source: str
-    output: Path
+    output: str
     scheduler: str
     workers: int | None
     threads_per_worker: int
@@ -96,10 +98,10 @@ def batch(
             metavar="INPUT",
             help="A folder (searched recursively: slide files and DICOM folders), a CSV "
             "manifest (column 'path', optional 'mpp'; other columns go to the report) or one "
-            "slide.",
+            "slide; or a URL of any of them (s3://BUCKET/PREFIX/ ...).",
         ),
     ],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Output folder.")],
+    output: Annotated[str, typer.Option("-o", "--output", help="Output folder (path or URL).")],
     scheduler: Annotated[
         str,
         typer.Option(
@@ -144,19 +146,21 @@ def batch(
 def _execute(state: BatchState, job: Any) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from .. import remote
     from ..distributed.manifest import discover
     from ..distributed.report import write_reports
     from ..distributed.runner import ClusterOptions, run_tasks
-    from ..store.atomic import check_output
 
     opts = ClusterOptions(
         scheduler=state.scheduler, workers=state.workers,
         threads_per_worker=state.threads_per_worker, region_px=state.region_mpx * 1e6,
         band_rows=state.region_rows,
     )  # fmt: skip
-    check_output(state.output, folder=True)
+    check_output_at(state.output, folder=True)
+    show_staging()
     tasks = discover(state.source, state.output, state.mpp_override)
-    state.output.mkdir(parents=True, exist_ok=True)
+    if not remote.is_url(state.output):
+        remote.local(state.output).mkdir(parents=True, exist_ok=True)
     columns = (
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("slides"), TimeElapsedColumn(),
@@ -186,7 +190,16 @@ def _execute(state: BatchState, job: Any) -> int:
                         warning_line(f"{d['slide']}: {warning}")
 
         result = run_tasks(tasks, job, opts, on_event)
-    paths = write_reports(state.output, result, title=f"slidepress batch {job.kind}")
+    if remote.is_url(state.output):  # written locally, then each uploaded whole
+        with remote.work_folder() as work:
+            paths = write_reports(work, result, title=f"slidepress batch {job.kind}")
+            for key in ("csv", "md", "png"):
+                if isinstance(paths.get(key), Path) and paths[key].is_file():
+                    url = remote.join(state.output, paths[key].name)
+                    remote.upload(paths[key], url)
+                    paths[key] = url
+    else:
+        paths = write_reports(state.output, result, title=f"slidepress batch {job.kind}")
     t = paths["totals"]
     console.print(
         f"{t['done']} done, {t['skipped']} skipped, {t['failed']} failed in {t['wall_s']:.1f} s "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,11 +30,15 @@ T = TypeVar("T")
 # Options several commands share, declared once (same flag, same help everywhere); the
 # options of jobs come from their specs (slidepress.jobs.options, rendered by cli/options.py).
 SlidesArg = Annotated[
-    list[str], typer.Argument(help="Slide files, DICOM folders, folders of slides, @sample.")
+    list[str],
+    typer.Argument(
+        help="Slide files, DICOM folders, folders of slides, @sample; or URLs (s3://, gs://, "
+        "az://, https://) of slides and prefixes."
+    ),
 ]
 MppOverrideOpt = annotation(MPP_OVERRIDE)
 MppCsvOpt = Annotated[
-    Path | None, typer.Option(help="CSV 'slide,mpp' of per-slide level-0 overrides.")
+    str | None, typer.Option(help="CSV 'slide,mpp' of per-slide level-0 overrides (path or URL).")
 ]
 ReaderOpt = annotation(READER)
 QualitiesOpt = Annotated[list[str] | None, typer.Option("--qualities", "-q", help=QUALITIES_HELP)]
@@ -95,6 +100,52 @@ def guarded(fn: Callable[[], T]) -> T:
         )
 
 
+def show_staging() -> None:
+    """Print remote.py's notes (a slide staged to the local cache) as they happen."""
+    log = logging.getLogger("slidepress.remote")
+    if not any(isinstance(h, _NoteHandler) for h in log.handlers):
+        log.addHandler(_NoteHandler())
+        log.setLevel(logging.INFO)
+
+
+class _NoteHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        console.print(f"note: {record.getMessage()}", markup=False, highlight=False)
+
+
+def check_output_at(
+    output: str, *, overwrite: bool = False, folder: bool = False, inputs: tuple = ()
+) -> None:
+    """`store.atomic.check_output` for a path, or the same checks for a URL: writable
+    (protocol, bucket, access), and an existing object replaced only with --overwrite."""
+    from .. import remote
+    from ..store.atomic import check_output
+
+    if not remote.is_url(output):
+        check_output(remote.local(output), overwrite=overwrite, folder=folder, inputs=inputs)
+        return
+    remote.check_writable(output, folder=folder)
+    if any(str(i) == output for i in inputs):
+        raise UsageError(f"refusing to overwrite the input {remote.public(output)}")
+    if not folder and not overwrite and remote.exists(output):
+        raise UsageError(f"{remote.public(output)} exists; use --overwrite to replace it")
+
+
+@contextmanager
+def written_at(output: str) -> Iterator[Path]:
+    """A local path to write `output` at: the path itself, or for a URL a file in a work
+    folder, uploaded (atomically, remote.upload) when the block ends without an error."""
+    from .. import remote
+
+    if not remote.is_url(output):
+        yield remote.local(output)
+        return
+    with remote.work_folder() as work:
+        local = work / remote.name(output)
+        yield local
+        remote.upload(local, output)
+
+
 def check_report_folder(folder: Path, marker: str, overwrite: bool) -> None:
     """A report folder may exist, but an earlier report in it is replaced only on request."""
     from ..store.atomic import check_output
@@ -110,7 +161,7 @@ def check_png(output: Path) -> None:
 
 
 def slide_items(
-    slides: list[str], mpp_override: float | None = None, mpp_csv: Path | None = None
+    slides: list[str], mpp_override: float | None = None, mpp_csv: str | None = None
 ) -> list:
     """SlideItems for the slides named on the command line, each with its level-0 mpp
     override (one for all, or per slide from a CSV table)."""
@@ -129,7 +180,7 @@ def slide_items(
     return items
 
 
-def run_and_report(items: list, job, out_dir: Path, unit: str, report: Path | None) -> int:
+def run_and_report(items: list, job, out_dir: str, unit: str, report: str | None) -> int:
     """Run a batch with progress bars, print one line per slide, write `report` (report.csv)
     and return the exit code: 0 all done or skipped, 2 a slide had bad input, 1 a bug."""
     from ..pipeline.batch import run_batch, write_report
@@ -150,23 +201,40 @@ def run_and_report(items: list, job, out_dir: Path, unit: str, report: Path | No
                     warning_line(f"{o.slide}: {warning}")
     # a lone slide that failed on bad input leaves nothing behind, not even a report
     if report is not None and (len(outcomes) > 1 or any(o.status != "failed" for o in outcomes)):
-        report.parent.mkdir(parents=True, exist_ok=True)
-        write_report(report, outcomes)
+        from .. import remote
+
+        if not remote.is_url(report):
+            Path(report).parent.mkdir(parents=True, exist_ok=True)
+        with written_at(report) as local:
+            write_report(local, outcomes)
     if any(o.internal for o in outcomes):
         return EXIT_INTERNAL
     return EXIT_BAD_INPUT if any(o.status == "failed" for o in outcomes) else EXIT_OK
 
 
-def expand_slides(inputs: list[str]) -> list[Path]:
+def expand_slides(inputs: list[str]) -> list[Path | str]:
     """Slides named on the command line; a folder stands for the slides it holds
     (`slide.discovery.slides_in`: itself when it is a DICOM WSI series, its slide files and
-    DICOM sub-folders)."""
+    DICOM sub-folders); a URL prefix likewise (`slides_at_url`)."""
+    from .. import remote
     from ..slide import SAMPLE_NAME, resolve_slide_path
-    from ..slide.discovery import slides_in
+    from ..slide.discovery import slides_at_url, slides_in
 
-    out: list[Path] = []
+    show_staging()
+    out: list[Path | str] = []
     for item in inputs:
-        p = resolve_slide_path(item) if item == SAMPLE_NAME else Path(item)
+        if remote.is_url(item):
+            if remote.isdir(item):
+                found = slides_at_url(item)
+                if not found:
+                    raise UsageError(f"{remote.public(item)}: prefix holds no slides")
+                # a prefix of .dcm files is one DICOM slide: itself
+                out.extend([item.rstrip("/")] if found == [item.rstrip("/")] else found)
+            else:
+                remote.info(item)  # a missing object or bucket: one line now
+                out.append(item)
+            continue
+        p = resolve_slide_path(item) if item == SAMPLE_NAME else remote.local(item)
         if p.is_dir():
             found = slides_in(p)
             if not found:

@@ -20,12 +20,15 @@ from .common import (
     ReaderOpt,
     SlidesArg,
     Terminated,
+    check_output_at,
     check_png,
     console,
     error_line,
     guarded,
     run_and_report,
+    show_staging,
     slide_items,
+    written_at,
 )
 from .options import build_job, with_options
 
@@ -68,27 +71,33 @@ def _root(
 @app.command()
 def info(
     slide: Annotated[
-        str, typer.Argument(help="Slide file, DICOM folder, container (.spz) or @sample.")
+        str,
+        typer.Argument(help="Slide file, DICOM folder, container (.spz) or @sample; or a URL."),
     ],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
-    thumbnail: Annotated[Path | None, typer.Option(help="Also save a thumbnail PNG here.")] = None,
+    thumbnail: Annotated[
+        str | None, typer.Option(help="Also save a thumbnail PNG here (path or URL).")
+    ] = None,
     reader: ReaderOpt = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing thumbnail.")] = False,
 ) -> None:
     """Show a slide's size, pyramid levels, resolution and the reader that opens it."""
 
     def body() -> None:
-        from ..slide import open_slide, plausible_mpp, resolve_slide_path
+        from ..pipeline.items import SlideItem
+        from ..slide import open_slide, plausible_mpp
         from ..slide.spz_reader import container_summary
-        from ..store.atomic import check_output
         from ..viz import save_png
 
-        path = resolve_slide_path(slide)
+        show_staging()
+        item = SlideItem.of(slide)
         if thumbnail is not None:
-            check_output(thumbnail, overwrite=overwrite, inputs=[path])
-            check_png(thumbnail)
+            check_output_at(thumbnail, overwrite=overwrite, inputs=(item.location,))
+            check_png(Path(thumbnail))
+        path = item.path  # a URL: staged to the local cache
         with open_slide(path, reader=reader) as r:
             d = r.info.to_dict()
+            d["path"] = item.location
             mpp_ok = bool(r.info.mpp) and all(plausible_mpp(m) for m in r.info.mpp)
             d["mpp_plausible"] = mpp_ok
             container = container_summary(r.info)
@@ -96,13 +105,14 @@ def info(
                 d["container"] = container
             if thumbnail is not None:
                 img, _ = r.thumbnail(1024)
-                save_png(img, thumbnail)
+                with written_at(thumbnail) as local:
+                    save_png(img, local)
         if as_json:
             typer.echo(json.dumps(d, indent=2))
             return
         from rich.table import Table
 
-        t = Table(title=f"{path.name}  ({d['reader']}, {d['vendor'] or 'unknown vendor'})")
+        t = Table(title=f"{item.name}  ({d['reader']}, {d['vendor'] or 'unknown vendor'})")
         for col in ("level", "width", "height", "downsample", "mpp"):
             t.add_column(col, justify="right")
         m = r.info.mpp
@@ -140,7 +150,7 @@ def info(
 @with_options(ENCODE.for_target(CLI))
 def encode(
     slides: SlidesArg,
-    output: Annotated[Path, typer.Option("-o", "--output", help="Output folder.")],
+    output: Annotated[str, typer.Option("-o", "--output", help="Output folder (path or URL).")],
     mpp_override: MppOverrideOpt = None,
     mpp_csv: MppCsvOpt = None,
     *,
@@ -153,36 +163,41 @@ def encode(
     """
 
     def prepare():
-        from ..store.atomic import check_output
-
         items = slide_items(slides, mpp_override, mpp_csv)
         job = build_job(ENCODE, options)  # checks options
-        check_output(output, folder=True)
+        check_output_at(output, folder=True)
         job.prepare()  # loads the encoder once; a broken one stops here
         return job, items
 
+    from ..remote import join
+
     job, items = guarded(prepare)
-    code = guarded(lambda: run_and_report(items, job, output, "cells", output / "report.csv"))
+    report = join(output, "report.csv")
+    code = guarded(lambda: run_and_report(items, job, output, "cells", report))
     raise SystemExit(code)
 
 
 @app.command()
 def convert(
-    grid: Annotated[Path, typer.Argument(help="Grid file: .zarr, .npz, .mha or .h5.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Target file; format by suffix.")],
+    grid: Annotated[str, typer.Argument(help="Grid file: .zarr, .npz, .mha or .h5 (or URL).")],
+    output: Annotated[
+        str, typer.Option("-o", "--output", help="Target file, format by suffix (or URL).")
+    ],
     float16: Annotated[bool, typer.Option(help="Store features as float16.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
 ) -> None:
     """Convert an embedding grid between formats, losslessly."""
 
     def body() -> None:
+        from .. import remote
         from ..store import format_for, read_grid, write_grid
-        from ..store.atomic import check_output
 
-        format_for(output)
-        check_output(output, overwrite=overwrite, inputs=[grid])
-        g = read_grid(grid)
-        write_grid(g, output, float16=float16)
+        format_for(Path(remote.name(output)))
+        check_output_at(output, overwrite=overwrite, inputs=(grid,))
+        show_staging()
+        g = read_grid(remote.localize(grid, recursive=True))
+        with written_at(output) as local:
+            write_grid(g, local, float16=float16)
         console.print(f"{grid} -> {output} ({'x'.join(map(str, g.shape))})")
 
     guarded(body)

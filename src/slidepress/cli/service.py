@@ -45,12 +45,23 @@ def serve(
     forwarded_allow_ips: Annotated[
         str, typer.Option(help="Proxies whose X-Forwarded-For/-Proto uvicorn trusts.")
     ] = "127.0.0.1",
+    workers_only: Annotated[
+        bool,
+        typer.Option(
+            "--workers-only",
+            help="Run jobs only: worker processes and their supervisor, no HTTP (other "
+            "instances on the same database and storage serve the API).",
+        ),
+    ] = False,
     *,
     options: dict[str, Any],
 ) -> None:
     """Run the REST service and its web page (http://HOST:PORT/, API docs at /docs and
     /redoc). Each setting: flag > environment variable > config file > default; the values
-    and their sources are printed at start-up."""
+    and their sources are printed at start-up. Several instances may share one PostgreSQL
+    database and one --storage (e.g. s3://bucket/prefix): each runs jobs (a job is claimed
+    once; a dead instance's jobs are run again by another); --workers 0 serves the API only,
+    --workers-only runs jobs only."""
     from ..service.config import ServiceConfig
 
     def body() -> None:
@@ -65,6 +76,8 @@ def serve(
         flags = {o.field: options[o.name] for o in SETTINGS
                  if _source(ctx, o.name) == "COMMANDLINE"}  # fmt: skip
         cfg = ServiceConfig.resolve(flags, config)
+        if workers_only:
+            return _run_workers(cfg)
         _check_port(host, port)  # before workers start: a taken port is one line, exit 2
         app = create_app(cfg)
         where = f"http://{host}:{port}{cfg.root_path}/"
@@ -75,6 +88,39 @@ def serve(
                     forwarded_allow_ips=forwarded_allow_ips)  # fmt: skip
 
     guarded(body)
+
+
+def _run_workers(cfg) -> None:
+    """`serve --workers-only`: the supervisor and its workers until SIGINT or SIGTERM."""
+    import signal
+    import threading
+
+    from ..errors import UsageError
+    from ..service.db import make_engine
+    from ..service.logs import setup as setup_logs
+    from ..service.storage import check_storage
+    from ..service.supervisor import Supervisor
+
+    if cfg.workers < 1:
+        raise UsageError("--workers-only needs --workers 1 or more")
+    cfg.prepare()
+    setup_logs(cfg.log_format)
+    make_engine(cfg.url)  # the schema migrated before any worker starts
+    check_storage(cfg)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    supervisor = Supervisor(cfg, http=False)
+    supervisor.start()
+    console.print(f"slidepress workers: {cfg.workers} (instance {supervisor.instance}, data in "
+                  f"{cfg.data_dir}); no HTTP")  # fmt: skip
+    for name, v in cfg.settings().items():
+        console.print(f"  {name} = {v['value']!r} ({v['source']})", highlight=False)
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        supervisor.stop()
 
 
 def _source(ctx: typer.Context, name: str) -> str:
@@ -208,7 +254,7 @@ def _value(raw: str):
 
 @remote_app.command("submit")
 def remote_submit(
-    kind: Annotated[str, typer.Argument(help="encode or compress.")],
+    kind: Annotated[str, typer.Argument(help="encode, compress, compare or export.")],
     uploads: Annotated[list[str] | None, typer.Argument(help="Upload ids.")] = None,
     url: UrlOpt = "http://127.0.0.1:8000",
     token: TokenOpt = None,
@@ -217,7 +263,8 @@ def remote_submit(
         typer.Option(
             "--result",
             help="A result id (repeatable) of a container a compress job made: its input "
-            "without uploading it again (encode it, or transcode it with --set codec=...).",
+            "without uploading it again (encode it, transcode it with --set codec=..., "
+            "compare it with its original, export it as TIFF or DICOM).",
         ),
     ] = None,  # fmt: skip
     option: Annotated[
@@ -225,7 +272,7 @@ def remote_submit(
         typer.Option(
             "--set",
             help="Job option KEY=VALUE (repeatable), e.g. encoder=mean-rgb, "
-            "augment=dihedral, format=mha, codec=jpegxl, quality=80; see /docs.",
+            "augment=dihedral, format=mha, codec=jpegxl, quality=80, format=dicom; see /docs.",
         ),
     ] = None,  # fmt: skip
 ) -> None:
@@ -390,7 +437,7 @@ def remote_delete(
 
 
 admin_app = typer.Typer(
-    help="Storage per user, and purging old results (on the service's machine).",
+    help="Storage per user, purging old results, and the running instances.",
     no_args_is_help=True,
 )
 
@@ -408,6 +455,30 @@ def admin_usage(data_dir: DataDirOpt = None, database: DatabaseOpt = None) -> No
         for r in rows:
             typer.echo("\t".join(str(r[k]) for k in ("user", "uploads", "upload_bytes",
                                                      "results", "result_bytes")))  # fmt: skip
+
+    guarded(body)
+
+
+@admin_app.command("instances")
+def admin_instances(data_dir: DataDirOpt = None, database: DatabaseOpt = None) -> None:
+    """The running instances sharing the database (tab-separated, with a header): id, API or
+    workers only, workers, seconds since their last heartbeat, running jobs."""
+
+    def body() -> None:
+        import time
+
+        from sqlalchemy import select
+
+        from ..service.db import Instance, Job
+
+        with _sessions(data_dir, database)() as s:
+            rows = s.scalars(select(Instance).order_by(Instance.started_at)).all()
+            workers = s.scalars(select(Job.worker).where(Job.state == "running")).all()
+        typer.echo("instance\thttp\tworkers\tseen_s_ago\trunning_jobs")
+        for i in rows:
+            running = sum(w.startswith(i.id + "/") for w in workers)
+            typer.echo(f"{i.id}\t{'api' if i.http else 'workers-only'}\t{i.workers}\t"
+                       f"{time.time() - i.seen_at:.1f}\t{running}")  # fmt: skip
 
     guarded(body)
 

@@ -138,8 +138,8 @@ def _failure(task: Task, error: BaseException) -> Outcome:
     """A task that failed at the Dask level (its worker died every time, a missing import on
     the workers): recorded as that slide's failure, as a bug (exit 1)."""
     name = type(error).__name__
-    msg = f"{task.path.name}: internal error: {name}: {error}".splitlines()[0]
-    return Outcome(task.path.name, str(task.path), "failed", error=msg, internal=True)
+    msg = f"{task.name}: internal error: {name}: {error}".splitlines()[0]
+    return Outcome(task.name, task.item["path"], "failed", error=msg, internal=True)
 
 
 def run_tasks(
@@ -225,16 +225,23 @@ def run_tasks(
             f.cancel()
         if own:
             _close(client, cluster)
-        sweep_partials({Path(t.out_dir) for t in tasks})
+        sweep_partials(_local_folders(tasks))
         raise
     if own:
         _close(client, cluster)
-    sweep_partials({Path(t.out_dir) for t in tasks})  # of workers killed mid-write
+    sweep_partials(_local_folders(tasks))  # of workers killed mid-write
     return RunResult(
         outcomes=[o for o in outcomes if o is not None], finished_s=finished, seconds=seconds,
         startup_s=startup, scheduler=opts.scheduler, workers=n_workers, dashboard=dashboard,
         regions=n_regions, workers_used=used,
     )  # fmt: skip
+
+
+def _local_folders(tasks: Sequence[Task]) -> set[Path]:
+    """Output folders on disk (a store's never holds a partial: remote.upload)."""
+    from .. import remote
+
+    return {Path(t.out_dir) for t in tasks if not remote.is_url(t.out_dir)}
 
 
 def _close(client: Any, cluster: Any) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .. import remote
 from ..errors import SlidepressError
 from ..pipeline.batch import Outcome, job_from_dict, run_slide
 from ..pipeline.items import SlideItem
@@ -69,9 +70,10 @@ def slide_task(
     if isinstance(it, Outcome):
         return _result(it)
     try:  # a sub-folder mirroring the input's layout (compress writes a file into it)
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        if not remote.is_url(out_dir):
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        return _result(Outcome(it.name, str(it.path), "failed", error=f"{out_dir}: {e}"))
+        return _result(Outcome(it.name, it.location, "failed", error=f"{out_dir}: {e}"))
     overwrite = bool((job.get("options") or {}).get("overwrite"))
     res = _slide_once(it, _with_overwrite(job, False), out_dir, region_px, band_rows)
     if overwrite and _stale(Outcome.from_dict(res["outcome"])):
@@ -83,7 +85,8 @@ def _slide_once(
     it: SlideItem, job: dict[str, Any], out_dir: str, region_px: float, band_rows: int
 ) -> dict[str, Any]:
     j = job_from_dict(job)
-    if region_px > 0:  # a kind that cannot split runs whole (SplitJob)
+    # bands write part files beside the output: a slide for object storage runs whole
+    if region_px > 0 and not remote.is_url(out_dir):  # a kind that cannot split runs whole
         from .regions import split_job
 
         sj = split_job(j, region_px, band_rows)

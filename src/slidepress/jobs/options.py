@@ -1,11 +1,13 @@
 """One declarative spec per job kind: each option's name, type, default, range or registry,
 help and environment variable, written once.
 
-Everything a user meets is generated from it: the typer options of `encode` / `compress` and
-of `batch ... encode|compress` (cli/options.py), the service's pydantic request models, and so
-its OpenAPI schema and the web page's form (service/jobs.py), and the batch runner's plain job
-dict (`JobSpec.job_dict`, read back by `pipeline.batch.job_from_dict`). Ranges come from
-`bounds.py` and the parts (`tiling.MPP_RANGE`), choices by name from the registries.
+Everything a user meets is generated from it: the typer options of `encode` / `compress` /
+`compare` and of `batch ... encode|compress` (cli/options.py), the service's pydantic request
+models, and so its OpenAPI schema and the web page's form (service/jobs.py), and the batch
+runner's plain job dict (`JobSpec.job_dict`, read back by `pipeline.batch.job_from_dict`).
+Ranges come from `bounds.py` and the parts (`tiling.MPP_RANGE`), choices by name from the
+registries. `COMPARE` and `EXPORT` are jobs over containers (what compression did to a
+slide's grid; a container as TIFF or DICOM WSI).
 
 Adding a job option is one `Option(...)` line below (plus its field in the pipeline's options
 dataclass, `EncodeOptions` or `CompressOptions`, with the same default: tests/test_job_options.py
@@ -117,7 +119,7 @@ class Option:
 class JobSpec:
     """The options of one job kind, in the order --help shows them."""
 
-    kind: str  # encode | compress: the pipeline.batch job kind
+    kind: str  # encode | compress | compare | export: the pipeline.batch job kind
     options: tuple[Option, ...]
     top_level: frozenset[str] = frozenset()  # names the job takes itself, not in its options
 
@@ -238,4 +240,33 @@ COMPRESS = JobSpec(
     ),
 )  # fmt: skip
 
-JOB_SPECS: dict[str, JobSpec] = {s.kind: s for s in (ENCODE, COMPRESS)}
+COMPARE = JobSpec(
+    "compare",
+    (
+        Option("encoder", str, "nic-multitask", "Encoder whose grid is compared (see "
+               "'encoders').", registry=ENCODERS),
+        Option("tissue_threshold", float, 0.5, "Cells with at least this tissue fraction are "
+               "compared.", min=0, max=1),
+        Option("batch_size", int, 64, "Patches per encoder call.", min=1, max=MAX_BATCH,
+               targets=COMMAND_LINE),
+        Option("overwrite", bool, False, "Replace outputs of an earlier comparison.",
+               targets=COMMAND_LINE),
+    ),
+)  # fmt: skip
+
+EXPORT = JobSpec(
+    "export",
+    (
+        Option("format", str, "tiff", "tiff: a pyramidal TIFF (OpenSlide, QuPath); dicom: a "
+               "DICOM WSI folder (wsidicom, OpenSlide 4, PACS). Coded tiles are copied where "
+               "the format carries the codec's codestream.", choices=("tiff", "dicom"),
+               flag="--format"),
+        Option("quality", int, 95, "JPEG quality of tiles the format cannot carry as coded "
+               "(decoded and re-encoded; the loss is reported).", min=1, max=100),
+        Option("threads", int, 2, "Decoding threads.", min=1, max=MAX_WORKERS,
+               aliases=("--workers",), targets=COMMAND_LINE, key="workers"),
+        Option("overwrite", bool, False, "Replace an existing output.", targets=COMMAND_LINE),
+    ),
+)  # fmt: skip
+
+JOB_SPECS: dict[str, JobSpec] = {s.kind: s for s in (ENCODE, COMPRESS, COMPARE, EXPORT)}

@@ -1,4 +1,4 @@
-"""Run one job (encode or compress) over many slides and record one outcome per slide.
+"""Run one job (encode, compress, compare, export) over many slides, one outcome each.
 
 The CLI, the service and the Dask runner all drive this runner; they only parse and print.
 Everything crossing a process boundary is plain data: a slide item is a dict (`SlideItem`),
@@ -18,6 +18,7 @@ as bands of rows in separate tasks merged into the whole-slide output (`Job.band
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import traceback
 from abc import ABC, abstractmethod
@@ -26,6 +27,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
+from .. import remote
 from ..errors import OutputExistsError, SlideError, SlidepressError, UsageError
 from ..progress import ProgressStart
 from ..registry import Registry
@@ -105,6 +107,23 @@ class Job(ABC):
         """How this kind codes one slide as bands of rows, in separate tasks, merged into the
         output of a whole-slide run; None: a slide is always run whole."""
         return None
+
+    # False: an existing output is skipped when its content key matches (else refused
+    # without overwrite), so in object storage it is fetched for `run` to decide as on disk.
+    # True: a kind with no content key (compare, export) refuses an existing output unless
+    # `overwrite()`; in object storage only its presence is checked, nothing is fetched.
+    refuses_existing: ClassVar[bool] = False
+
+    def outputs(self, item: SlideItem, out_dir: Path) -> list[Path]:
+        """The files or folders whose presence (and content key) makes `run` skip (or
+        refuse) a slide; with an output folder in object storage they are fetched into the
+        local work folder first, so the skip check is the one made on disk (or, with
+        `refuses_existing`, looked for in the store). []: never looked for."""
+        return []
+
+    def overwrite(self) -> bool:
+        """Whether existing outputs are replaced (the job's `overwrite` option)."""
+        return False
 
 
 class Bands(ABC):
@@ -198,6 +217,12 @@ class EncodeJob(Job):
             self.prepare()
         return EncodeBands(self, self._encoder, self._opts)
 
+    def outputs(self, item: SlideItem, out_dir: Path) -> list[Path]:
+        from .encode import output_paths, preview_paths
+
+        grids = output_paths(item, out_dir, self._opts)
+        return [*grids, *(preview_paths(grids) if self._opts.previews else [])]
+
     def run(self, item: SlideItem, out_dir: Path, progress: ProgressStart | None) -> Outcome:
         from .encode import encode_slide
 
@@ -257,6 +282,9 @@ class CompressJob(Job):
 
     def output_for(self, item: SlideItem, out_dir: Path) -> Path:
         return Path(self.output) if self.output else out_dir / f"{item.stem}.spz"
+
+    def outputs(self, item: SlideItem, out_dir: Path) -> list[Path]:
+        return [self.output_for(item, out_dir)]
 
     def bands(self) -> Bands:
         from .compress_bands import CompressBands
@@ -331,6 +359,10 @@ class CompressJob(Job):
 JOBS: Registry[type[Job]] = Registry("job kind", UsageError)
 JOBS.add("encode", EncodeJob, summary="NIC embedding grids (+ previews) per slide")
 JOBS.add("compress", CompressJob, summary="one tile container (.spz) per slide")
+JOBS.add("compare", "slidepress.pipeline.compare:CompareJob",
+         summary="per-cell NIC grid cosine of a compressed slide vs its original")  # fmt: skip
+JOBS.add("export", "slidepress.pipeline.export:ExportJob",
+         summary="a container as a pyramidal TIFF or a DICOM WSI folder, tiles copied")  # fmt: skip
 
 
 def job_from_dict(d: Mapping[str, Any]) -> Job:
@@ -352,17 +384,77 @@ def run_slide(
     item = SlideItem.of(item)
     t0 = time.perf_counter()
     try:
-        outcome = job.run(item, Path(out_dir), progress)
+        if remote.is_url(out_dir) or remote.is_url(getattr(job, "output", None)):
+            outcome = _run_to_store(item, job, str(out_dir), progress)
+        else:
+            outcome = job.run(item, remote.local(out_dir), progress)
     except OutputExistsError as e:  # a batch with --overwrite may replace it (distributed/)
-        outcome = Outcome(item.name, str(item.path), "failed", error=str(e), output_exists=True)
+        outcome = Outcome(item.name, item.location, "failed", error=str(e), output_exists=True)
     except SlidepressError as e:
-        outcome = Outcome(item.name, str(item.path), "failed", error=str(e))
+        outcome = Outcome(item.name, item.location, "failed", error=str(e))
     except Exception as e:  # a bug must not stop the other slides
         msg = f"{item.name}: internal error: {type(e).__name__}: {e}"
-        outcome = Outcome(item.name, str(item.path), "failed", error=msg, internal=True,
+        outcome = Outcome(item.name, item.location, "failed", error=msg, internal=True,
                           traceback=traceback.format_exc())  # fmt: skip
     outcome.seconds = time.perf_counter() - t0
     outcome.fields = {**dict(item.fields), **outcome.fields}
+    return outcome
+
+
+def _run_to_store(
+    item: SlideItem, job: Job, out_url: str, progress: ProgressStart | None
+) -> Outcome:
+    """A slide whose outputs go to object storage: its existing outputs (`job.outputs`) are
+    fetched into a local work folder, the job runs there exactly as on disk (so it skips
+    what is up to date by the same content key), and what it made is uploaded, each object
+    published only when whole (`remote.upload`); the work folder is removed either way. A
+    kind without a content key (`refuses_existing`) has its outputs only looked for: one
+    there is refused without `overwrite`, naming its URL. Errors name URLs, not the work
+    folder."""
+    with remote.work_folder() as work:
+        explicit = getattr(job, "output", None)
+        if remote.is_url(explicit):  # one named output file (compress -o s3://.../x.spz)
+            local = work / remote.name(explicit)
+            job = dataclasses.replace(job, output=str(local))
+            urls = {local: explicit}
+        else:
+            urls = {
+                p: remote.join(out_url, p.relative_to(work).as_posix())
+                for p in job.outputs(item, work)
+            }
+        if not job.refuses_existing:
+            for p, url in urls.items():
+                p.parent.mkdir(parents=True, exist_ok=True)
+                remote.download(url, p)
+        elif not job.overwrite():
+            for url in urls.values():
+                if remote.exists(url):
+                    raise OutputExistsError(f"{url} exists; use --overwrite to replace it")
+
+        def in_store(text: str) -> str:
+            """A message or summary naming the outputs by their URLs, not the work folder."""
+            for p, url in urls.items():
+                text = text.replace(str(p), url)
+            return text.replace(str(work), out_url.rstrip("/"))
+
+        try:
+            outcome = job.run(item, work, progress)
+        except SlidepressError as e:
+            e.args = (in_store(str(e)),)
+            raise
+
+        def url_of(path: str) -> str:
+            p = Path(path)
+            if p in urls:
+                return urls[p]
+            return remote.join(out_url, p.relative_to(work).as_posix())
+
+        if outcome.status == "done":
+            for o in outcome.outputs:
+                remote.upload(Path(o), url_of(o))
+        outcome.outputs = [url_of(o) for o in outcome.outputs]
+        outcome.summary = in_store(outcome.summary)
+        outcome.path = item.location
     return outcome
 
 

@@ -9,7 +9,13 @@ error of the pixels at the grid's resolution (PSNR over tissue).
 `compress --embedding-similarity` scores the stored tiles; this scores the grid.
 
 Outputs in DIR: cosine.npy ((rows, cols) float32, NaN where no cell was kept; aligned with the
-grid of `encode`), heatmap.png (cosine over the original's thumbnail), compare.json.
+grid of `encode`), heatmap.png (cosine over the original's thumbnail), compare.json (the
+figures and the grid's geometry on the original's level 0: cell (r, c) covers
+x = c * cell_stride_px, y = r * cell_stride_px, cell_size_px square, of slide_size; a viewer
+draws the cosine array over the slide from it).
+
+`CompareJob` is the batch runner's job kind `compare` (the service's compare jobs): each item
+is a compressed slide, its original named by the job (`originals`, by the item's path).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -28,6 +34,8 @@ from ..slide import open_slide
 from ..slide.tissue import detect_tissue
 from ..store.atomic import atomic_path, check_output
 from ..tiling import GridSpec, LevelRule, plan_grid
+from .batch import Job, Outcome, output_bytes
+from .items import SlideItem
 from .provenance import stamp
 
 DEFAULT_ENCODER = "nic-multitask"
@@ -48,6 +56,8 @@ class CompareResult:
     psnr_tissue: float
     worst: list[dict[str, Any]] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
+    # the compressed container's own figures (its manifest: codec, fidelity); {}: not one
+    container: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> str:
         return (
@@ -57,6 +67,23 @@ class CompareResult:
 
 
 OUTPUTS = ("cosine.npy", "heatmap.png", "compare.json")
+# what compare.json repeats from a compressed container's manifest (slide properties)
+CONTAINER_FACTS = {
+    "codec": "slidepress.codec.name", "quality": "slidepress.codec.quality",
+    "psnr_db": "slidepress.fidelity.psnr_db", "ms_ssim": "slidepress.fidelity.ms_ssim",
+    "tiles_stored": "slidepress.tiles.stored", "tiles_total": "slidepress.tiles.total",
+}  # fmt: skip
+
+
+def _container_facts(properties: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, key in CONTAINER_FACTS.items():
+        if key in properties:
+            try:
+                out[name] = float(properties[key])
+            except ValueError:
+                out[name] = properties[key]
+    return out
 
 
 def compare_grids(
@@ -65,7 +92,9 @@ def compare_grids(
     out_dir: str | Path | None = None,
     *,
     encoder: str = DEFAULT_ENCODER,
+    loaded_encoder: Any = None,
     tissue_threshold: float = 0.5,
+    original_mpp: float | None = None,
     batch_size: int = 64,
     block_cells: int = 8,
     progress_start: ProgressStart | None = None,
@@ -73,7 +102,9 @@ def compare_grids(
 ) -> CompareResult:
     """Encode the same grid of `original` and `compressed` with `encoder`; per-cell cosine and
     tissue PSNR at the grid's resolution. Writes OUTPUTS to `out_dir` when given (existing
-    ones only with `overwrite`)."""
+    ones only with `overwrite`). `loaded_encoder`: `encoder` already loaded (a batch loads it
+    once); `original_mpp`: the original's level-0 um/px instead of its file's (a
+    container records its own)."""
     from ..encoders import get_encoder
 
     original, compressed = Path(original), Path(compressed)
@@ -82,9 +113,9 @@ def compare_grids(
         earlier = [out_dir / n for n in OUTPUTS if (out_dir / n).exists()]
         if earlier and not overwrite:  # before any work: replaced only on request
             raise UsageError(f"{earlier[0]} exists; use --overwrite to replace it")
-    enc = get_encoder(encoder)
+    enc = loaded_encoder if loaded_encoder is not None else get_encoder(encoder)
     spec = GridSpec(enc.patch_size or 128, enc.patch_size or 128, enc.mpp or 0.5)
-    with open_slide(original) as a, open_slide(compressed) as b:
+    with open_slide(original, mpp_override=original_mpp) as a, open_slide(compressed) as b:
         ga = plan_grid(a, a.require_mpp(), spec)
         # the original's cells exactly (its level may have snapped within 5 % of the target):
         # the compressed slide is resampled to that resolution, snapping only to a level
@@ -132,6 +163,7 @@ def compare_grids(
             flush()
         thumb, thumb_ds = a.thumbnail(1024)
         origins = ga.origins()
+        container = _container_facts(b.info.properties or {})
     vals = cos[keep]
     n_px = int(keep.sum()) * spec.patch_size**2 * 3
     mse = float(sq[keep].sum()) / n_px
@@ -144,9 +176,12 @@ def compare_grids(
     ]  # fmt: skip
     result = CompareResult(
         original=str(original), compressed=str(compressed), encoder=encoder,
-        grid={**asdict(spec), "rows": rows, "cols": cols, "effective_mpp": ga.effective_mpp},
+        grid={**asdict(spec), "rows": rows, "cols": cols, "effective_mpp": ga.effective_mpp,
+              # where the cells lie on the original's level 0 (origin at its top-left)
+              "slide_mpp": ga.slide_mpp, "slide_size": list(ga.slide_size),
+              "cell_stride_px": spec.stride * ga.scale, "cell_size_px": spec.patch_size * ga.scale},
         cells=int(keep.sum()), mean=float(vals.mean()), p5=float(np.percentile(vals, 5)),
-        min=float(vals.min()), psnr_tissue=psnr, worst=worst,
+        min=float(vals.min()), psnr_tissue=psnr, worst=worst, container=container,
     )  # fmt: skip
     if out_dir is not None:
         result.outputs = _write(out_dir, result, cos, keep, thumb, thumb_ds, ga)
@@ -177,9 +212,87 @@ def _write(out_dir: Path, result: CompareResult, cos, keep, thumb, thumb_ds, gri
     p = save_png(heatmap_overlay(thumb[:h, :w], 1 - heat, keep), out_dir / "heatmap.png")
     paths.append(p)
     p = out_dir / "compare.json"
-    doc = {**stamp(), **asdict(result), "outputs": [str(x) for x in paths],
-           "heatmap_scale": f"red: cosine <= {HEAT_FLOOR}, blue: 1"}  # fmt: skip
+    # file names, not paths: the service hands this file to users
+    doc = {**stamp(), **asdict(result), "original": Path(result.original).name,
+           "compressed": Path(result.compressed).name, "outputs": [x.name for x in paths],
+           "heatmap_scale": f"red: cosine <= {HEAT_FLOOR}, blue: 1",
+           "heat_floor": HEAT_FLOOR}  # fmt: skip
     with atomic_path(p) as tmp:
         Path(tmp).write_text(json.dumps(doc, indent=1, default=str))
     paths.append(p)
     return [str(x) for x in paths]
+
+
+@dataclass
+class CompareJob(Job):
+    """`compare`: per item (a compressed slide, usually a container), its grid against its
+    original's, into `out_dir/STEM.compare/` (OUTPUTS). The original comes from `originals`
+    (item path -> original path: the service's jobs) or `original` (one for every item)."""
+
+    kind: ClassVar[str] = "compare"
+    options: dict[str, Any] = field(default_factory=dict)  # compare_grids keywords
+    originals: dict[str, str] = field(default_factory=dict)
+    original: str | None = None
+
+    OPTIONS: ClassVar[frozenset[str]] = frozenset(
+        {"encoder", "tissue_threshold", "batch_size", "overwrite"}
+    )
+
+    def __post_init__(self) -> None:
+        from ..encoders import check_spec
+
+        unknown = sorted(set(self.options) - self.OPTIONS)
+        if unknown:
+            raise UsageError(f"compare takes no option {unknown[0]!r}")
+        self._encoder_name = self.options.get("encoder", DEFAULT_ENCODER)
+        check_spec(self._encoder_name)  # unknown names fail now, before torch loads
+        self._encoder = None
+
+    def prepare(self) -> None:
+        from .batch import _cached_encoder
+
+        self._encoder = _cached_encoder(self._encoder_name, None)
+
+    refuses_existing: ClassVar[bool] = True  # no content key: replaced only on request
+
+    def outputs(self, item: SlideItem, out_dir: Path) -> list[Path]:
+        folder = self.output_for(item, out_dir)
+        return [folder / name for name in OUTPUTS]
+
+    def overwrite(self) -> bool:
+        return bool(self.options.get("overwrite"))
+
+    def output_for(self, item: SlideItem, out_dir: Path) -> Path:
+        return out_dir / f"{item.stem}.compare"
+
+    def original_for(self, item: SlideItem) -> Path:
+        path = self.originals.get(str(item.path)) or self.original
+        if not path:
+            raise UsageError(f"{item.name}: no original to compare it with")
+        return Path(path)
+
+    def run(self, item: SlideItem, out_dir: Path, progress: ProgressStart | None) -> Outcome:
+        if self._encoder is None:
+            self.prepare()
+        opts = {k: v for k, v in self.options.items() if k != "encoder"}
+        original = self.original_for(item)
+        r = compare_grids(
+            original, item.path, self.output_for(item, out_dir), encoder=self._encoder_name,
+            loaded_encoder=self._encoder,
+            original_mpp=item.mpp_override, progress_start=progress, **opts,
+        )  # fmt: skip
+        psnr = r.psnr_tissue if math.isfinite(r.psnr_tissue) else "inf"
+        return Outcome(
+            slide=item.name, path=str(item.path), status="done", units="cells", count=r.cells,
+            bytes_in=output_bytes([item.path]), bytes_out=output_bytes(map(Path, r.outputs)),
+            outputs=r.outputs, summary=f"vs {original.name} ({self._encoder_name}): "
+            f"{r.summary()}",
+            metrics={"encoder": self._encoder_name, "cosine_mean": round(r.mean, 6),
+                     "cosine_p5": round(r.p5, 6), "cosine_min": round(r.min, 6),
+                     "psnr_tissue": round(psnr, 3) if psnr != "inf" else psnr,
+                     **{f"container_{k}": v for k, v in r.container.items()}},
+        )  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "options": dict(self.options),
+                "originals": dict(self.originals), "original": self.original}  # fmt: skip

@@ -21,6 +21,9 @@ which is what both formats expect (the image size crops them), so they are copie
 Glass tiles the container left out (background policy `skip` or `constant`) are filled with
 one coded background tile whose bytes are reused: TIFF and TILED_FULL DICOM need every tile.
 It is coded in the target's codestream (JPEG q100 decodes uniform white exactly).
+
+`ExportJob` is the batch runner's job kind `export` (the service's export jobs): each item a
+container, written to `out_dir/STEM.tiff` or the folder `out_dir/STEM.dicom`.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -44,7 +47,9 @@ from ..errors import ContainerError, UsageError
 from ..progress import ProgressStart
 from ..store.atomic import atomic_path, check_output
 from ..store.container import Container, tile_name
+from .batch import Job, Outcome, output_bytes
 from .decompress import write_tiff_levels
+from .items import SlideItem
 
 # DICOM transfer syntaxes (pydicom / wsidicom spell the same UIDs)
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
@@ -521,3 +526,65 @@ def export_container(
             "re-encoded"
         )
     return result
+
+
+@dataclass
+class ExportJob(Job):
+    """`export`: each item (a container) as a pyramidal TIFF `out_dir/STEM.tiff` or a DICOM
+    WSI folder `out_dir/STEM.dicom` (or `output` for one container)."""
+
+    kind: ClassVar[str] = "export"
+    options: dict[str, Any] = field(default_factory=dict)  # export_container keywords
+    output: str | None = None
+
+    OPTIONS: ClassVar[frozenset[str]] = frozenset({"format", "quality", "workers", "overwrite"})
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.options) - self.OPTIONS)
+        if unknown:
+            raise UsageError(f"export takes no option {unknown[0]!r}")
+        fmt = self.options.get("format", "tiff")
+        if fmt not in EXPORTERS:
+            raise UsageError(f"export format must be one of {', '.join(EXPORTERS)}, not {fmt!r}")
+        check_workers(self.options.get("workers", 2))
+
+    def output_for(self, item: SlideItem, out_dir: Path) -> Path:
+        if self.output:
+            return Path(self.output)
+        suffix = ".tiff" if self.options.get("format", "tiff") == "tiff" else ".dicom"
+        return out_dir / f"{item.stem}{suffix}"
+
+    refuses_existing: ClassVar[bool] = True  # no content key: replaced only on request
+
+    def outputs(self, item: SlideItem, out_dir: Path) -> list[Path]:
+        return [self.output_for(item, out_dir)]
+
+    def overwrite(self) -> bool:
+        return bool(self.options.get("overwrite"))
+
+    def run(self, item: SlideItem, out_dir: Path, progress: ProgressStart | None) -> Outcome:
+        out = self.output_for(item, out_dir)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        r = export_container(item.path, out, progress_start=progress, **self.options)
+        loss = ""
+        if r.tiles_reencoded:
+            psnr = r.reencode_psnr_db
+            loss = ", exact" if psnr == float("inf") else f", {psnr:.2f} dB vs the container"
+        summary = (
+            f"{r.path.name} ({r.format}: {r.codestream}; {r.tiles_copied} tiles copied, "
+            f"{r.tiles_reencoded} re-encoded{loss}, {r.tiles_filled} glass tiles filled)"
+        )
+        psnr = r.to_dict()["reencode_psnr_db"]
+        return Outcome(
+            slide=item.name, path=str(item.path), status="done", units="tiles",
+            count=r.tiles_copied + r.tiles_reencoded + r.tiles_filled,
+            bytes_in=output_bytes([item.path]), bytes_out=output_bytes([r.path]),
+            outputs=[str(r.path)], summary=summary, notes=list(r.notes),
+            metrics={"format": r.format, "codestream": r.codestream,
+                     "tiles_copied": r.tiles_copied, "tiles_reencoded": r.tiles_reencoded,
+                     "tiles_filled": r.tiles_filled,
+                     "reencode_psnr_db": round(psnr, 3) if isinstance(psnr, float) else psnr},
+        )  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "options": dict(self.options), "output": self.output}

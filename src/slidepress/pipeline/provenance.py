@@ -7,13 +7,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
+from .. import __version__, remote
 from ..slide import SlideReader, guard
 from ..slide.discovery import slide_files
 
 
 def content_sha256(path: Path) -> str:
-    """Hash of the slide's bytes (every file of its series, by name, for a DICOM folder)."""
+    """Hash of the slide's bytes (every file of its series, by name, for a DICOM folder);
+    of the object in the store for a slide read from there by ranges (remote.sha256_of)."""
+    if remote.is_sparse(path):
+        return remote.sha256_of(remote.origin(path) or "")
     h = hashlib.sha256()
     for f in slide_files(path):
         if path.is_dir():
@@ -40,11 +43,12 @@ def stamp() -> dict[str, Any]:
 
 def slide_record(path: Path, reader: SlideReader, sha: str) -> dict[str, Any]:
     """Where a grid or container came from: the file, its hash, the reader and the resolution
-    used (settled by `open_slide`: from the file, an override or a table)."""
+    used (settled by `open_slide`: from the file, an override or a table). A slide staged
+    from object storage is recorded by its URL."""
     info = reader.info
     return {
         "name": path.name,
-        "path": str(path.resolve()),
+        "path": remote.origin(path) or str(path.resolve()),
         "sha256": sha,
         "bytes": source_bytes(path),
         "reader": info.reader,

@@ -29,6 +29,7 @@ from .api.routes import ROUTERS
 from .config import ServiceConfig
 from .db import make_engine, sessions
 from .logs import setup as setup_logs
+from .storage import check_storage
 from .supervisor import Supervisor
 
 STATIC = Path(__file__).parent / "static"
@@ -52,10 +53,13 @@ def _prefix(request: Request) -> str:
 
 
 def create_app(cfg: ServiceConfig, *, start_workers: bool = True) -> FastAPI:
-    """The app for `cfg`; `start_workers=False` serves the API without running jobs."""
+    """The app for `cfg`; `start_workers=False` serves the API without running jobs (nor
+    registering an instance). With `cfg.workers == 0` the supervisor runs without workers:
+    the instance is registered and requeues dead instances' jobs; others run them."""
     cfg.prepare()
     setup_logs(cfg.log_format)
     make = sessions(make_engine(cfg.url))  # migrates the schema before any worker starts
+    check_storage(cfg)
     supervisor = Supervisor(cfg) if start_workers else None
     tmp_dir = cfg.data_dir / "tmp"
 

@@ -37,8 +37,10 @@ DATABASE = Option(
     optional=True, envvar="SLIDEPRESS_DATABASE_URL", key="database_url",
 )  # fmt: skip
 WORKERS = Option(
-    "workers", int, 2, "Worker processes running jobs.", min=1, max=MAX_WORKERS,
-    envvar="SLIDEPRESS_WORKERS",
+    "workers", int, 2,
+    "Worker processes running jobs; 0: this instance serves the API only (other instances, "
+    "or `serve --workers-only`, run the jobs).",
+    min=0, max=MAX_WORKERS, envvar="SLIDEPRESS_WORKERS",
 )  # fmt: skip
 MAX_UPLOAD_GB = Option(
     "max_upload_gb", float, 20.0,
@@ -90,14 +92,41 @@ LOG_FORMAT = Option(
     "log_format", str, "text", "Service log lines: text or json (one object a line).",
     choices=("text", "json"), envvar="SLIDEPRESS_LOG_FORMAT",
 )  # fmt: skip
+STORAGE = Option(
+    "storage", str, "",
+    "Where uploads and results live: a local folder or an object store URL, e.g. "
+    "s3://bucket/prefix (credentials from the environment or the AWS config files; "
+    "SLIDEPRESS_S3_ENDPOINT or AWS_ENDPOINT_URL for MinIO/Ceph). Default: the data dir. "
+    "Several instances share one store and one PostgreSQL database.",
+    envvar="SLIDEPRESS_STORAGE",
+)  # fmt: skip
+PRESIGN_SECONDS = Option(
+    "presign_seconds", float, 0.0,
+    "Downloads from an object store: redirect to a presigned URL valid this many seconds; "
+    "0: stream through the service.",
+    min=0, envvar="SLIDEPRESS_PRESIGN_SECONDS",
+)  # fmt: skip
+HEARTBEAT_TIMEOUT = Option(
+    "heartbeat_timeout", float, 60.0,
+    "Seconds without a heartbeat after which a running job (or a whole instance) counts as "
+    "gone and any instance queues the job again; keep the machines' clocks in sync (NTP).",
+    min=1, envvar="SLIDEPRESS_HEARTBEAT_TIMEOUT", key="stale_seconds",
+)  # fmt: skip
+MAX_ATTEMPTS = Option(
+    "max_attempts", int, 2,
+    "Runs of one job: a job whose worker died is queued again until it has run this often, "
+    "then it fails with a message.",
+    min=1, envvar="SLIDEPRESS_MAX_ATTEMPTS",
+)  # fmt: skip
 # what `slidepress serve` takes besides where it listens (data dir and database are shared
 # with `slidepress token ...` and `slidepress admin ...`)
 SETTINGS = (
     DATA_DIR, DATABASE, WORKERS, MAX_UPLOAD_GB, MAX_JOBS_PER_USER, THREADS_PER_JOB, QUOTA_GB,
     RETENTION_DAYS, MAX_IMAGE_MEGAPIXELS, WORKER_MEMORY_GB, ADMINS, ROOT_PATH, LOG_FORMAT,
+    STORAGE, PRESIGN_SECONDS, HEARTBEAT_TIMEOUT, MAX_ATTEMPTS,
 )  # fmt: skip
 CONFIG_ENV = "SLIDEPRESS_CONFIG"
-SECRET = {DATABASE.field}  # never shown
+SECRET = {DATABASE.field}  # never shown (a storage URL's user info is dropped when shown)
 # settings given in GB / MP; the config counts bytes / pixels
 _SCALED = {
     MAX_UPLOAD_GB.field: ("max_upload_bytes", GB), QUOTA_GB.field: ("quota_bytes", GB),
@@ -169,8 +198,10 @@ class ServiceConfig:
     max_zip_ratio: float = 100.0  # a DICOM member deflated more than this is a bomb
     poll_seconds: float = 0.5  # idle workers look for queued jobs this often
     heartbeat_seconds: float = 2.0  # a running job's worker says it is alive this often
-    stale_seconds: float = 30.0  # a running job silent this long is orphaned
-    max_attempts: int = 2  # runs of one job (a restart resumes it once, then it fails)
+    stale_seconds: float = HEARTBEAT_TIMEOUT.default  # a job or instance silent this long is gone
+    max_attempts: int = MAX_ATTEMPTS.default  # runs of one job (a restart resumes it once)
+    storage: str = STORAGE.default  # "": the data dir; else a folder or an fsspec URL
+    presign_seconds: float = PRESIGN_SECONDS.default  # 0: downloads stream through us
     sources: dict[str, str] = field(default_factory=dict)  # setting -> flag|env|file|default
 
     def __post_init__(self) -> None:
@@ -179,6 +210,11 @@ class ServiceConfig:
         THREADS_PER_JOB.check(self.threads_per_job)
         MAX_JOBS_PER_USER.check(self.max_active_jobs_per_user)
         LOG_FORMAT.check(self.log_format)
+        HEARTBEAT_TIMEOUT.check(self.stale_seconds)
+        MAX_ATTEMPTS.check(self.max_attempts)
+        if self.stale_seconds < 3 * self.heartbeat_seconds:
+            raise UsageError(f"heartbeat_timeout must be at least 3 heartbeats "
+                             f"({3 * self.heartbeat_seconds:g} s)")  # fmt: skip
         if self.max_upload_bytes <= 0:
             raise UsageError("the upload limit must be positive")
         root = self.root_path.strip().rstrip("/")
@@ -196,7 +232,7 @@ class ServiceConfig:
             return self.worker_memory_bytes
         import psutil
 
-        return max(4 * GB, psutil.virtual_memory().total // self.workers)
+        return max(4 * GB, psutil.virtual_memory().total // max(self.workers, 1))
 
     def prepare(self) -> Path:
         """Create the data dir private to the service's user (0700; files 0600 by the
@@ -264,6 +300,10 @@ class ServiceConfig:
         for o in SETTINGS:
             if o.field in SECRET:
                 value: Any = self.url.split(":", 1)[0]
+            elif o.field == STORAGE.field:
+                from ..remote import public
+
+                value = public(self.storage) if self.storage else str(self.data_dir)
             elif o.field in _SCALED:
                 target, scale = _SCALED[o.field]
                 value = round(getattr(self, target) / scale, 3)
@@ -278,4 +318,8 @@ class ServiceConfig:
         d = self.to_dict()
         d.pop("database_url")
         d["database"] = self.url.split(":", 1)[0]
+        if self.storage:
+            from ..remote import public
+
+            d["storage"] = public(self.storage)
         return d

@@ -133,6 +133,22 @@ class UploadSession(Base):
     updated_at: Mapped[float] = mapped_column(Float, default=now)
 
 
+class Instance(Base):
+    """A running `slidepress serve` (web + workers, API only, or workers only): it says it
+    is alive every few seconds (`seen_at`); its workers' ids start with its id. Another
+    instance requeues the running jobs of one that went silent (supervisor.release_orphans)."""
+
+    __tablename__ = "instances"
+    id: Mapped[str] = mapped_column(String(80), primary_key=True)  # host:pid:random
+    host: Mapped[str] = mapped_column(String(64))
+    pid: Mapped[int] = mapped_column(Integer)
+    machine: Mapped[str] = mapped_column(String(32))  # same value: its pid can be checked here
+    workers: Mapped[int] = mapped_column(Integer, default=0)
+    http: Mapped[bool] = mapped_column(Boolean, default=True)
+    started_at: Mapped[float] = mapped_column(Float, default=now)
+    seen_at: Mapped[float] = mapped_column(Float, default=now)
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
@@ -144,6 +160,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 BASELINE = "0001"  # the schema create_all made before migrations
+MIGRATION_LOCK = 0x5D1DE  # PostgreSQL advisory lock key held while migrating
 
 
 def _alembic_config(connection: Any) -> Any:
@@ -164,6 +181,8 @@ def migrate(engine: Engine, revision: str = "head") -> str | None:
     from sqlalchemy import inspect
 
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":  # instances starting together: one migrates
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
         before = MigrationContext.configure(conn).get_current_revision()
         cfg = _alembic_config(conn)
         if before is None and inspect(conn).has_table("users"):

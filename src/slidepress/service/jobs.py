@@ -13,7 +13,17 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from ..codecs import CODECS
 from ..errors import SlidepressError
-from ..jobs.options import COMPRESS, ENCODE, JOB_SPECS, MPP_OVERRIDE, SERVICE, JobSpec, Option
+from ..jobs.options import (
+    COMPARE,
+    COMPRESS,
+    ENCODE,
+    EXPORT,
+    JOB_SPECS,
+    MPP_OVERRIDE,
+    SERVICE,
+    JobSpec,
+    Option,
+)
 
 MAX_SLIDES = 100
 
@@ -80,11 +90,14 @@ def _known(option: Option) -> Any:
     return field_validator(option.name)(check)
 
 
-def request_model(spec: JobSpec, base: type[BaseModel]) -> type[BaseModel]:
-    """The pydantic request model of a job kind: its service options, by the spec."""
+def request_model(spec: JobSpec, base: type[BaseModel], mpp: Option | None = MPP_OVERRIDE
+                  ) -> type[BaseModel]:  # fmt: skip
+    """The pydantic request model of a job kind: its service options, by the spec. `mpp`:
+    the slides' resolution override (None: the job takes none)."""
     offered = spec.for_target(SERVICE)
     fields: dict[str, Any] = {"kind": (Literal[spec.kind], ...)}
-    fields["mpp_override"] = request_field(MPP_OVERRIDE)  # the slides', for all of them
+    if mpp is not None:
+        fields["mpp_override"] = request_field(mpp)  # the slides', for all of them
     fields.update({o.name: request_field(o) for o in offered})
     known = {f"_known_{o.name}": _known(o) for o in offered if o.registry is not None}
     name = f"{spec.kind.capitalize()}Request"
@@ -101,23 +114,53 @@ class _CompressBase(_JobBase):
         return self
 
 
+class _CompareBase(_JobBase):
+    """The compressed slides are the inputs (results: containers; uploads: containers or any
+    slide); each one's original is an upload in `originals`, or else what the service
+    recorded: the upload (or container) the compress job that made the result was run on."""
+
+    originals: list[ID] = Field(
+        default_factory=list, max_length=MAX_SLIDES,
+        description="upload ids of the originals, one per input in order (uploads, then "
+        "results); empty: each result's own source, as its compress job recorded it",
+    )  # fmt: skip
+
+    @model_validator(mode="after")
+    def _one_original_each(self) -> Any:
+        n = len(self.uploads) + len(self.results)
+        if self.originals and len(self.originals) != n:
+            raise ValueError(f"originals: give one per input ({n}), or none (each result's "
+                             f"own source), not {len(self.originals)}")  # fmt: skip
+        if self.uploads and not self.originals:
+            raise ValueError("originals: an uploaded input has no recorded source; give the "
+                             "originals' upload ids, one per input")  # fmt: skip
+        return self
+
+
 EncodeRequest = request_model(ENCODE, _JobBase)
 CompressRequest = request_model(COMPRESS, _CompressBase)
+# the original's level-0 um/px (a container records its own)
+CompareRequest = request_model(COMPARE, _CompareBase, MPP_OVERRIDE)
+ExportRequest = request_model(EXPORT, _JobBase, None)  # a container records its resolution
 
 
-JobRequest = Annotated[EncodeRequest | CompressRequest, Field(discriminator="kind")]
+JobRequest = Annotated[
+    EncodeRequest | CompressRequest | CompareRequest | ExportRequest, Field(discriminator="kind")
+]
 
 
-def batch_job(req: BaseModel, threads: int) -> dict[str, Any]:
+def batch_job(req: BaseModel, threads: int, **extra: Any) -> dict[str, Any]:
     """The pipeline's job dict (pipeline.batch.job_from_dict) for a request, by the same spec
     as the CLI's, checked by building it once here: a bad combination is a 422 now, not a
-    failed job later. `threads`: the server's threads per slide (the jobs' --threads)."""
+    failed job later. `threads`: the server's threads per slide (the jobs' --threads, where
+    the kind has them); `extra`: job-level entries (compare: `originals`)."""
     from ..pipeline.batch import job_from_dict
 
     spec = JOB_SPECS[req.kind]
     values = {o.name: getattr(req, o.name) for o in spec.for_target(SERVICE)}
-    values["threads"] = threads
-    d = spec.job_dict(values)
+    if any(o.name == "threads" for o in spec):
+        values["threads"] = threads
+    d = spec.job_dict(values, **extra)
     try:
         job_from_dict(d)
     except SlidepressError as e:

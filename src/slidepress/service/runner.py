@@ -26,6 +26,7 @@ from .config import ServiceConfig
 from .db import Job, Result, User, now
 from .logs import event
 from .messages import for_user
+from .storage import drop_scratch, publish_results, stage_inputs
 from .worker import Stopped, job_dir
 
 
@@ -151,6 +152,7 @@ def run_job(cfg: ServiceConfig, make: sessionmaker[Session], job_id: str, me: st
     outcomes, items = [], []
     try:
         with tracker:
+            stage_inputs(cfg, make, job)  # storage.py: from an object store, else in place
             batch = job_from_dict(job.batch_job)
             batch.prepare()
             out.mkdir(parents=True, exist_ok=True)
@@ -179,6 +181,9 @@ def run_job(cfg: ServiceConfig, make: sessionmaker[Session], job_id: str, me: st
                     outcome.error = public(outcome.error)
                 source = ({"upload": entry["upload"]} if entry["upload"]
                           else {"result": entry.get("result", "")})  # fmt: skip
+                for key, value in (entry.get("original") or {}).items():  # compare jobs
+                    if key in ("upload", "result"):
+                        source[f"original_{key}"] = value
                 outcome.fields = {**source, **outcome.fields}
                 outcomes.append(outcome)
                 items.append(item)
@@ -186,6 +191,7 @@ def run_job(cfg: ServiceConfig, make: sessionmaker[Session], job_id: str, me: st
             results = _collect(cfg, job, list(zip(items, outcomes, strict=True)), out)
             report = write_report(out / "report.csv", outcomes)
             results.append(_result(cfg, job, report, "report", ""))
+            publish_results(cfg, results)  # storage.py: whole objects, before registering
     except Cancelled:
         shutil.rmtree(folder, ignore_errors=True)
         _finish(make, job_id, me, state="cancelled", message="cancelled by the user")
@@ -224,6 +230,7 @@ def run_job(cfg: ServiceConfig, make: sessionmaker[Session], job_id: str, me: st
                  error=error, message=message, summary=_summary(job.kind, outcomes))  # fmt: skip
     if state == "failed" and ok:
         shutil.rmtree(folder, ignore_errors=True)
+    drop_scratch(cfg, folder)  # storage.py: outputs kept in an object store, not here
     if ok:
         ended(state, slides=len(outcomes), failed=len(failed), error=error or None)
 
@@ -300,6 +307,19 @@ def _result(cfg: ServiceConfig, job: Job, path: Path, role: str, slide: str) -> 
     )  # fmt: skip
 
 
+# the role of an output by its job kind (images are previews whatever the kind)
+ROLES = {"encode": "grid", "compress": "container", "export": "export"}
+COMPARE_ROLES = {"cosine.npy": "cosine", "compare.json": "summary"}
+
+
+def result_role(kind: str, path: Path) -> str:
+    if path.suffix == ".png":
+        return "preview"
+    if kind == "compare":
+        return COMPARE_ROLES.get(path.name, "summary")
+    return ROLES.get(kind, "grid")
+
+
 def _collect(cfg: ServiceConfig, job: Job, done: list[tuple], out: Path) -> list[Result]:
     """Result rows for every finished slide's outputs (+ previews made for compress jobs)."""
     from ..pipeline.items import SlideItem
@@ -310,8 +330,7 @@ def _collect(cfg: ServiceConfig, job: Job, done: list[tuple], out: Path) -> list
         if o.status == "failed":
             continue
         for p in map(Path, o.outputs):
-            role = "preview" if p.suffix == ".png" else ("container" if p.suffix == ".spz"
-                                                          else "grid")  # fmt: skip
+            role = result_role(job.kind, p)
             results.append(_result(cfg, job, p, role, o.slide))
             if role == "container":
                 try:

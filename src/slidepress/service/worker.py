@@ -1,5 +1,9 @@
 """Worker processes: each claims a queued job (fairly between users) and hands it to the job
-runner (`runner.py`); the supervisor in the web process (`supervisor.py`) keeps them alive.
+runner (`runner.py`); the supervisor of its instance (`supervisor.py`) keeps them alive.
+
+A worker's id (`Job.worker`) is its instance's id (`host:pid:random`, one per `slidepress
+serve`) and its pid, so any instance sharing the database can tell whose job a running job is
+and whether that instance is still alive (`supervisor.release_orphans`).
 
 Fairness: an idle worker takes the oldest queued job of the user with the fewest running
 jobs, so one user's queue of many jobs does not hold back another user's one job. Each worker
@@ -12,10 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import os
 import signal
 import socket
 import time
+import uuid
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -27,15 +33,42 @@ from .config import ServiceConfig
 from .db import Job, make_engine, now, sessions
 from .logs import setup as setup_logs
 
-HOST = socket.gethostname()
+HOST = socket.gethostname()[:48]
+
+
+def _machine() -> str:
+    """Processes with the same value can check each other's pids: one boot of one host, one
+    pid namespace (two containers on one host differ)."""
+    parts = [HOST]
+    with contextlib.suppress(OSError):
+        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip())
+    with contextlib.suppress(OSError):
+        parts.append(os.readlink("/proc/self/ns/pid"))
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
+
+
+MACHINE = _machine()
 
 
 class Stopped(BaseException):  # noqa: N818
     """The worker was told to stop (service shutdown): the job goes back to the queue."""
 
 
-def worker_id(pid: int | None = None) -> str:
-    return f"{HOST}:{pid or os.getpid()}"
+def new_instance_id() -> str:
+    """This `slidepress serve`'s id: host, pid and a random part (pids repeat)."""
+    return f"{HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def worker_id(instance: str, pid: int | None = None) -> str:
+    """A worker's id (in `Job.worker`): its instance's id and its pid."""
+    return f"{instance}/{pid or os.getpid()}"
+
+
+def instance_of(worker: str) -> str | None:
+    """The instance id in a worker id; None for an id written before instances existed
+    (`host:pid`)."""
+    instance, sep, _ = worker.rpartition("/")
+    return instance if sep else None
 
 
 def job_dir(cfg: ServiceConfig, job_id: str) -> Path:
@@ -70,7 +103,7 @@ def limit_memory(nbytes: int) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (nbytes, hard))
 
 
-def worker_main(config: dict[str, Any], parent_pid: int) -> None:
+def worker_main(config: dict[str, Any], parent_pid: int, instance: str) -> None:
     """Entry point of a worker process (spawned: nothing inherited from the web process)."""
     from .. import limits
 
@@ -84,7 +117,11 @@ def worker_main(config: dict[str, Any], parent_pid: int) -> None:
                                           cfg.max_image_pixels))  # fmt: skip
     limit_memory(cfg.worker_memory_limit)
     make = sessions(make_engine(cfg.url, migrate_schema=False))  # the web process did
-    me = worker_id()
+    me = worker_id(instance)
+    if cfg.storage:  # inputs staged from an object store: a bounded cache in the data dir
+        from ..remote import CACHE_ENV
+
+        os.environ.setdefault(CACHE_ENV, str(cfg.data_dir / "cache"))
     from .runner import run_job
 
     try:

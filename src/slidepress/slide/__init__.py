@@ -125,6 +125,10 @@ def open_slide(
         raise SlideError(f"{p.name}: empty file (0 bytes)")
     if reader is not None and reader not in READERS:
         raise READERS.unknown(reader)
+    if reader not in (None, "tifffile"):  # a slide read by ranges: only the fast path can
+        from .ranged import whole
+
+        p = whole(p)
     if p.is_file():
         refuse_non_wsi_dicom(p)
         inspect_tiff(p)  # before OpenSlide's format probe: libtiff itself can loop or abort

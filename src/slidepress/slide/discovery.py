@@ -70,6 +70,26 @@ def _header(path: Path) -> tuple[str, str, bool] | None:
         return None
 
 
+def slides_at_url(url: str, recursive: bool = False) -> list[str]:
+    """The slides under a URL prefix (remote.py lists it; nothing is fetched): slide files
+    by suffix, and each prefix holding `.dcm` files as one DICOM WSI folder (their headers
+    are read when the folder is staged and opened, not here)."""
+    from .. import remote
+
+    suffixes = slide_suffixes() - {DICOM_SUFFIX}
+    found: list[str] = []
+    dicom: list[str] = []
+    for f in remote.listing(url, recursive=recursive):
+        folder, _, fname = f.rpartition("/")
+        suffix = "." + fname.rsplit(".", 1)[-1].lower() if "." in fname else ""
+        if suffix == DICOM_SUFFIX:
+            if folder not in dicom:
+                dicom.append(folder)
+        elif suffix in suffixes:
+            found.append(f)
+    return sorted(found + dicom)
+
+
 def refuse_non_wsi_dicom(path: Path) -> None:
     """A lone DICOM file that is not a whole-slide image (a CT slice, a photo) fails with a
     message that says so, not as a damaged TIFF (DICOM's preamble may look like one)."""

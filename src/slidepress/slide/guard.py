@@ -77,13 +77,27 @@ def inspect_tiff(path: Path) -> TiffLayout | None:
         return _Walker(path, f).walk()
 
 
+def metadata_ranges(name: str, f, size: int) -> list[tuple[int, int]]:  # noqa: ANN001
+    """(offset, length) of every byte a TIFF's structure occupies: the header, each IFD and
+    each tag value stored outside its IFD (tile offsets, descriptions, JPEG tables ...),
+    read from a file object `f` of `size` bytes (an object in a store, read by ranges), with
+    the same checks and refusals as `inspect_tiff`. What a TIFF reader parses on open is
+    there; the rest is pixel data. Empty when it is not a TIFF."""
+    walker = _Walker(Path(name), f, size)
+    if walker.walk() is None:
+        return []
+    return sorted(set(walker.ranges))
+
+
 class _Walker:
-    def __init__(self, path: Path, f) -> None:  # noqa: ANN001 - a binary file object
+    def __init__(self, path: Path, f, size: int | None = None) -> None:  # noqa: ANN001
         self.path, self.f = path, f
-        self.size = path.stat().st_size
+        self.size = path.stat().st_size if size is None else size
         self.lim = limits.current()
+        self.ranges: list[tuple[int, int]] = []  # every structure byte range seen
 
     def read(self, offset: int, n: int) -> bytes:
+        self.ranges.append((offset, n))
         self.f.seek(offset)
         data = self.f.read(n)
         if len(data) != n:
@@ -147,6 +161,8 @@ class _Walker:
                 raise _refuse(
                     self.path, f"tag {tag} declares {nbytes} bytes, more than the whole file"
                 )
+            if nbytes > inline:  # the value lives elsewhere in the file
+                self.ranges.append((struct.unpack(self.bo + self.off_fmt, val)[0], nbytes))
             if tag == _NDPI_FORMAT and first:
                 self.ndpi = not self.big
             if typ not in _UINT_FORMAT or count == 0:

@@ -13,12 +13,16 @@ HOW_TO_OVERRIDE = "pass --mpp-override UM_PER_PX or --mpp-csv FILE (columns: sli
 
 def load_mpp_csv(path: str | Path) -> dict[str, float]:
     """Per-slide overrides keyed by file name, stem and full path (all accepted in the CSV)."""
-    p = Path(path)
+    from .. import remote
+
+    shown = remote.public(str(path)) if remote.is_url(path) else Path(path)
+    p = remote.localize(path)  # a URL is staged (StorageError when it cannot be read)
     try:
         with open(p, newline="") as f:
             rows = list(csv.DictReader(f))
     except OSError as e:
-        raise UsageError(f"cannot read mpp CSV {p}: {e.strerror}") from None
+        raise UsageError(f"cannot read mpp CSV {shown}: {e.strerror}") from None
+    p = shown
     if not rows or not {"slide", "mpp"} <= set(rows[0]):
         raise UsageError(f"mpp CSV {p} needs a header with columns 'slide' and 'mpp'")
     out: dict[str, float] = {}
@@ -33,8 +37,12 @@ def load_mpp_csv(path: str | Path) -> dict[str, float]:
     return out
 
 
-def lookup_override(slide_path: Path, table: dict[str, float]) -> float | None:
-    for key in (str(slide_path), slide_path.name, slide_path.stem):
+def lookup_override(slide_path: str | Path, table: dict[str, float]) -> float | None:
+    """The override for a slide (a path or a URL) by full name, file name or stem."""
+    full = str(slide_path)
+    name = full.rstrip("/").rsplit("/", 1)[-1]
+    stem = name.rsplit(".", 1)[0] if "." in name else name
+    for key in (full, name, stem):
         if key in table:
             return table[key]
     return None

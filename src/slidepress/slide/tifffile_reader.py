@@ -66,6 +66,11 @@ class TiffFileReader(OpenSlideReader):
 
     def __init__(self, path: str | Path):
         super().__init__(path)  # OpenSlide: geometry, mpp, properties, associated images
+        from .ranged import source_for
+
+        self._ranges = source_for(self.path)  # a slide in a store: tiles fetched by ranges
+        if self._ranges is not None:  # OpenSlide hashed the holes of the sparse copy
+            self.info.properties.pop("openslide.quickhash-1", None)
         try:
             self._levels = self._map_levels()
             self._fd: int | None = os.open(self.path, os.O_RDONLY)
@@ -126,11 +131,24 @@ class TiffFileReader(OpenSlideReader):
             os.lseek(self._fd, offset, os.SEEK_SET)
             return os.read(self._fd, n)
 
+    def _fetch(self, lv: _Level, indices: list[int]) -> dict[int, bytes]:
+        """The coded bytes of tiles (sparse ones left out): from the file, or from the store
+        in one batch of range requests."""
+        wanted = [(i, int(lv.offsets[i]), int(lv.counts[i])) for i in indices if lv.counts[i]]
+        if self._ranges is not None:
+            datas = self._ranges.read([(o, n) for _, o, n in wanted])
+            return {i: d for (i, _, _), d in zip(wanted, datas, strict=True)}
+        return {i: self._pread(o, n) for i, o, n in wanted}
+
     def _read_level(self, lx: int, ly: int, level: int, width: int, height: int) -> np.ndarray:
         lv = self._levels[level]
         out = np.empty((height, width, 3), np.uint8)
         tx0, tx1 = lx // lv.tile_w, (lx + width - 1) // lv.tile_w
         ty0, ty1 = ly // lv.tile_h, (ly + height - 1) // lv.tile_h
+        coded = self._fetch(
+            lv,
+            [ty * lv.tiles_across + tx for ty in range(ty0, ty1 + 1) for tx in range(tx0, tx1 + 1)],
+        )
         for ty in range(ty0, ty1 + 1):
             y0 = ty * lv.tile_h
             sy0, sy1 = max(ly, y0), min(ly + height, y0 + lv.tile_h)
@@ -144,7 +162,7 @@ class TiffFileReader(OpenSlideReader):
                     dst[...] = 255
                     continue
                 try:
-                    data = self._pread(int(lv.offsets[index]), n)
+                    data = coded[index]
                     tile = lv.decode(data, index, jpegtables=lv.tables)[0]
                     dst[...] = tile[0, sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0, :3]
                 except Exception as e:

@@ -69,6 +69,11 @@ class JobOut(BaseModel):
     results: list[str] = Field(
         default_factory=list, description="results (containers) used as inputs, after the uploads"
     )
+    originals: list[dict[str, str]] = Field(
+        default_factory=list,
+        description="compare jobs: each input's original, in input order (upload or result id, "
+        "and its label)",
+    )
     attempts: int
     created_at: float
     started_at: float | None
@@ -82,7 +87,12 @@ class ResultOut(BaseModel):
     job: str
     name: str
     path: str = Field(description="where it sits in the job's zip")
-    role: str = Field(description="grid, container, preview or report")
+    role: str = Field(
+        description="grid, container, preview or report; compare jobs: cosine (per-cell "
+        "cosine, .npy aligned with the grid), preview (heat map), summary (compare.json: "
+        "figures and the grid's geometry); export jobs: export (a TIFF, or a DICOM folder "
+        "as a zip)"
+    )
     slide: str
     bytes: int
     url: str = Field(description="GET it to download (with the token)")

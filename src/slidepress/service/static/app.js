@@ -11,6 +11,9 @@ let detailShown = "";  // "<job id> <state>" the results panel was last drawn fo
 let detailSeq = 0;  // drawing of the results panel; a newer one wins over an older, slower one
 let pollTimer = null;
 let uploadNames = {};  // upload id -> file name, for the jobs' "on SLIDE" line
+let resultNames = {};  // result id -> file name (results seen on this page)
+let chosenResults = [];  // results chosen as inputs of the next job ("Use this result as input")
+let lastJobs = [];  // the jobs as last listed (newest first)
 const objectUrls = [];
 const ACTIVE = ["queued", "running"];
 const SESSION_ENDED = "The service no longer accepts your API token (it was revoked or has " +
@@ -119,7 +122,11 @@ function stateBadge(state) {
 function jobSettings(j) {
   const p = j.params || {};
   const parts = [];
-  if (j.kind === "compress") {
+  if (j.kind === "compare") {
+    parts.push(p.encoder);
+  } else if (j.kind === "export") {
+    parts.push(p.format, `JPEG quality ${p.quality} where re-encoded`);
+  } else if (j.kind === "compress") {
     const c = codecs.find((x) => x.name === p.codec);
     const q = p.quality !== null && p.quality !== undefined ? `quality ${p.quality}`
       : c && c.default_quality !== null ? `quality ${c.default_quality} (default)` : "default quality";
@@ -135,7 +142,8 @@ function jobSettings(j) {
 }
 
 function jobSlides(j) {
-  const names = (j.uploads || []).map((u) => uploadNames[u] || `upload ${u.slice(0, 8)} (deleted)`);
+  const names = (j.uploads || []).map((u) => uploadNames[u] || `upload ${u.slice(0, 8)} (deleted)`)
+    .concat((j.results || []).map((r) => resultNames[r] || `result ${r.slice(0, 8)}`));
   const shown = names.slice(0, 2).join(", ");
   return names.length > 2 ? `on ${shown} and ${names.length - 2} more` : `on ${shown}`;
 }
@@ -224,6 +232,7 @@ async function loadOptions() {
     }
   };
   fill($("#encoder"), opts.encoders);
+  fill($("#cmp-encoder"), opts.encoders);
   fill($("#format"), opts.formats);
   codecs = opts.codecs;
   fill($("#codec"), codecs);
@@ -389,6 +398,10 @@ async function uploadParts(file, partBytes) {
 async function refreshUploads() {
   const rows = await api("GET", "api/uploads");
   uploadNames = Object.fromEntries(rows.map((u) => [u.id, u.filename]));
+  const orig = $("#cmp-original"), keep = orig.value;
+  orig.replaceChildren(el("option", { value: "", textContent: "the result's own source" }),
+    ...rows.filter((u) => u.kind !== "container").map((u) => el("option", { value: u.id, textContent: u.filename })));
+  orig.value = rows.some((u) => u.id === keep) ? keep : "";
   const body = $("#uploads tbody");
   const checked = new Set([...body.querySelectorAll("input:checked")].map((i) => i.value));
   body.innerHTML = "";
@@ -420,10 +433,18 @@ async function refreshUploads() {
 function jobBody() {
   const kind = document.querySelector("input[name=kind]:checked").value;
   const uploads = [...document.querySelectorAll("#uploads tbody input:checked")].map((i) => i.value);
-  const body = { kind, uploads };
+  const body = { kind, uploads, results: chosenResults.map((r) => r.id) };
   const mpp = $("#mpp").value;
-  if (mpp) body.mpp_override = Number(mpp);
-  if (kind === "encode") {
+  if (mpp && kind !== "export") body.mpp_override = Number(mpp);
+  if (kind === "compare") {
+    body.encoder = $("#cmp-encoder").value;
+    if ($("#cmp-tissue").value) body.tissue_threshold = Number($("#cmp-tissue").value);
+    // one original for every input, or each result's own source
+    if ($("#cmp-original").value) body.originals = [...uploads, ...body.results].map(() => $("#cmp-original").value);
+  } else if (kind === "export") {
+    body.format = $("#exp-format").value;
+    if ($("#exp-quality").value) body.quality = Number($("#exp-quality").value);
+  } else if (kind === "encode") {
     body.encoder = $("#encoder").value;
     body.augment = $("#augment").value;
     body.format = $("#format").value;
@@ -448,6 +469,7 @@ function stateCell(tr, j) {
 
 async function refreshJobs() {
   const jobs = (await api("GET", "api/jobs")).reverse();
+  lastJobs = jobs;
   const body = $("#jobs tbody");
   body.innerHTML = "";
   $("#no-jobs").hidden = jobs.length > 0;
@@ -564,10 +586,18 @@ async function showJob(id) {
       metric(dl, "MS-SSIM", typeof o.ms_ssim === "number" ? o.ms_ssim.toFixed(4) : "");
     }
     if (j.kind === "encode" && o.status !== "failed") metric(dl, "tissue cells", o.count);
+    if (j.kind === "compare" && o.status !== "failed") compareFigures(dl, o);
+    if (j.kind === "export" && o.status !== "failed") {
+      metric(dl, "format", `${o.format}: ${o.codestream}`);
+      metric(dl, "tiles", `${o.tiles_copied} copied, ${o.tiles_reencoded} re-encoded, ${o.tiles_filled} glass tiles filled`);
+      if (o.tiles_reencoded) metric(dl, "re-encoding loss (PSNR, dB)", typeof o.reencode_psnr_db === "number" ? o.reencode_psnr_db.toFixed(2) : o.reencode_psnr_db);
+    }
   }
   if (j.state !== "succeeded") return;
   const results = await api("GET", `api/jobs/${id}/results`);
   if (seq !== detailSeq) return;
+  for (const r of results) resultNames[r.id] = r.name;
+  if (j.kind === "compare") compareViewerButtons(j, results);
   for (const r of results) {
     const url = `api/results/${r.id}`;  // not r.url: that one is absolute
     const li = document.createElement("li");
@@ -577,13 +607,17 @@ async function showJob(id) {
     a.onclick = (ev) => { ev.preventDefault(); download(url, r.name).catch((e) => showError(e.message)); };
     li.appendChild(a);
     list.appendChild(li);
-    if (r.role === "container") viewerButton(j, r);
+    if (r.role === "container") {
+      viewerButton(j, r);
+      $("#viewers-open").appendChild(button("Use this result as input", `use ${r.name} as the input of a new job`, () => useResult(r)));
+    }
     if (r.role === "preview") {
       const fig = document.createElement("figure");
       const img = document.createElement("img");
       const kind = r.name.endsWith(".pca.png") ? "PCA of the embedding grid (RGB)"
         : r.name.endsWith(".tissue.png") ? "thumbnail with the tissue mask"
-        : r.name.endsWith(".compare.png") ? "original (left) vs reconstruction (right)" : r.name;
+        : r.name.endsWith(".compare.png") ? "original (left) vs reconstruction (right)"
+        : j.kind === "compare" && r.name === "heatmap.png" ? "per-cell cosine of the grid over the original (blue: 1, red: 0.95 or less)" : r.name;
       img.alt = `${kind}: ${r.slide}`;
       img.className = r.name.endsWith(".compare.png") ? "compare" : "";
       img.dataset.result = r.name;
@@ -628,32 +662,187 @@ async function tileFetch(url) {
 }
 
 async function openViewer(j, r, o) {
-  closeViewer();
-  viewerJob = j.id;
   const p = j.params || {};
-  const source = o.upload ? `api/uploads/${o.upload}/deepzoom` : `api/results/${o.result}/deepzoom`;
-  $("#cap-original").textContent = o.upload ? `original: ${uploadNames[o.upload] || o.slide}`
-    : `source: ${o.slide} (an earlier container)`;
-  $("#cap-compressed").textContent = `compressed: ${r.name} (${p.codec}` +
-    (o.ratio ? `, ${o.ratio}x smaller)` : ")");
+  const fig = (dl) => {
+    metric(dl, "PSNR (dB, whole slide)", typeof o.psnr_db === "number" ? o.psnr_db.toFixed(2) : o.psnr_db);
+    metric(dl, "MS-SSIM", typeof o.ms_ssim === "number" ? o.ms_ssim.toFixed(4) : "");
+    metric(dl, "tiles stored", o.count !== undefined ? `${o.count} (${o.tiles_dropped || 0} left out as glass)` : "");
+    metric(dl, "bits per pixel", o.bpp);
+    metric(dl, "ratio vs source", o.ratio ? `${o.ratio}x` : "");
+  };
+  // the newest compare job of this container offers its heat map as an overlay
+  const cmp = lastJobs.find((x) => x.kind === "compare" && x.state === "succeeded" && (x.results || []).includes(r.id));
+  await showSideBySide({
+    job: j.id,
+    original: o.upload ? `api/uploads/${o.upload}/deepzoom` : `api/results/${o.result}/deepzoom`,
+    originalCaption: o.upload ? `original: ${uploadNames[o.upload] || o.slide}` : `source: ${o.slide} (an earlier container)`,
+    compressed: `api/results/${r.id}/deepzoom`,
+    compressedCaption: `compressed: ${r.name} (${p.codec}` + (o.ratio ? `, ${o.ratio}x smaller)` : ")"),
+    figures: fig,
+    compare: cmp ? async () => compareOverlay(cmp, await api("GET", `api/jobs/${cmp.id}/results`), r.id) : null,
+  });
+}
+
+// -- compare jobs: figures, the side-by-side viewer with the heat map -----------------------------
+function fmt(v, digits) { return typeof v === "number" ? v.toFixed(digits) : v; }
+
+function compareFigures(dl, o) {
+  metric(dl, "grid cells compared", o.count);
+  metric(dl, "cosine mean", fmt(o.cosine_mean, 5));
+  metric(dl, "cosine 5th percentile", fmt(o.cosine_p5, 5));
+  metric(dl, "worst cell", fmt(o.cosine_min, 5));
+  metric(dl, "PSNR over tissue (dB, grid resolution)", fmt(o.psnr_tissue, 2));
+  metric(dl, "encoder", o.encoder);
+}
+
+// one "View side by side" per compared slide: its original and its container, heat map on
+function compareViewerButtons(j, results) {
+  const inputs = [...(j.uploads || []).map((id) => ({ upload: id })), ...(j.results || []).map((id) => ({ result: id }))];
+  j.outcomes.forEach((o, i) => {
+    if (o.status === "failed") return;
+    const input = inputs[i] || {}, orig = (j.originals || [])[i] || {};
+    const original = orig.upload ? `api/uploads/${orig.upload}/deepzoom` : orig.result ? `api/results/${orig.result}/deepzoom` : null;
+    const compressed = input.upload ? `api/uploads/${input.upload}/deepzoom` : `api/results/${input.result}/deepzoom`;
+    const b = button("View side by side", `View side by side: ${o.slide}, original and compressed, with the heat map`, () => showSideBySide({
+      job: j.id, original, compressed,
+      originalCaption: `original: ${orig.label || ""}`,
+      compressedCaption: `compressed: ${o.slide}`,
+      figures: (dl) => {
+        const c = containerFacts(o);
+        if (c) metric(dl, "container", c);
+        metric(dl, "PSNR (dB, whole slide, from the container)", fmt(o.container_psnr_db, 2));
+        metric(dl, "MS-SSIM (from the container)", fmt(o.container_ms_ssim, 4));
+        compareFigures(dl, o);
+      },
+      compare: async () => compareOverlay(j, results, input.result || input.upload),
+      overlayOn: true,
+    }).catch((e) => showError(e.message)));
+    if (!original) { b.disabled = true; b.title = "the original is not known"; }
+    $("#viewers-open").appendChild(b);
+  });
+}
+
+function containerFacts(o) {
+  if (!o.container_codec) return "";
+  const q = o.container_quality !== undefined ? ` q${o.container_quality}` : "";
+  const tiles = o.container_tiles_stored !== undefined ? `, ${o.container_tiles_stored} of ${o.container_tiles_total} tiles stored` : "";
+  return `${o.container_codec}${q}${tiles}`;
+}
+
+// The overlay of compare job `j` for input `input` (a result or upload id): cosine.npy drawn
+// one pixel per cell (jet colours, the heat map's scale), placed by compare.json's geometry.
+async function compareOverlay(j, results, input) {
+  const k = Math.max(0, [...(j.uploads || []), ...(j.results || [])].indexOf(input));
+  const slide = (j.outcomes[k] || {}).slide;
+  const mine = results.filter((x) => x.slide === slide);
+  const npy = mine.find((x) => x.role === "cosine"), doc = mine.find((x) => x.role === "summary");
+  if (!npy || !doc) throw new Error("this compare job has no per-cell cosine to show");
+  const [buf, summary] = await Promise.all([
+    tileFetch(`api/results/${npy.id}`).then(okBody).then((r) => r.arrayBuffer()),
+    tileFetch(`api/results/${doc.id}`).then(okBody).then((r) => r.json()),
+  ]);
+  const { rows, cols, data } = parseNpy(buf);
+  const g = summary.grid, floor = summary.heat_floor || 0.95;
+  const img = document.createElement("canvas");
+  img.width = cols;
+  img.height = rows;
+  const ctx = img.getContext("2d"), px = ctx.createImageData(cols, rows);
+  for (let i = 0; i < rows * cols; i++) {
+    const v = data[i];
+    if (!Number.isFinite(v)) continue;  // no cell kept: transparent
+    const [cr, cg, cb] = jet(1 - Math.min(1, Math.max(0, (v - floor) / (1 - floor))));
+    px.data.set([cr, cg, cb, 255], i * 4);
+  }
+  ctx.putImageData(px, 0, 0);
+  return { image: img, cell: g.cell_stride_px, slideWidth: g.slide_size[0], alpha: 0.55, visible: false,
+    scale: `cosine 1 (blue) to ${floor} or less (red); mean ${fmt(summary.mean, 5)}, worst ${fmt(summary.min, 5)}; ${summary.encoder}, cells of ${g.patch_size} px at ${fmt(g.effective_mpp, 3)} um/px` };
+}
+
+async function okBody(resp) {
+  if (!resp.ok) throw new Error(detail(await resp.json().catch(() => ({})), resp.status));
+  return resp;
+}
+
+// matplotlib's 'jet' (what heatmap.png uses), t in [0, 1]
+function jet(t) {
+  const c = (x) => Math.round(255 * Math.min(1, Math.max(0, x)));
+  return [c(1.5 - Math.abs(4 * t - 3)), c(1.5 - Math.abs(4 * t - 2)), c(1.5 - Math.abs(4 * t - 1))];
+}
+
+// a (rows, cols) little-endian float32 .npy, C order (what compare writes)
+function parseNpy(buf) {
+  const bytes = new Uint8Array(buf), view = new DataView(buf);
+  if (bytes[0] !== 0x93 || String.fromCharCode(...bytes.subarray(1, 6)) !== "NUMPY") throw new Error("not a .npy file");
+  const wide = bytes[6] >= 2, len = wide ? view.getUint32(8, true) : view.getUint16(8, true);
+  const start = wide ? 12 : 10, header = new TextDecoder().decode(bytes.subarray(start, start + len));
+  const shape = header.match(/'shape':\s*\((\d+),\s*(\d+)\)/);
+  if (!/'descr':\s*'<f4'/.test(header) || /'fortran_order':\s*True/.test(header) || !shape) {
+    throw new Error(`unexpected cosine array: ${header.trim()}`);
+  }
+  const rows = Number(shape[1]), cols = Number(shape[2]);
+  return { rows, cols, data: new Float32Array(buf.slice(start + len, start + len + 4 * rows * cols)) };
+}
+
+// the two synced viewers: `original` and `compressed` DeepZoom bases, their captions, the
+// figures beside them, and optionally `compare()` -> an overlay for the compressed view
+async function showSideBySide(v) {
+  closeViewer();
+  viewerJob = v.job;
+  $("#cap-original").textContent = v.originalCaption;
+  $("#cap-compressed").textContent = v.compressedCaption;
   const dl = $("#fidelity");
   dl.innerHTML = "";
-  metric(dl, "PSNR (dB, whole slide)", typeof o.psnr_db === "number" ? o.psnr_db.toFixed(2) : o.psnr_db);
-  metric(dl, "MS-SSIM", typeof o.ms_ssim === "number" ? o.ms_ssim.toFixed(4) : "");
-  metric(dl, "tiles stored", o.count !== undefined ? `${o.count} (${o.tiles_dropped || 0} left out as glass)` : "");
-  metric(dl, "bits per pixel", o.bpp);
-  metric(dl, "ratio vs source", o.ratio ? `${o.ratio}x` : "");
+  v.figures(dl);
+  $("#overlay-choice").hidden = true;
+  $("#overlay-legend").hidden = true;
+  $("#overlay").checked = false;
   $("#viewer").hidden = false;
   const onError = (e) => { if (!e.sessionEnded) showError(`viewer: ${e.message}`); };
   viewers = [
-    new DeepZoomViewer($("#dz-original"), { base: source, fetchTile: tileFetch, onError, label: "original slide" }),
-    new DeepZoomViewer($("#dz-compressed"), { base: `api/results/${r.id}/deepzoom`, fetchTile: tileFetch, onError, label: "compressed slide" }),
+    new DeepZoomViewer($("#dz-original"), { base: v.original, fetchTile: tileFetch, onError, label: "original slide" }),
+    new DeepZoomViewer($("#dz-compressed"), { base: v.compressed, fetchTile: tileFetch, onError, label: "compressed slide" }),
   ];
   window.slidepressViewers = viewers;
-  await Promise.all(viewers.map((v) => v.ready));
+  const mine = viewers;
+  const [overlay] = await Promise.all([v.compare ? v.compare().catch((e) => { showError(`heat map: ${e.message}`); return null; }) : null,
+    ...viewers.map((x) => x.ready)]);
+  if (viewers !== mine) return;  // closed or replaced meanwhile
   DeepZoomViewer.sync(viewers);
   viewers[0].home(false);
+  if (overlay) {
+    viewers[1].setOverlay(overlay);
+    $("#overlay-scale").textContent = overlay.scale;
+    $("#overlay-choice").hidden = false;
+    $("#overlay").checked = Boolean(v.overlayOn);
+    showOverlay();
+  }
   $("#viewer").scrollIntoView({ block: "start" });
+}
+
+function showOverlay() {
+  const on = $("#overlay").checked;
+  $("#overlay-legend").hidden = !on;
+  if (viewers[1]) viewers[1].showOverlay(on);
+}
+
+// -- results as inputs ----------------------------------------------------------------------------
+function useResult(r) {
+  if (!chosenResults.some((x) => x.id === r.id)) chosenResults.push({ id: r.id, name: r.name });
+  resultNames[r.id] = r.name;
+  for (const box of document.querySelectorAll("#uploads tbody input:checked")) box.checked = false;
+  drawChosenResults();
+  $("#job").scrollIntoView({ block: "start" });
+  document.querySelector("input[name=kind]:checked").focus();
+}
+
+function drawChosenResults() {
+  const list = $("#result-list");
+  list.replaceChildren(...chosenResults.map((r) => el("li", { textContent: r.name },
+    button("\u00d7", `remove ${r.name} from the inputs`, () => {
+      chosenResults = chosenResults.filter((x) => x.id !== r.id);
+      drawChosenResults();
+    }))));
+  $("#result-inputs").hidden = chosenResults.length === 0;
 }
 
 function closeViewer() {
@@ -684,11 +873,12 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#zoom-out").addEventListener("click", () => viewers.length && viewers[0].zoomBy(0.5));
   $("#zoom-fit").addEventListener("click", () => viewers.length && viewers[0].home());
   $("#viewer-close").addEventListener("click", closeViewer);
+  $("#overlay").addEventListener("change", showOverlay);
   for (const r of document.querySelectorAll("input[name=kind]")) {
     r.addEventListener("change", () => {
-      const enc = document.querySelector("input[name=kind]:checked").value === "encode";
-      $("#encode-opts").hidden = !enc;
-      $("#compress-opts").hidden = enc;
+      const kind = document.querySelector("input[name=kind]:checked").value;
+      for (const k of ["encode", "compress", "compare", "export"]) $(`#${k}-opts`).hidden = k !== kind;
+      $("#mpp").closest("p").hidden = kind === "export";  // a container records its resolution
     });
   }
   $("#upload").addEventListener("submit", async (ev) => {
@@ -715,9 +905,14 @@ document.addEventListener("DOMContentLoaded", () => {
     ev.preventDefault();
     showError("");
     const body = jobBody();
-    if (!body.uploads.length) { showError("Select at least one upload."); return; }
+    if (!body.uploads.length && !body.results.length) {
+      showError("Select at least one upload, or use a result as input.");
+      return;
+    }
     try {
       const j = await api("POST", "api/jobs", body);
+      chosenResults = [];
+      drawChosenResults();
       selectedJob = j.id;
       await refreshJobs();
       await showJob(j.id);

@@ -7,6 +7,11 @@
 // Coordinates: `cx, cy` is the level-0 pixel at the canvas centre and `scale` the CSS px per
 // level-0 px. viewport() answers in image-width units (x / width, y / width), like
 // OpenSeadragon's viewport coordinates, so two slides of one size agree exactly.
+//
+// An overlay (setOverlay) is an image of one pixel per grid cell (the per-cell cosine heat
+// map of a compare job) drawn over the tiles, unsmoothed so cells keep square edges, with its
+// geometry in the level-0 pixels of the slide the grid was laid on (scaled to this one's
+// width, so the compressed view of a container at another resolution lines up too).
 "use strict";
 
 class DeepZoomViewer {
@@ -31,6 +36,7 @@ class DeepZoomViewer {
     this.anim = null;
     this.frame = 0;
     this.closed = false;
+    this.overlay = null;
     this.ready = this._load();
   }
 
@@ -245,6 +251,7 @@ class DeepZoomViewer {
         else if (!got && (level === target || level === base)) want.push(key);
       }
     }
+    if (this.overlay && this.overlay.visible) this._drawOverlay(r, dpr);
     // fetch the target level first, then the backdrop
     const finest = `${target}/`;
     this.wanted = [...want.filter((k2) => k2.startsWith(finest)), ...want.filter((k2) => !k2.startsWith(finest))];
@@ -262,6 +269,31 @@ class DeepZoomViewer {
     const left = Math.floor(toX(t * col * ds)), right = Math.ceil(toX((t * col + sw) * ds));
     const top = Math.floor(toY(t * row * ds)), bottom = Math.ceil(toY((t * row + sh) * ds));
     this.ctx.drawImage(bitmap, sx, sy, sw, sh, left, top, right - left, bottom - top);
+  }
+
+  // overlay: {image (canvas or bitmap, cols x rows), cell (level-0 px per cell of the grid's
+  // slide), slideWidth (that slide's level-0 width), alpha, visible}; null removes it
+  setOverlay(overlay) {
+    this.overlay = overlay;
+    this.draw();
+  }
+
+  showOverlay(visible) {
+    if (this.overlay) this.overlay.visible = visible;
+    this.draw();
+  }
+
+  _drawOverlay(r, dpr) {
+    const o = this.overlay, k = this.width / o.slideWidth, ctx = this.ctx;
+    const toX = (x) => ((x * k - this.cx) * this.scale + r.width / 2) * dpr;
+    const toY = (y) => ((y * k - this.cy) * this.scale + r.height / 2) * dpr;
+    const left = toX(0), top = toY(0);
+    const right = toX(o.image.width * o.cell), bottom = toY(o.image.height * o.cell);
+    ctx.save();
+    ctx.imageSmoothingEnabled = false;
+    ctx.globalAlpha = o.alpha;
+    ctx.drawImage(o.image, left, top, right - left, bottom - top);
+    ctx.restore();
   }
 
   // -- loading --------------------------------------------------------------------------------------

@@ -6,6 +6,10 @@ with its Bearer header, so no token ever sits in a URL. Tiles are private but st
 given id (an upload or a result never changes): `Cache-Control: private, max-age=3600`.
 Plain `def` routes: FastAPI runs them in its thread pool, and a slide handle's lock keeps one
 reader to one thread at a time.
+
+With an object store (`--storage`) the slide is read from a copy staged into the bounded local
+cache (`Storage.local`), once per process: uploads and results never change, so a staged
+copy that is still there serves every later tile without asking the store again.
 """
 
 # no `from __future__ import annotations`: FastAPI reads the dependency aliases at runtime
@@ -17,10 +21,12 @@ from fastapi import APIRouter, HTTPException, Path, Response
 
 from ...db import Result, Upload
 from ...deepzoom import Slides, TileNotFound
+from ...storage import storage
 from ..deps import ID, Config, Sessions, User, own
 
 router = APIRouter(prefix="/api", tags=["viewer"])
 slides = Slides()  # open slide handles of this process (LRU)
+staged: dict[tuple[str, str], FilePath] = {}  # (store, key) -> local path, of this process
 CACHE = "private, max-age=3600"
 DZI = {200: {"content": {"application/xml": {}}, "description": "the DZI descriptor"}}
 TILE = {200: {"content": {"image/jpeg": {}}, "description": "one tile"},
@@ -31,7 +37,7 @@ Num = Annotated[int, Path(ge=0, le=1_000_000)]
 def _upload_path(cfg, make, ident, upload_id: str) -> FilePath:
     with make() as s:
         u = own(s, Upload, upload_id, ident, "upload")
-    return _existing(cfg.data_dir / u.path, f"upload {upload_id}")
+    return _local(cfg, u.path, f"upload {upload_id}")
 
 
 def _result_path(cfg, make, ident, result_id: str) -> FilePath:
@@ -40,12 +46,20 @@ def _result_path(cfg, make, ident, result_id: str) -> FilePath:
     if r.role != "container" or not r.path.endswith(".spz"):
         raise HTTPException(404, f"result {result_id} is a {r.role}, not a slide container: "
                                  "only a compress job's .spz results have tiles")  # fmt: skip
-    return _existing(cfg.data_dir / r.path, f"result {result_id}")
+    return _local(cfg, r.path, f"result {result_id}")
 
 
-def _existing(path: FilePath, what: str) -> FilePath:
-    if not path.exists():
-        raise HTTPException(410, f"{what} is gone from the server's disk")
+def _local(cfg, key: str, what: str) -> FilePath:
+    """A local path of the upload or result `key`: in the data dir, or staged from the store."""
+    st = storage(cfg)
+    known = staged.get((st.describe(), key))
+    if known is not None and known.exists():
+        return known
+    if not st.exists(key):
+        raise HTTPException(410, f"{what} is gone from the server's storage")
+    path = st.local(key)
+    if st.remote:
+        staged[(st.describe(), key)] = path
     return path
 
 

@@ -1,20 +1,24 @@
-"""Results: a job's outputs, one file (a zarr folder as a zip) or the whole job as a zip."""
+"""Results: a job's outputs, one file (a zarr folder as a zip) or the whole job as a zip, read
+from the store (storage.py): files of the data dir sent as they are; objects of an object
+store streamed through, or a redirect to a presigned URL when `presign_seconds` is set."""
 
 # no `from __future__ import annotations`: FastAPI reads the dependency aliases at runtime
 
+import shutil
 import uuid
 import zipfile
 from pathlib import Path
+from urllib.parse import quote
 
 from fastapi import APIRouter, HTTPException, Request, Response
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.background import BackgroundTask
 
 from ...auth import Identity
 from ...db import Job, Result
-from ...storage import expires_at
+from ...storage import expires_at, storage, stream
 from ..deps import ID, Config, Sessions, User, own
 from ..models import ResultOut
 
@@ -55,38 +59,52 @@ def list_results(job_id: ID, request: Request, ident: User, cfg: Config,
     return [result_out(r, root, until) for r in rows]
 
 
-def _zip(tmp_dir: Path, entries: list[tuple[Path, str]]) -> Path:
-    tmp = tmp_dir / f"{uuid.uuid4().hex}.zip"
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-        for path, arc in entries:
-            if path.is_dir():
-                for f in sorted(path.rglob("*")):
-                    if f.is_file():
-                        zf.write(f, f"{arc}/{f.relative_to(path)}")
-            elif path.exists():
-                zf.write(path, arc)
+def _zip(cfg, entries: list[tuple[str, str]]) -> Path:
+    """A zip (stored) in the data dir's tmp of `(key, name in the zip)` entries, read from
+    the store (a folder: each file under its name)."""
+    st = storage(cfg)
+    tmp = cfg.data_dir / "tmp" / f"{uuid.uuid4().hex}.zip"
+    try:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for key, arc in entries:
+                for sub, _ in st.files(key):
+                    name = f"{arc}/{sub}" if sub else arc
+                    with st.open(f"{key}/{sub}" if sub else key) as src, \
+                            zf.open(name, "w", force_zip64=True) as dst:  # fmt: skip
+                        shutil.copyfileobj(src, dst, 1 << 20)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return tmp
 
 
-def _send_zip(cfg, entries: list[tuple[Path, str]], name: str) -> FileResponse:
-    tmp = _zip(cfg.data_dir / "tmp", entries)
+def _send_zip(cfg, entries: list[tuple[str, str]], name: str) -> FileResponse:
+    tmp = _zip(cfg, entries)
     return FileResponse(tmp, filename=name, media_type="application/zip",
                         background=BackgroundTask(tmp.unlink, missing_ok=True))  # fmt: skip
 
 
 @router.get("/results/{result_id}", response_class=FileResponse, responses={
-    **FILE, 410: {"description": "deleted from the server's disk"}})  # fmt: skip
+    **FILE, 307: {"description": "a presigned URL of the object store (presign_seconds)"},
+    410: {"description": "deleted from the server's storage"}})  # fmt: skip
 def download_result(result_id: ID, ident: User, cfg: Config, make: Sessions):
     """One output file (a zarr folder comes as a zip)."""
     with make() as s:
         r = own(s, Result, result_id, ident, "result")
-    path = cfg.data_dir / r.path
-    if not path.exists():
-        raise HTTPException(410, f"result {result_id} is gone from the server's disk")
+    st = storage(cfg)
+    if not st.exists(r.path):
+        raise HTTPException(410, f"result {result_id} is gone from the server's storage")
     if r.is_dir:
-        return _send_zip(cfg, [(path, r.name)], r.name + ".zip")
-    media = "image/png" if path.suffix == ".png" else "application/octet-stream"
-    return FileResponse(path, filename=r.name, media_type=media)
+        return _send_zip(cfg, [(r.path, r.name)], r.name + ".zip")
+    media = "image/png" if r.name.endswith(".png") else "application/octet-stream"
+    if not st.remote:
+        return FileResponse(st.local(r.path), filename=r.name, media_type=media)
+    if cfg.presign_seconds and (url := st.presign(r.path, cfg.presign_seconds)):
+        return RedirectResponse(url, status_code=307)
+    size = st.files(r.path)[0][1]
+    disposition = f"attachment; filename*=utf-8''{quote(r.name)}"
+    return StreamingResponse(stream(cfg, r.path), media_type=media, headers={
+        "Content-Length": str(size), "Content-Disposition": disposition})  # fmt: skip
 
 
 @router.get("/jobs/{job_id}/download", response_class=FileResponse, responses={
@@ -98,7 +116,7 @@ def download_job(job_id: ID, ident: User, cfg: Config, make: Sessions):
     if not rows:
         why = job.error or job.message if job.state != "succeeded" else "no outputs"
         raise HTTPException(409, f"job {job_id} is {job.state}: nothing to download ({why})")
-    entries = [(cfg.data_dir / r.path, result_path(r)) for r in rows]
+    entries = [(r.path, result_path(r)) for r in rows]
     return _send_zip(cfg, entries, f"slidepress-{job_id[:8]}.zip")
 
 
@@ -108,11 +126,5 @@ def delete_result(result_id: ID, ident: User, cfg: Config, make: Sessions) -> Re
         r = own(s, Result, result_id, ident, "result")
         s.delete(r)
         s.commit()
-    import shutil
-
-    p = cfg.data_dir / r.path
-    if p.is_dir():
-        shutil.rmtree(p, ignore_errors=True)
-    else:
-        p.unlink(missing_ok=True)
+    storage(cfg).delete(r.path)
     return Response(status_code=204)

@@ -1,7 +1,9 @@
 """Resumable uploads for multi-GB slides: open a session with the file's size, send parts
 with `Content-Range: bytes START-END/SIZE` (each starting where the last stopped), ask for
 the offset after a dropped connection and go on from there. The last part completes the
-upload: typed, SHA-256 over the whole file, a DICOM zip unpacked, as a one-request upload."""
+upload: typed, SHA-256 over the whole file, a DICOM zip unpacked, as a one-request upload.
+The parts so far are kept by the instance that opened the session (its data dir): behind a
+proxy with several instances, a session's requests go to one instance."""
 
 # no `from __future__ import annotations`: FastAPI reads the dependency aliases at runtime
 
@@ -96,6 +98,10 @@ async def put_part(
         raise HTTPException(409, f"this session is at offset {sess.offset}; send the part "
                             f"that starts there (bytes {sess.offset}-...)")  # fmt: skip
     path = cfg.data_dir / sess.path
+    if not path.is_file():  # several instances: the parts so far are on the one that opened it
+        raise HTTPException(409, "this upload session's parts are on another instance of the "
+                            "service: send every part of a session to the same instance (the "
+                            "proxy routes by session id), or start a new session")  # fmt: skip
     written, cut = 0, False
     try:
         with open(path, "r+b") as f:

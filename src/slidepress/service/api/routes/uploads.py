@@ -1,6 +1,7 @@
 """Uploads: the raw request body streamed to disk, capped by the upload limit and the user's
 remaining quota; a zip of a DICOM folder unpacked under the same cap; a slidepress container
-(.spz) kept whole once it validates."""
+(.spz) kept whole once it validates. With an object store (`--storage`), the finished upload
+is put there before it is recorded (storage.py)."""
 
 # no `from __future__ import annotations`: FastAPI reads the dependency aliases at runtime
 
@@ -15,12 +16,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
+from ....errors import StorageError
 from ...auth import Identity
 from ...config import ServiceConfig
 from ...db import ACTIVE_STATES, Job, Upload, new_id
 from ...logs import event
 from ...messages import for_user
-from ...storage import quota_message, remaining, used_bytes
+from ...storage import publish_upload, quota_message, remaining, remove_upload_files, used_bytes
 from ...uploads import (
     Received,
     UploadRejected,
@@ -129,6 +131,16 @@ async def store(cfg: ServiceConfig, make: sessionmaker[Session], ident: Identity
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
+    try:  # into the object store, when there is one (then the local copy goes)
+        await run_in_threadpool(publish_upload, cfg, got.path)
+    except StorageError as e:
+        shutil.rmtree(folder, ignore_errors=True)
+        event("upload.refused", 40, user=ident.name, filename=got.filename, status=503,
+              reason=str(e))  # fmt: skip
+        raise HTTPException(503, f"the service cannot store the upload now: {e}") from None
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
     row = Upload(id=uid, user_id=ident.user_id, filename=got.filename, kind=got.kind,
                  path=str(got.path.relative_to(cfg.data_dir)), bytes=got.bytes,
                  sha256=got.sha256)  # fmt: skip
@@ -167,5 +179,5 @@ def delete_upload(upload_id: ID, ident: User, cfg: Config, make: Sessions) -> Re
                 raise HTTPException(409, f"upload {upload_id} is in use by job {j.id}")
         s.delete(u)
         s.commit()
-    shutil.rmtree((cfg.data_dir / u.path).parent, ignore_errors=True)
+    remove_upload_files(cfg, u.path)
     return Response(status_code=204)
