@@ -19,34 +19,16 @@ import pytest
 from slidepress.pipeline.compress import CompressOptions, compress_slide
 from slidepress.store.container import Container
 
-BLOCKED = ("torch", "torchvision", "timm", "diffusers", "safetensors", "kornia",
-           "pytorch_msssim", "faiss", "lifelines")  # fmt: skip
+from .torch_blocker import BLOCKED, PREAMBLE
 
-# sys.modules[name] = None stops `import name` at once; the finder also refuses submodules
-# and anything imported through importlib
-_CHILD = f"""
-import importlib.abc, json, sys
-import numpy as np
-
-BLOCKED = {BLOCKED!r}
-
-
-class Refuse(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
-            raise ModuleNotFoundError(f"No module named {{name!r}} (blocked)", name=name)
-        return None
-
-
-sys.meta_path.insert(0, Refuse())
-for m in BLOCKED:
-    sys.modules[m] = None
-
+_CHILD = (
+    PREAMBLE
+    + """
 from slidepress.errors import SlidepressError
 from slidepress.store.container import Container
 
-out, result = sys.argv[1], {{}}
-arrays = {{}}
+out, result = sys.argv[1], {}
+arrays = {}
 for name, path in json.loads(sys.argv[2]).items():
     try:
         with Container(path) as c:
@@ -54,7 +36,7 @@ for name, path in json.loads(sys.argv[2]).items():
             arrays[name] = c.read_region(0, 0, lv.width, lv.height)
         result[name] = "ok"
     except SlidepressError as e:
-        result[name] = f"{{type(e).__name__}}: {{e}}"
+        result[name] = f"{type(e).__name__}: {e}"
 np.savez(out + ".npz", **arrays)
 
 from slidepress.cli.main import app
@@ -67,6 +49,7 @@ result["loaded"] = sorted(m for m in sys.modules
                           if m.split(".")[0] in BLOCKED and sys.modules[m] is not None)
 print(json.dumps(result))
 """
+)
 
 
 def _region(path: Path) -> np.ndarray:

@@ -140,14 +140,16 @@ class Decoder:
         return out.reshape(channels, h, w)
 
     def y(self, y_idx: np.ndarray) -> np.ndarray:
+        """Latents (M, H, W) given their scale indices (integers in [0, SCALES)): the groups
+        of one table in table order, each in flat (channel, row, column) order, as coded."""
         flat_idx = y_idx.reshape(-1)
         order = np.argsort(flat_idx, kind="stable")
-        bounds = np.searchsorted(flat_idx[order], np.arange(SCALES + 1))
+        counts = np.bincount(flat_idx, minlength=SCALES)
+        parts = [
+            np.asarray(self.coder.decode(self.tables.model("y", j), int(counts[j])))
+            - self.tables.y_radius[j]
+            for j in np.flatnonzero(counts)
+        ]
         out = np.empty(flat_idx.shape, np.int64)
-        for j in range(SCALES):
-            sel = order[bounds[j] : bounds[j + 1]]
-            if not len(sel):
-                continue
-            r = self.tables.y_radius[j]
-            out[sel] = np.asarray(self.coder.decode(self.tables.model("y", j), len(sel))) - r
+        out[order] = np.concatenate(parts) if parts else 0
         return out.reshape(y_idx.shape)

@@ -111,8 +111,10 @@ def build_decoder(net: CodecNet, peaks: dict[str, list[float]]) -> IntDecoder:
     step = (lmax - lmin) / (len(tables.scales) - 1)
     thresholds = np.floor((lmin + (np.arange(len(tables.scales) - 1) + 0.5) * step) * 2**mu_frac)
     inv_gain = np.round(np.exp(-net.log_gain.detach().double().numpy()) * 2**GAIN_FRAC)
-    return IntDecoder(hyper, synth, mu_frac, synth_fracs[0], thresholds, inv_gain, lmin, lmax,
-                      tables)  # fmt: skip
+    dec = IntDecoder(hyper, synth, mu_frac, synth_fracs[0], thresholds, inv_gain, lmin, lmax,
+                     tables)  # fmt: skip
+    dec.fast_layers()  # ValueError unless the fast decoder is provably exact with these weights
+    return dec
 
 
 def export(net: CodecNet, calib: torch.Tensor, out_dir: Path, record: dict) -> str:

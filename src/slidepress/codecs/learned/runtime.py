@@ -9,24 +9,38 @@ Decoding uses only integers and shipped tables (exact.py, entropy.py) read from 
 folder by weights_folder.py: the same bytes give the same pixels on every machine, process and
 thread count, and a base install (numpy + constriction, no torch) decodes. Encoding runs the
 float analysis in torch (imported only to encode); tiles are processed in batches for speed.
+
+Speed: the layers run as exact float32/float64 matrix products (exact.FastLayer, bounds proven
+when the weights load). A batch is decoded a tile at a time on `decode_threads()` threads, each
+tile from entropy decoding to pixels (its working arrays stay in the core's cache), with
+numpy's BLAS held to one thread meanwhile (the tiles are the parallelism: a BLAS thread pool
+spinning next to the tile threads oversubscribes the cores). Thread counts change the speed,
+never a pixel.
 """
 
 from __future__ import annotations
 
+import os
 import struct
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 from ... import zoo
 from ...errors import CodecError
 from . import entropy
-from .exact import run
+from .exact import run_fast
 from .weights_folder import (
     ENCODER_FILE,
     FORMAT,
     GAIN_FRAC,
     QUALITY_STEPS,
+    SYNTH_INPUT_BOUND,
     IntDecoder,
     config_of,
 )
@@ -34,7 +48,9 @@ from .weights_folder import (
 MAGIC, VERSION = b"SL", 1
 HEADER = struct.Struct("<2sBHHH")
 ALIGN = 32  # total stride of analysis + hyper-analysis
-SYNTH_CHUNK = 4
+DECODE_THREADS_ENV = "SLIDEPRESS_DECODE_THREADS"
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class LearnedModel:
@@ -54,6 +70,11 @@ class LearnedModel:
         self.thresholds = dec.scale_thresholds
         self.inv_gain = dec.inv_gain  # (levels, M) at 2^-GAIN_FRAC
         self.tables = dec.tables
+        self.z_bound = dec.z_bound
+        try:  # the fast exact layers, their exactness proven here from the weights
+            self.hyper_fast, self.synth_fast = dec.fast_layers()
+        except ValueError as e:
+            raise CodecError(f"{folder}: decoder layers are not exact ({e})") from None
         self._encoder = None
         self._lut: tuple[int, np.ndarray] | None = None
 
@@ -75,7 +96,9 @@ class LearnedModel:
     def entropy_params(self, z_hat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """z (N, h, w, Z) integers -> mu (fixed point, 2^-mu_frac) and scale indices,
         (N, H, W, M) each; exact."""
-        out = run(self.hyper, z_hat.astype(np.float64))
+        if z_hat.size and np.abs(z_hat).max() > self.z_bound:  # the tables' range
+            raise ValueError("hyper-latents outside the entropy tables' range")
+        out = run_fast(self.hyper_fast, z_hat)
         mu, log_scale = np.split(out, 2, axis=3)
         # log_scale holds integers: a lookup table gives searchsorted(thresholds, v, "right")
         # exactly, as uint8 (3x faster here, and uint8 makes the symbol grouping a radix sort)
@@ -91,20 +114,26 @@ class LearnedModel:
             self._lut = (lo, idx)
         return self._lut
 
-    def synthesize(self, y_sym: np.ndarray, mu: np.ndarray, q16: int) -> np.ndarray:
+    def synthesize(
+        self, y_sym: np.ndarray, mu: np.ndarray, q16: int, threads: int | None = None
+    ) -> np.ndarray:
         """Symbols (N, H, W, M) + means -> pixels (N, sH, sW, 3) uint8 (s: the latent stride);
-        exact."""
-        y_hat = y_sym * 2.0**self.mu_frac + mu  # 2^-mu_frac
+        exact (tiles on `threads` threads, as `map_tiles`)."""
+        # x = floor((y_sym * 2^mu_frac + mu) * ig * 2^-shift + 1/2): each product below
+        # is an integer times a power of two under 2^53, so the sum is exact as written
         ig = self.inverse_gain(q16)  # 2^-(GAIN_FRAC + 4)
         shift = self.mu_frac + GAIN_FRAC + 4 - self.synth_in_frac
-        x = np.floor(y_hat * ig * 2.0**-shift + 0.5)
-        np.clip(x, -(2.0**15), 2.0**15, out=x)
-        # a few tiles at a time: the layers' working arrays stay in cache (4 tiles: 1.7x
-        # faster than 36 at once on 2 cores; the result is the same either way)
-        out = np.concatenate(
-            [run(self.synth, x[i : i + SYNTH_CHUNK]) for i in range(0, len(x), SYNTH_CHUNK)]
-        )
-        return np.clip(out, 0, 255).astype(np.uint8)
+        g = ig * 2.0**-shift
+        x = np.multiply(y_sym, g * 2.0**self.mu_frac, dtype=np.float64)
+        x += mu * g
+        x += 0.5
+        np.floor(x, out=x)
+        np.clip(x, -SYNTH_INPUT_BOUND, SYNTH_INPUT_BOUND, out=x)
+        if len(x) == 1:
+            return np.ascontiguousarray(run_fast(self.synth_fast, x))
+        # a tile at a time (the result is the same for any grouping), on several threads
+        tiles = map_tiles(lambda t: run_fast(self.synth_fast, t[None])[0], list(x), threads)
+        return np.stack(tiles)
 
     # -- encoder -------------------------------------------------------------------------------
     def _torch_encoder(self):
@@ -152,43 +181,45 @@ class LearnedModel:
         z_sym = z.permute(0, 2, 3, 1).numpy().astype(np.int64)
         rz = self.tables.z_radius
         z_sym = np.clip(z_sym, -rz, rz)
-        mu, idx = self.entropy_params(z_sym)
         y_g = y.permute(0, 2, 3, 1).double().numpy()
-        y_sym = np.round(y_g - mu * 2.0**-self.mu_frac).astype(np.int64)
-        out = []
-        for i in range(len(tiles)):
+        header = HEADER.pack(MAGIC, VERSION, q16, h, w)
+
+        def one(i: int) -> tuple[bytes, np.ndarray | None]:
+            """The integer side of tile i (as the decoder will compute it): its entropy
+            parameters, symbols, bitstream and, with `pixels`, its synthesis."""
+            mu, idx = self.entropy_params(z_sym[i : i + 1])
+            y_sym = np.round(y_g[i : i + 1] - mu * 2.0**-self.mu_frac).astype(np.int64)
             words, _ = entropy.encode(
-                self.tables, z_sym[i].transpose(2, 0, 1), y_sym[i].transpose(2, 0, 1),
-                idx[i].transpose(2, 0, 1),
+                self.tables, z_sym[i].transpose(2, 0, 1), y_sym[0].transpose(2, 0, 1),
+                idx[0].transpose(2, 0, 1),
             )  # fmt: skip
-            out.append(HEADER.pack(MAGIC, VERSION, q16, h, w) + words.astype("<u4").tobytes())
-        if not pixels:
-            return out, None
-        r = self.tables.y_radius[idx]  # what entropy.encode clips to, and a decoder reads
-        rec = self.synthesize(np.clip(y_sym, -r, r).astype(np.float64), mu, q16)
-        return out, [np.ascontiguousarray(rec[i, :h, :w]) for i in range(len(tiles))]
+            blob = header + words.astype("<u4").tobytes()
+            if not pixels:
+                return blob, None
+            r = self.tables.y_radius[idx]  # what entropy.encode clips to, and a decoder reads
+            rec = self.synthesize(np.clip(y_sym, -r, r), mu, q16)
+            return blob, np.ascontiguousarray(rec[0, :h, :w])
+
+        done = map_tiles(one, list(range(len(tiles))))
+        blobs = [b for b, _ in done]
+        return blobs, ([p for _, p in done] if pixels else None)  # type: ignore[misc]
 
     # -- decoder -------------------------------------------------------------------------------
-    def decode_batch(self, blobs: list[bytes]) -> list[np.ndarray]:
-        """Bitstreams -> tiles; tiles with the same size and quality are synthesised together."""
-        parsed = [self._parse(b) for b in blobs]
-        out: list[np.ndarray | None] = [None] * len(blobs)
-        groups: dict[tuple[int, int, int], list[int]] = {}
-        for i, (q16, h, w, _) in enumerate(parsed):
-            groups.setdefault((q16, h, w), []).append(i)
-        for (q16, h, w), members in groups.items():
-            zh, zw = _ceil(h) // ALIGN, _ceil(w) // ALIGN
-            # hyper-latents of every tile first, so the hyper-synthesis runs once per batch
-            decoders = [entropy.Decoder(self.tables, parsed[i][3]) for i in members]
-            z = np.stack([d.z(self.config.z, zh, zw).transpose(1, 2, 0) for d in decoders])
-            mu, idx = self.entropy_params(z)
-            syms = np.stack(
-                [d.y(idx[k].transpose(2, 0, 1)).transpose(1, 2, 0) for k, d in enumerate(decoders)]
-            )
-            pixels = self.synthesize(syms.astype(np.float64), mu, q16)
-            for k, i in enumerate(members):
-                out[i] = np.ascontiguousarray(pixels[k, :h, :w])
-        return out  # type: ignore[return-value]
+    def decode_batch(self, blobs: list[bytes], threads: int | None = None) -> list[np.ndarray]:
+        """Bitstreams -> tiles, each decoded on its own (from the entropy decoder to pixels) on
+        `threads` threads (default `decode_threads()`); the pixels do not depend on it."""
+        parsed = [self._parse(b) for b in blobs]  # every header checked before any work
+        return map_tiles(self._decode_one, parsed, threads)
+
+    def _decode_one(self, parsed: tuple[int, int, int, np.ndarray]) -> np.ndarray:
+        q16, h, w, words = parsed
+        zh, zw = _ceil(h) // ALIGN, _ceil(w) // ALIGN
+        dec = entropy.Decoder(self.tables, words)
+        z = dec.z(self.config.z, zh, zw).transpose(1, 2, 0)[None]
+        mu, idx = self.entropy_params(z)
+        # channels last, in memory too (a transposed view made the synthesis input 4x slower)
+        sym = np.ascontiguousarray(dec.y(idx[0].transpose(2, 0, 1)).transpose(1, 2, 0))
+        return np.ascontiguousarray(self.synthesize(sym[None], mu, q16)[0, :h, :w])
 
     def _parse(self, data: bytes) -> tuple[int, int, int, np.ndarray]:
         if len(data) < HEADER.size or (len(data) - HEADER.size) % 4:
@@ -211,3 +242,66 @@ def _pad(tile: np.ndarray) -> np.ndarray:
     if ph or pw:
         tile = np.pad(tile, ((0, ph), (0, pw), (0, 0)), mode="edge")
     return np.ascontiguousarray(tile)
+
+
+def map_tiles(fn: Callable[[T], R], items: list[T], threads: int | None = None) -> list[R]:
+    """[fn(item) for item in items] on `threads` threads (default `decode_threads()`), with
+    numpy's BLAS on one thread meanwhile: a tile's products are small, and a BLAS thread pool
+    spinning next to these threads oversubscribes the cores."""
+    threads = decode_threads() if threads is None else max(1, int(threads))
+    threads = min(threads, len(items))
+    with single_threaded_blas():
+        if threads <= 1:
+            return [fn(item) for item in items]
+        with ThreadPoolExecutor(threads, thread_name_prefix="slidepress-learned") as pool:
+            return list(pool.map(fn, items))
+
+
+def decode_threads() -> int:
+    """Threads a batch decode uses: $SLIDEPRESS_DECODE_THREADS, else the CPUs this process may
+    run on (at most 8)."""
+    env = os.environ.get(DECODE_THREADS_ENV, "").strip()
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            raise CodecError(f"{DECODE_THREADS_ENV}={env!r}: not a number of threads") from None
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, 8))
+
+
+_BLAS_LOCK = threading.Lock()
+_blas_users = 0
+_blas_restore = None
+_blas_controller = None
+
+
+@contextmanager
+def single_threaded_blas() -> Iterator[None]:
+    """numpy's BLAS on one thread while tiles are coded by `map_tiles` (calls running at once
+    share one limit; the last to finish restores the previous thread counts; other numpy
+    users in the process meanwhile get one BLAS thread too). Without threadpoolctl (a
+    scikit-learn dependency) it changes nothing."""
+    global _blas_users, _blas_restore, _blas_controller
+    with _BLAS_LOCK:
+        if _blas_users == 0:
+            try:
+                if _blas_controller is None:
+                    from threadpoolctl import ThreadpoolController
+
+                    _blas_controller = ThreadpoolController()
+                _blas_restore = _blas_controller.limit(limits=1, user_api="blas")
+            except Exception:  # no threadpoolctl, or a BLAS it cannot drive: just slower
+                _blas_restore = None
+        _blas_users += 1
+    try:
+        yield
+    finally:
+        with _BLAS_LOCK:
+            _blas_users -= 1
+            if _blas_users == 0 and _blas_restore is not None:
+                _blas_restore.restore_original_limits()
+                _blas_restore = None

@@ -22,12 +22,13 @@ import numpy as np
 
 from ... import zoo
 from .entropy import Tables
-from .exact import IntLayer
+from .exact import ACT_BITS, FastLayer, IntLayer, compile_layers
 
 FORMAT = zoo.FORMATS["learned-codec"]
 CONFIG_FILE, DECODER_FILE, ENCODER_FILE = FORMAT.needs  # config.json, decoder.npz, encoder...
 GAIN_FRAC = 12  # inverse gains in fixed point
 QUALITY_STEPS = 16  # quality knob resolution: 1/16 of a level
+SYNTH_INPUT_BOUND = 2.0**ACT_BITS  # the decoder clips the synthesis input to +-this
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,21 @@ class IntDecoder:
             arrays["inv_gain"], float(arrays["log_scale_min"]), float(arrays["log_scale_max"]),
             Tables.from_arrays(tables),
         )  # fmt: skip
+
+    @property
+    def z_bound(self) -> float:
+        """The largest |hyper-latent| a stream can carry (the z tables' range)."""
+        return float(self.tables.z_radius.max())
+
+    def fast_layers(self) -> tuple[list[FastLayer], list[FastLayer]]:
+        """The hyper-synthesis and the synthesis (to uint8 pixels) as exact.FastLayer stacks,
+        exactness proven from the weights and the input ranges (hyper-latents within
+        `z_bound`; the synthesis input clipped to +-2^ACT_BITS by the decoder). ValueError
+        where it cannot be: export calls this too, so such weights are never shipped."""
+        return (
+            compile_layers(self.hyper, self.z_bound),
+            compile_layers(self.synth, SYNTH_INPUT_BOUND, pixels=True),
+        )
 
     def save(self, folder: Path) -> None:
         with open(folder / DECODER_FILE, "wb") as f:
