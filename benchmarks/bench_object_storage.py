@@ -16,6 +16,16 @@ streams the whole object) and with a SHA-256 checksum the store keeps (S3
 read are fetched).
 
     python benchmarks/bench_object_storage.py [--slide PATH] [--repeats 3] [--json out.json]
+
+`--batch`: `batch` of 8 slides (copies of `--slide` under distinct names) on a LocalCluster of
+2 Dask workers (`distributed.runner.run_tasks`, as `slidepress batch --workers 2` runs it),
+from a local folder to a local folder vs from an `s3://` prefix to an `s3://` prefix (plain
+uploads, and uploads with a SHA-256 checksum), a fresh cluster and staging cache per run;
+then a re-run of each (every slide skipped: what a resumed archive run costs). Reports the
+seconds of the run (cluster start-up excluded, shown apart), the s3/local ratio, and the
+requests the server answered, in all, per slide, and for the re-run.
+
+    python benchmarks/bench_object_storage.py --batch [--slides 8] [--repeats 2] [--json out.json]
 """
 
 from __future__ import annotations
@@ -64,12 +74,97 @@ def count_ranges() -> list[int]:
     return count
 
 
+def batch_bench(args: argparse.Namespace, server: S3Server, work: Path) -> list[dict]:
+    """`--batch`: N copies of the slide on 2 Dask workers, local vs s3, then re-runs."""
+    from slidepress.distributed.manifest import discover
+    from slidepress.distributed.runner import ClusterOptions, run_tasks
+    from slidepress.pipeline.batch import CompressJob, EncodeJob
+
+    s3 = server.client()
+    body = args.slide.read_bytes()
+    folder = work / "slides"
+    folder.mkdir()
+    suffix = args.slide.suffix
+    for i in range(args.slides):
+        (folder / f"s{i:02d}{suffix}").symlink_to(args.slide.resolve())
+        s3.put_object(Bucket="slides", Key=f"plain/s{i:02d}{suffix}", Body=body)
+        s3.put_object(Bucket="slides", Key=f"sum/s{i:02d}{suffix}", Body=body,
+                      ChecksumAlgorithm="SHA256")  # fmt: skip
+    del body
+    job = {
+        "compress": CompressJob(options={"codec": "jpeg", "quality": 80, "workers": 1}),
+        "encode": EncodeJob(encoder="mean-rgb", options={"workers": 1}),
+    }[args.job]
+    opts = ClusterOptions(workers=2)
+    best: dict[str, dict[str, float]] = {}
+    seen: dict[str, dict] = {}
+    for rep in range(args.repeats):
+        for where in ("local", "s3 plain", "s3 checksum"):
+            os.environ["SLIDEPRESS_CACHE"] = str(work / f"cache-batch-{where}-{rep}")
+            if where == "local":
+                src, out = folder, work / f"out-batch-{rep}"
+            else:
+                prefix = "plain" if where == "s3 plain" else "sum"
+                src, out = f"s3://slides/{prefix}/", f"s3://out/batch-{prefix}-{rep}/"
+            tasks = discover(src, out)
+            assert len(tasks) == args.slides, len(tasks)
+            row = best.setdefault(where, {})
+            counts = {}
+            for run in ("first", "rerun"):
+                n_before = len(server.requests())
+                res = run_tasks(tasks, job, opts)
+                want = "done" if run == "first" else "skipped"
+                assert [o.status for o in res.outcomes] == [want] * args.slides, [
+                    (o.status, o.error) for o in res.outcomes]  # fmt: skip
+                made = server.requests()[n_before:]
+                assert all(status < 400 or op == "HEAD" for op, status in made), made
+                row[run] = min(row.get(run, float("inf")), res.seconds)
+                row["startup"] = min(row.get("startup", float("inf")), res.startup_s)
+                counts[run] = Counter(op for op, _ in made)
+            seen[where] = counts
+    rows = []
+    for where in ("s3 plain", "s3 checksum"):
+        first, rerun = seen[where]["first"], seen[where]["rerun"]
+        rows.append({
+            "job": args.job, "slides": args.slides, "workers": 2, "source": where,
+            "local_s": round(best["local"]["first"], 2), "s3_s": round(best[where]["first"], 2),
+            "ratio_s3_vs_local": round(best[where]["first"] / best["local"]["first"], 2),
+            "rerun_local_s": round(best["local"]["rerun"], 2),
+            "rerun_s3_s": round(best[where]["rerun"], 2),
+            "startup_s": round(best[where]["startup"], 2),
+            "requests": {op: first.get(op, 0) for op in OPERATIONS},
+            "requests_per_slide": round(sum(first.values()) / args.slides, 1),
+            "rerun_requests": {op: rerun.get(op, 0) for op in OPERATIONS},
+        })  # fmt: skip
+    mb = args.slide.stat().st_size / 1e6
+    loc = best["local"]
+    print(f"batch {args.job} of {args.slides} x {args.slide.name} ({mb:.2f} MB) on 2 Dask "
+          f"workers (LocalCluster); loopback moto S3; best of {args.repeats}; local: "
+          f"{loc['first']:.2f} s, re-run {loc['rerun']:.2f} s, cluster start-up "
+          f"{loc['startup']:.2f} s")  # fmt: skip
+    print("| source | local s | s3 s | s3 / local | requests (GET/HEAD/PUT/POST/LIST/DELETE) "
+          "| per slide | re-run local s | re-run s3 s | re-run requests |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        q, rq = r["requests"], r["rerun_requests"]
+        print(f"| {r['source']} | {r['local_s']} | {r['s3_s']} | {r['ratio_s3_vs_local']} | "
+              f"{'/'.join(str(q[o]) for o in OPERATIONS)} | {r['requests_per_slide']} | "
+              f"{r['rerun_local_s']} | {r['rerun_s3_s']} | "
+              f"{'/'.join(str(rq[o]) for o in OPERATIONS)} |")  # fmt: skip
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--slide", type=Path, default=SLIDES_DIR / "CMU-1-Small-Region.svs")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=None, help="best of (default 3; --batch 2)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--batch", action="store_true", help="batch of --slides on 2 Dask workers")
+    ap.add_argument("--slides", type=int, default=8)
+    ap.add_argument("--job", choices=("compress", "encode"), default="compress")
     args = ap.parse_args()
+    if args.repeats is None:
+        args.repeats = 2 if args.batch else 3
     if not args.slide.is_file():
         sys.exit(f"slide not found: {args.slide} (shared data absent?)")
     why = available()
@@ -83,10 +178,19 @@ def main() -> None:
     from slidepress import remote
     from slidepress.pipeline.batch import CompressJob, EncodeJob, run_slide
 
-    ranges = count_ranges()
     s3 = server.client()
     s3.create_bucket(Bucket="slides")
     s3.create_bucket(Bucket="out")
+    if args.batch:
+        try:
+            rows = batch_bench(args, server, work)
+        finally:
+            server.stop()
+            shutil.rmtree(work, ignore_errors=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=2))
+        return
+    ranges = count_ranges()
     body = args.slide.read_bytes()
     s3.put_object(Bucket="slides", Key=f"plain/{args.slide.name}", Body=body)
     s3.put_object(Bucket="slides", Key=f"sum/{args.slide.name}", Body=body,

@@ -298,8 +298,12 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     train, valid = pcam_tables(args.encoder, args.unseen_by, args.pool)
     cfg, cv, test = build_cohorts(args, train, valid)
-    log(f"cohorts: {len(cv)} CV slides (PCam train, {args.folds} folds, disjoint patch pools), "
-        f"{len(test)} test slides (PCam valid), {cfg.n} x {cfg.n} cells")  # fmt: skip
+    src = {
+        "train": ("PCam train", "PCam valid"),
+        "valid": ("unseen PCam valid, half 1", "unseen PCam valid, half 2"),
+    }[args.pool]
+    log(f"cohorts: {len(cv)} CV slides ({src[0]}, {args.folds} folds, disjoint patch pools), "
+        f"{len(test)} test slides ({src[1]}), {cfg.n} x {cfg.n} cells")  # fmt: skip
     y_cv = np.array([m.label for m in cv])
     y_test = np.array([m.label for m in test])
     b_cv = np.array([m.burden for m in cv])

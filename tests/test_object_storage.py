@@ -432,3 +432,148 @@ def test_neighbouring_ranges_share_one_request(store_env, monkeypatch):
     got = remote.read_ranges(url, near + far)
     assert got == [data[o : o + n] for o, n in near + far]
     assert calls == [2]  # [100, 101000) merged with the near run; the far one alone
+
+
+def test_compress_rerun_to_s3_reads_only_the_container_index(store_env, monkeypatch, tmp_path):
+    """A re-run of compress to `s3://` fetches only what its skip check reads of the existing
+    container (the zip's end records, central directory and manifest, by ranges), not the
+    container; it still skips, refuses other parameters without overwrite (nothing
+    replaced), replaces them with it, and refuses an object that is no container."""
+    from slidepress import remote
+    from slidepress.pipeline.batch import CompressJob, run_slide
+
+    c = store_env["client"]
+    slide = {"path": f"s3://{BUCKET}/in/{SLIDE.name}"}
+    out, key = f"s3://{OUT}/index/", f"index/{SLIDE.stem}.spz"
+    opts = {"codec": "jpeg", "quality": 80, "workers": 1}
+    first = run_slide(slide, CompressJob(options=opts), out)
+    assert first.status == "done", first.error
+    head = c.head_object(Bucket=OUT, Key=key)
+    size = head["ContentLength"]
+
+    before = remote.fetched_bytes()
+    again = run_slide(slide, CompressJob(options=opts), out)
+    fetched = remote.fetched_bytes() - before
+    assert again.status == "skipped", again.error
+    assert again.bytes_out == size and again.count == first.count
+    assert fetched < 0.1 * size, (fetched, size)  # the index: one 64 KiB tail read or less
+    assert c.head_object(Bucket=OUT, Key=key)["ETag"] == head["ETag"]
+
+    # an index beyond the first read (a large container's): fetched in further reads, and
+    # the sparse copy opens exactly as the whole object does
+    from slidepress.store import container as spz
+
+    whole = tmp_path / "whole.spz"
+    whole.write_bytes(get(store_env, OUT, key))
+    with monkeypatch.context() as m:
+        m.setattr(spz, "INDEX_TAIL_BYTES", 700)
+        m.setattr(spz, "INDEX_READ_BYTES", 100)
+        before = remote.fetched_bytes()
+        assert spz.fetch_index(f"s3://{OUT}/{key}", tmp_path / "sparse.spz")
+        assert remote.fetched_bytes() - before < 0.1 * size
+    with spz.Container(tmp_path / "sparse.spz") as a, spz.Container(whole) as b:
+        assert a.manifest == b.manifest and a.levels == b.levels
+        assert a._names == b._names and (tmp_path / "sparse.spz").stat().st_size == size
+    assert not spz.fetch_index(f"s3://{OUT}/index/missing.spz", tmp_path / "none.spz")
+
+    other = {**opts, "quality": 60}
+    refused = run_slide(slide, CompressJob(options=other), out)
+    assert refused.status == "failed" and refused.output_exists, refused.error
+    assert "--overwrite" in refused.error and f"s3://{OUT}/{key}" in refused.error
+    assert c.head_object(Bucket=OUT, Key=key)["ETag"] == head["ETag"]
+    replaced = run_slide(slide, CompressJob(options={**other, "overwrite": True}), out)
+    assert replaced.status == "done", replaced.error
+    assert c.head_object(Bucket=OUT, Key=key)["ETag"] != head["ETag"]
+    assert run_slide(slide, CompressJob(options=other), out).status == "skipped"
+
+    c.put_object(Bucket=OUT, Key="index/junk.spz", Body=b"PK\x05\x06 not a container")
+    junk = run_slide(slide, CompressJob(options=opts, output=f"s3://{OUT}/index/junk.spz"), out)
+    assert junk.status == "failed" and junk.output_exists, junk.error
+    assert get(store_env, OUT, "index/junk.spz") == b"PK\x05\x06 not a container"
+
+
+# Loaded by every Python process of the run below (PYTHONPATH): the first process to upload a
+# container is a Dask worker, which dies (SIGKILL, no clean-up) right after the first part of
+# a multipart upload of it has reached the store (parts made small so a small container goes
+# in parts). It writes its pid and the URL first, so the test knows whom it killed.
+KILL_HOOK = """
+import os
+_mark = os.environ.get("SLIDEPRESS_TEST_KILL_MARK")
+if _mark:
+    import signal
+    from slidepress import remote
+
+    _put = remote._put
+
+    def _dying_put(source, url):
+        if not url.endswith(".spz"):
+            return _put(source, url)
+        try:
+            fd = os.open(_mark, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:  # killed once already: the retry uploads normally
+            return _put(source, url)
+        os.write(fd, f"{os.getpid()} {url}".encode())
+        os.close(fd)
+        import s3fs
+
+        call = s3fs.S3FileSystem._call_s3
+
+        async def dying_call(self, method, *a, **k):
+            out = await call(self, method, *a, **k)
+            if method == "upload_part":
+                os.kill(os.getpid(), signal.SIGKILL)
+            return out
+
+        s3fs.S3FileSystem._call_s3 = dying_call
+        remote.UPLOAD_PART_BYTES = 64 << 10
+        return _put(source, url)
+
+    remote._put = _dying_put
+"""
+
+
+def test_a_dask_worker_killed_mid_upload_is_retried_with_nothing_half_written(
+    s3, local_container, tmp_path
+):
+    """`batch s3:// -o s3:// --workers 2 compress`, one worker SIGKILLed mid multipart upload
+    of a container: the scheduler reruns its task on a (restarted) worker, the run succeeds,
+    every container equals a local run's, and the store holds only whole objects under
+    final keys (no temporary or probe keys). The killed upload stays open, invisible, in the
+    store (S3 keeps the parts of an upload nobody completed or aborted until a lifecycle
+    rule `AbortIncompleteMultipartUpload` removes them); its key holds the retry's object."""
+    for i in range(3):
+        s3["client"].upload_file(str(SLIDE), BUCKET, f"killed/s{i}.svs")
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(KILL_HOOK)
+    mark = tmp_path / "killed"
+    env = {"PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")]),
+           "SLIDEPRESS_TEST_KILL_MARK": str(mark), "SLIDEPRESS_CACHE": str(tmp_path / "cache"),
+           "OMP_NUM_THREADS": "1"}  # fmt: skip
+    args = ["batch", f"s3://{BUCKET}/killed/", "-o", f"s3://{OUT}/killed/", "--workers", 2]
+    r = ok(run(s3, *args, "compress", *COMPRESS, env=env))
+    _, url = mark.read_text().split(" ", 1)  # a worker died mid-upload of this container
+    killed_key = url.removeprefix(f"s3://{OUT}/")
+    keys = keys_under(s3, OUT, "killed/")
+    containers = [f"killed/s{i}.spz" for i in range(3)]
+    assert set(keys) - {"killed/throughput.png"} == {*containers, "killed/report.csv",
+                                                     "killed/report.md"}, keys  # fmt: skip
+    assert killed_key in containers
+    _, e_local = container_parts(local_container.read_bytes())
+    for key in containers:
+        assert container_parts(get(s3, OUT, key))[1] == e_local, key
+    with open(tmp_path / "report.csv", "wb") as f:
+        f.write(get(s3, OUT, "killed/report.csv"))
+    import csv
+
+    with open(tmp_path / "report.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(row["status"] for row in rows) == ["done"] * 3, rows
+    uploads = s3["client"].list_multipart_uploads(Bucket=OUT, Prefix="killed/").get("Uploads", [])
+    assert [u["Key"] for u in uploads] == [killed_key], uploads  # the dead one, never completed
+    for u in uploads:  # what a lifecycle rule does in production
+        s3["client"].abort_multipart_upload(Bucket=OUT, Key=u["Key"], UploadId=u["UploadId"])
+    assert container_parts(get(s3, OUT, killed_key))[1] == e_local
+    work = tmp_path / "cache" / "work"  # the dead worker's work folder, swept by the retry
+    assert not work.is_dir() or not list(work.iterdir()), list(work.iterdir())
+    assert "Traceback" not in r.stderr

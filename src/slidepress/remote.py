@@ -521,8 +521,10 @@ def download(url: str, target: Path) -> bool:
             return False
         if fs.isdir(path):
             fs.get(path, str(target), recursive=True)
+            _fetched[0] += sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
         else:
             fs.get_file(path, str(target))
+            _fetched[0] += target.stat().st_size
     return True
 
 

@@ -125,6 +125,11 @@ class Job(ABC):
         """Whether existing outputs are replaced (the job's `overwrite` option)."""
         return False
 
+    def fetch_existing(self, url: str, path: Path) -> bool:
+        """Copy the existing output at `url` to `path` in the work folder, for `run`'s skip
+        check (whole, by default); False when there is none."""
+        return remote.download(url, path)
+
 
 class Bands(ABC):
     """One slide of a job kind as bands of rows: planned once, each band coded by its own
@@ -286,6 +291,13 @@ class CompressJob(Job):
     def outputs(self, item: SlideItem, out_dir: Path) -> list[Path]:
         return [self.output_for(item, out_dir)]
 
+    def fetch_existing(self, url: str, path: Path) -> bool:
+        """Only what the skip check reads of an existing container: its zip index and
+        manifest, by ranges, in a sparse copy (`store.container.fetch_index`)."""
+        from ..store.container import fetch_index
+
+        return fetch_index(url, path)
+
     def bands(self) -> Bands:
         from .compress_bands import CompressBands
 
@@ -405,8 +417,9 @@ def _run_to_store(
     item: SlideItem, job: Job, out_url: str, progress: ProgressStart | None
 ) -> Outcome:
     """A slide whose outputs go to object storage: its existing outputs (`job.outputs`) are
-    fetched into a local work folder, the job runs there exactly as on disk (so it skips
-    what is up to date by the same content key), and what it made is uploaded, each object
+    fetched into a local work folder (`job.fetch_existing`: a container only as far as its
+    skip check reads it), the job runs there exactly as on disk (so it skips what is up to
+    date by the same content key), and what it made is uploaded, each object
     published only when whole (`remote.upload`); the work folder is removed either way. A
     kind without a content key (`refuses_existing`) has its outputs only looked for: one
     there is refused without `overwrite`, naming its URL. Errors name URLs, not the work
@@ -425,7 +438,7 @@ def _run_to_store(
         if not job.refuses_existing:
             for p, url in urls.items():
                 p.parent.mkdir(parents=True, exist_ok=True)
-                remote.download(url, p)
+                job.fetch_existing(url, p)
         elif not job.overwrite():
             for url in urls.values():
                 if remote.exists(url):

@@ -28,7 +28,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from .. import limits
+from .. import limits, remote
 from ..codecs import Codec
 from ..errors import CodecError, ContainerError, UsageError
 from .manifest import (
@@ -444,3 +444,96 @@ def check_background_policy(policy: str) -> str:
     if policy not in BACKGROUND_POLICIES:
         raise UsageError(f"background policy must be one of {', '.join(BACKGROUND_POLICIES)}")
     return policy
+
+
+# -- a container in object storage: what opening it reads, by ranges ---------------------
+
+INDEX_TAIL_BYTES = 64 << 10  # the first read: the zip's end records and, in most containers,
+# the central directory and the manifest before it (the writer puts the manifest last)
+INDEX_READ_BYTES = 64 << 10  # a read outside what is fetched: at least this much, from there
+# more index than this (a legitimate one is ~70 bytes per tile) is not held in memory
+INDEX_MAX_BYTES = 64 << 20
+
+
+class _IndexTooLarge(Exception):
+    pass
+
+
+class _RangedZipSource:
+    """A read-only, seekable file over an object that fetches what is read, by ranges
+    (`remote.read_ranges`), and keeps every block fetched: what `zipfile` reads to open an
+    archive and read one entry."""
+
+    def __init__(self, url: str, size: int):
+        self.url, self.size, self.pos = url, size, 0
+        self.blocks: dict[int, bytes] = {}
+        if size:
+            self._fetch(max(0, size - INDEX_TAIL_BYTES), size)
+
+    def _fetch(self, start: int, end: int) -> bytes:
+        if sum(map(len, self.blocks.values())) + end - start > INDEX_MAX_BYTES:
+            raise _IndexTooLarge  # a hostile index: not into memory (whole copy on disk)
+        (data,) = remote.read_ranges(self.url, [(start, end - start)])
+        self.blocks[start] = data
+        return data
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self.pos, 2: self.size}[whence]
+        if base + offset < 0:
+            raise OSError("seek before the start of the object")
+        self.pos = base + offset
+        return self.pos
+
+    def read(self, n: int = -1) -> bytes:
+        end = self.size if n is None or n < 0 else min(self.size, self.pos + n)
+        if end <= self.pos:
+            return b""
+        for start, data in self.blocks.items():
+            if start <= self.pos and end <= start + len(data):
+                break
+        else:
+            start = self.pos
+            data = self._fetch(start, min(self.size, max(end, start + INDEX_READ_BYTES)))
+        out = data[self.pos - start : end - start]
+        self.pos = end
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+def fetch_index(url: str, target: Path) -> bool:
+    """A local copy of the container at `url` for a re-run's skip check, holding only what
+    opening it reads (`Container`: the zip's end records, its central directory, the manifest
+    entry), at their offsets in a sparse file of the object's size; every other byte (the
+    tiles) is left unfetched. `Container(target)` then validates and reads exactly what it
+    would from a whole copy, so the check decides as on disk. An object that does not open
+    as a zip here is copied whole (the check then reports it as it would a local file).
+    False when there is no object at `url`."""
+    if not remote.exists(url):
+        return False
+    size = int(remote.info(url).get("size") or 0)
+    source = _RangedZipSource(url, size)
+    try:
+        with zipfile.ZipFile(source) as z:  # type: ignore[arg-type]
+            info = z.NameToInfo.get(MANIFEST)
+            cap = min(MAX_MANIFEST_BYTES, limits.current().max_entry_bytes)
+            if info is not None and max(info.compress_size, info.file_size) <= cap:
+                z.read(MANIFEST)
+    except (*_ZIP_ERRORS, _IndexTooLarge):  # damaged, no zip, or an index beyond
+        return remote.download(url, target)  # INDEX_MAX_BYTES: the whole object, as before
+    with open(target, "wb") as f:
+        f.truncate(size)  # sparse: the holes read as zeros and take no disk
+        for start, data in sorted(source.blocks.items()):
+            f.seek(start)
+            f.write(data)
+    return True
