@@ -161,8 +161,9 @@ def render(rows, specs, down, config) -> str:
         for _, key, target in TARGETS:
             cells.append(fmt(matched(rows, spec, key, target)))
         rs = [r for r in rows if r["codec"] == spec]
-        cells.append(f"{1e3 / np.median([r['encode_ms'] for r in rs]):.0f}")
-        cells.append(f"{1e3 / np.median([r['decode_ms'] for r in rs]):.0f}")
+        for key in ("encode_ms", "decode_ms"):
+            rate = 1e3 / np.median([r[key] for r in rs])
+            cells.append(f"{rate:.0f}" if rate >= 100 else f"{rate:.3g}")
         if down:
             d = down[spec]
             cells.append(f"{d['auc_drop']:+.3f} ({d['bpp']:.2f})")
