@@ -68,6 +68,16 @@ def _gone(cfg: ServiceConfig, inst: Instance | None, t: float) -> bool:
 
 
 # -- orphaned jobs ------------------------------------------------------------------------------
+def _worker_alive_here(worker: str, instances: dict[str, Instance]) -> bool:
+    """Whether the worker process of `worker` (`INSTANCE/PID`) is on this machine and alive:
+    a worker outlives a SIGKILLed instance by its stop (SIGTERM from the kernel, then the
+    blocks in flight)."""
+    instance, _, pid = worker.rpartition("/")
+    inst = instances.get(instance)
+    return (inst is not None and inst.machine == MACHINE and pid.isdigit()
+            and pid_alive(int(pid)))  # fmt: skip
+
+
 def release_orphans(cfg: ServiceConfig, make: sessionmaker[Session],
                     dead: set[str] | None = None) -> list[str]:  # fmt: skip
     """Running jobs whose worker is gone: a dead worker of ours (`dead`), a worker of a gone
@@ -88,6 +98,9 @@ def release_orphans(cfg: ServiceConfig, make: sessionmaker[Session],
             else:
                 instance_gone = _gone(cfg, instances.get(instance), t)
             died = dead is not None and worker in dead
+            if instance_gone and not died and _worker_alive_here(worker, instances):
+                instance_gone = False  # its worker is still stopping: the next sweep (it
+                # could otherwise still be writing an output the requeued run writes too)
             gone = died or instance_gone
             stale = job.heartbeat_at is None or t - job.heartbeat_at > cfg.stale_seconds
             if not (gone or stale):
