@@ -181,9 +181,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-downstream", action="store_true")
     ap.add_argument("--quick", action="store_true", help="8 tiles per input, no downstream")
     ap.add_argument("--render", action="store_true", help="re-render OUT/table.md from rows.json")
+    ap.add_argument(
+        "--downstream-only",
+        action="store_true",
+        help="add the downstream column to OUT/rows.json's sweep (no new sweep)",
+    )
     args = ap.parse_args(argv)
     if args.quick:
         args.max_tiles, args.no_downstream = 8, True
+    if args.downstream_only:
+        saved = json.loads((args.out / "rows.json").read_text())
+        specs = list(dict.fromkeys(r["codec"] for r in saved["rows"]))
+        saved["downstream"] = run_downstream_points(
+            downstream_points(saved["rows"], specs), args.out, args.threads
+        )
+        (args.out / "rows.json").write_text(json.dumps(saved, default=float, indent=1))
+        args.render = True
     if args.render:
         saved = json.loads((args.out / "rows.json").read_text())
         specs = list(dict.fromkeys(r["codec"] for r in saved["rows"]))

@@ -86,8 +86,10 @@ def test_codec_specs_and_qualities():
     specs = _split_codecs("jpeg,ae-kl:weights=/x/sd-vae,dim=4,avif")
     assert specs == ["jpeg", "ae-kl:weights=/x/sd-vae,dim=4", "avif"]
     parsed = [CodecSpec.parse(s) for s in specs]
-    assert parsed[1].name == "ae-kl" and parsed[1].params == {"weights": "/x/sd-vae", "dim": "4"}
+    assert parsed[1].name == "ae-kl" and parsed[1].params == {"weights": "/x/sd-vae", "dim": 4}
     assert parsed[1].label == "ae-kl[sd-vae]"
+    slower = CodecSpec.parse("jpegxl:effort=7")  # numbers reach the codec as numbers
+    assert slower.params == {"effort": 7} and slower.label == "jpegxl[effort=7]"
     q = parse_qualities(["ae-kl=1,2", "jpeg=10,20,30,40"], parsed)  # -q repeated
     assert q == {"jpeg": [10, 20, 30, 40], "ae-kl[sd-vae]": [1, 2], "avif": [20, 40, 60, 80]}
     assert parse_qualities("ae-kl=1,2;jpeg=10,20,30,40", parsed) == q  # the bench's syntax

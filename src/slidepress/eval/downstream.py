@@ -61,9 +61,23 @@ class CodecSpec:
             k, sep, v = item.partition("=")
             if not sep:
                 raise UsageError(f"codec {spec!r}: expected NAME:key=value[,key=value]")
-            params[k] = v
-        return cls(spec if not params else f"{name}[{Path(str(params.get('weights', ''))).name}]",
-                   name, params)  # fmt: skip
+            params[k] = _value(v)
+        if not params:
+            return cls(spec, name, params)
+        shown = (Path(str(params["weights"])).name if "weights" in params
+                 else ",".join(f"{k}={v}" for k, v in params.items()))  # fmt: skip
+        return cls(f"{name}[{shown}]", name, params)
+
+
+def _value(text: str) -> Any:
+    """A codec parameter from the command line: an int or a float when it reads as one
+    (`effort=7`, `speed=4`), else the text (`weights=DIR`)."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def parse_qualities(
