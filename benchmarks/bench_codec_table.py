@@ -166,7 +166,7 @@ def render(rows, specs, down, config) -> str:
             cells.append(f"{rate:.0f}" if rate >= 100 else f"{rate:.3g}")
         if down:
             d = down[spec]
-            cells.append(f"{d['auc_drop']:+.3f} ({d['bpp']:.2f})")
+            cells.append(f"{d['auc_drop']:+.4f} ({d['bpp']:.2f})")
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Conditions: {json.dumps(config)}"]
     return "\n".join(lines) + "\n"
