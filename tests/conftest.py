@@ -96,6 +96,28 @@ def browser():
         b.close()
 
 
+SHOTS_COPY = Path(os.environ.get("SLIDEPRESS_VIEWER_SHOTS", "/tmp/viewer_shots"))
+
+
+@pytest.fixture(scope="module")
+def shot(tmp_path_factory):
+    """`shot(name, png)`: a browser test's screenshot, saved in the test's tmp dir and copied
+    to SLIDEPRESS_VIEWER_SHOTS (default /tmp/viewer_shots/) to be looked at."""
+    folder = tmp_path_factory.mktemp("shots")
+
+    def save(name: str, png: bytes) -> Path:
+        path = folder / f"{name}.png"
+        path.write_bytes(png)
+        try:
+            SHOTS_COPY.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, SHOTS_COPY / path.name)
+        except OSError:
+            pass
+        return path
+
+    return save
+
+
 @pytest.fixture
 def page(browser):
     """A fresh browser context per test."""

@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import shutil
 import time
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +18,6 @@ from .service_fixtures import ServerProcess, create_token
 
 httpx = pytest.importorskip("httpx")
 
-SHOTS_COPY = Path(os.environ.get("SLIDEPRESS_VIEWER_SHOTS", "/tmp/viewer_shots"))
 SIZE = (2220, 2967)  # the sample slide's level 0
 
 
@@ -209,22 +205,6 @@ def test_client_submits_compare_and_export(served, tmp_path):
 
 
 # -- the page -----------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def shots(tmp_path_factory):
-    return tmp_path_factory.mktemp("compare-shots")
-
-
-def _save(shots: Path, name: str, png: bytes) -> Path:
-    path = shots / f"{name}.png"
-    path.write_bytes(png)
-    try:
-        SHOTS_COPY.mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, SHOTS_COPY / path.name)
-    except OSError:
-        pass
-    return path
-
-
 IDLE = ("() => window.slidepressViewers && window.slidepressViewers.length === 2 && "
         "window.slidepressViewers.every((v) => v.width && v.busy() === 0)")  # fmt: skip
 # the compressed canvas's pixel at the centre of every grid cell (rows x cols x RGBA)
@@ -249,7 +229,7 @@ def _newest_job(http) -> dict:
     return http.get("/api/jobs").json()[-1]
 
 
-def test_page_uses_a_result_as_input_and_overlays_the_heat_map(served, browser, shots):
+def test_page_uses_a_result_as_input_and_overlays_the_heat_map(served, browser, shot):
     sync_api = pytest.importorskip("playwright.sync_api")
     http = served["http"]
     ctx = browser.new_context(viewport={"width": 1280, "height": 900})
@@ -278,7 +258,7 @@ def test_page_uses_a_result_as_input_and_overlays_the_heat_map(served, browser, 
         sync_api.expect(page.locator("#result-list")).to_have_text("CMU-1-Small-Region.spz×")
         assert page.locator("#uploads tbody input:checked").count() == 0
         page.get_by_label("compare (grid of a container vs its original)").check()
-        _save(shots, "compare-form-prefilled", page.screenshot(full_page=True))
+        shot("compare-form-prefilled", page.screenshot(full_page=True))
         page.get_by_role("button", name="Start job").click()
         sync_api.expect(page.locator("#result-inputs")).to_be_hidden()  # used, cleared
         job = _newest_job(http)
@@ -289,7 +269,7 @@ def test_page_uses_a_result_as_input_and_overlays_the_heat_map(served, browser, 
         sync_api.expect(page.locator("#previews img")).to_have_attribute(
             "alt", "per-cell cosine of the grid over the original (blue: 1, red: 0.95 or less): "
             "CMU-1-Small-Region.spz")  # fmt: skip
-        _save(shots, "compare-results", page.screenshot(full_page=True))
+        shot("compare-results", page.screenshot(full_page=True))
 
         # the side-by-side viewer of the compare job: heat map on over the compressed view
         page.get_by_role("button", name="View side by side").first.click()
@@ -302,12 +282,12 @@ def test_page_uses_a_result_as_input_and_overlays_the_heat_map(served, browser, 
         results = {r["name"]: r for r in http.get(f"/api/jobs/{job['id']}/results").json()}
         cos = np.load(io.BytesIO(http.get(results["cosine.npy"]["url"]).content))
         on = np.array(page.evaluate(CELL_PIXELS, list(cos.shape)), float)
-        _save(shots, "compare-overlay-on", page.screenshot(full_page=True))
+        shot("compare-overlay-on", page.screenshot(full_page=True))
         page.get_by_label("heat map of the per-cell cosine (compressed view)").uncheck()
         page.wait_for_timeout(300)
         page.wait_for_function(IDLE)
         off = np.array(page.evaluate(CELL_PIXELS, list(cos.shape)), float)
-        _save(shots, "compare-overlay-off", page.screenshot(full_page=True))
+        shot("compare-overlay-off", page.screenshot(full_page=True))
         kept = np.isfinite(cos).reshape(-1)
         change = np.abs(on - off)[:, :3].max(axis=1)
         # drawn exactly on the compared cells: each one tinted (jet blue: red down, blue
@@ -322,7 +302,7 @@ def test_page_uses_a_result_as_input_and_overlays_the_heat_map(served, browser, 
         page.get_by_role("button", name="zoom in").click()
         page.wait_for_timeout(400)
         page.wait_for_function(IDLE)
-        _save(shots, "compare-overlay-zoomed", page.screenshot(full_page=True))
+        shot("compare-overlay-zoomed", page.screenshot(full_page=True))
 
         # the compress job's own viewer offers the same heat map, off until asked
         page.get_by_role("button", name=f"show job {served['job']['id'][:8]}").click()
@@ -342,7 +322,7 @@ def test_page_uses_a_result_as_input_and_overlays_the_heat_map(served, browser, 
         _job_done(page, sync_api, job["id"])
         sync_api.expect(page.locator("#downloads")).to_contain_text("CMU-1-Small-Region.dicom.zip")
         sync_api.expect(page.locator("#metrics")).to_contain_text("copied")
-        _save(shots, "export-results", page.screenshot(full_page=True))
+        shot("export-results", page.screenshot(full_page=True))
         assert not errors, errors
     finally:
         ctx.close()

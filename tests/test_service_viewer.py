@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import io
 import math
-import os
-import shutil
 import time
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +18,6 @@ from .service_fixtures import ServerProcess, create_token
 
 httpx = pytest.importorskip("httpx")
 
-SHOTS_COPY = Path(os.environ.get("SLIDEPRESS_VIEWER_SHOTS", "/tmp/viewer_shots"))
 DZ = "{http://schemas.microsoft.com/deepzoom/2008}"
 
 
@@ -167,22 +163,6 @@ def test_container_tiles_are_its_decoded_pixels_resized(served):
 
 
 # -- the page ---------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def shots(tmp_path_factory):
-    return tmp_path_factory.mktemp("viewer-shots")
-
-
-def _save(shots: Path, name: str, png: bytes) -> Path:
-    path = shots / f"{name}.png"
-    path.write_bytes(png)
-    try:
-        SHOTS_COPY.mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, SHOTS_COPY / path.name)
-    except OSError:
-        pass
-    return path
-
-
 def _not_blank(png: bytes) -> None:
     from PIL import Image
 
@@ -206,7 +186,7 @@ def _same_region(page) -> list[dict]:
     return [a, b]
 
 
-def test_side_by_side_viewer_zooms_in_sync(served, browser, shots):
+def test_side_by_side_viewer_zooms_in_sync(served, browser, shot):
     sync_api = pytest.importorskip("playwright.sync_api")
     ctx = browser.new_context(viewport={"width": 1280, "height": 900})
     page = ctx.new_page()
@@ -231,7 +211,7 @@ def test_side_by_side_viewer_zooms_in_sync(served, browser, shots):
         page.wait_for_function(IDLE)
         fit = _same_region(page)
         assert fit[0]["width"] >= 0.99  # the whole slide shows
-        _save(shots, "viewer-fit", page.screenshot(full_page=True))
+        shot("viewer-fit", page.screenshot(full_page=True))
 
         # zoom in with the UI: the + button twice, then the wheel over the compressed view
         page.get_by_role("button", name="zoom in").click()
@@ -255,10 +235,10 @@ def test_side_by_side_viewer_zooms_in_sync(served, browser, shots):
         dragged = _same_region(page)
         assert dragged[0]["x"] > zoomed[0]["x"] and dragged[0]["y"] > zoomed[0]["y"]
 
-        _save(shots, "viewer-zoomed", page.screenshot(full_page=True))
+        shot("viewer-zoomed", page.screenshot(full_page=True))
         for name in ("original", "compressed"):
             png = page.locator(f"#dz-{name} canvas").screenshot()
-            _save(shots, f"viewer-zoomed-{name}", png)
+            shot(f"viewer-zoomed-{name}", png)
             _not_blank(png)
         assert not errors, errors
     finally:
