@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from .browser_helpers import keep_copy
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Test models are tiny: one OpenMP thread is as fast, and on a busy machine two spinning
 # threads made a 6-step CNN fit 100x slower (9.5 s vs 0.07 s). Set before torch loads.
@@ -108,12 +110,7 @@ def shot(tmp_path_factory):
     def save(name: str, png: bytes) -> Path:
         path = folder / f"{name}.png"
         path.write_bytes(png)
-        try:
-            SHOTS_COPY.mkdir(parents=True, exist_ok=True)
-            shutil.copy(path, SHOTS_COPY / path.name)
-        except OSError:
-            pass
-        return path
+        return keep_copy(path, SHOTS_COPY)
 
     return save
 

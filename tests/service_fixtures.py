@@ -164,3 +164,15 @@ class ServerProcess:
             with __import__("contextlib").suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
         self.log.close()
+
+
+def running_job(make, worker: str, heartbeat: float | None, attempts: int = 1) -> str:
+    """A job row as a worker leaves it while running (for the orphan-rule tests)."""
+    from slidepress.service.db import Job
+
+    with make() as s:
+        job = Job(user_id=1, kind="encode", params={}, batch_job={}, items=[], state="running",
+                  worker=worker, attempts=attempts, heartbeat_at=heartbeat)  # fmt: skip
+        s.add(job)
+        s.commit()
+        return job.id

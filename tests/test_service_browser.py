@@ -9,13 +9,13 @@ to the pytest tmp dir ("page-shots") and to /tmp/page_shots/ (SLIDEPRESS_PAGE_SH
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
+from .browser_helpers import keep_copy, sign_in
 from .service_fixtures import SLIDEPRESS, ServerProcess, create_token
 
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -123,12 +123,7 @@ def shot(page, shots: Path, name: str) -> Path:
     """A full-page screenshot in the test's output, copied to SHOTS_COPY."""
     path = shots / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
-    try:
-        SHOTS_COPY.mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, SHOTS_COPY / path.name)
-    except OSError:
-        pass
-    return path
+    return keep_copy(path, SHOTS_COPY)
 
 
 def open_page(browser, width: int):
@@ -182,13 +177,6 @@ def new_user(server, name: str) -> tuple[str, Api]:
     srv, _ = server
     token = create_token(srv.data_dir, name)
     return token, Api(srv, token)
-
-
-def sign_in(page, srv, token: str) -> None:
-    page.goto(srv.url + "/")
-    page.get_by_label("API token").fill(token)
-    page.get_by_role("button", name="Sign in").click()
-    sync_api.expect(page.locator("#app")).to_be_visible()
 
 
 # every visible element inside the viewport, every card holding its content, no page scroll

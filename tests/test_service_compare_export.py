@@ -14,6 +14,7 @@ import zipfile
 import numpy as np
 import pytest
 
+from .browser_helpers import sign_in, watch_errors
 from .service_fixtures import ServerProcess, create_token
 
 httpx = pytest.importorskip("httpx")
@@ -235,15 +236,9 @@ def test_page_uses_a_result_as_input_and_overlays_the_heat_map(served, browser, 
     ctx = browser.new_context(viewport={"width": 1280, "height": 900})
     page = ctx.new_page()
     page.set_default_timeout(60_000)
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.on("response", lambda r: errors.append(f"{r.status} {r.url}")
-            if r.status >= 400 and not r.url.endswith("/favicon.ico") else None)  # fmt: skip
+    errors = watch_errors(page)
     try:
-        page.goto(served["srv"].url + "/")
-        page.get_by_label("API token").fill(served["alice"])
-        page.get_by_role("button", name="Sign in").click()
-        sync_api.expect(page.locator("#app")).to_be_visible()
+        sign_in(page, served["srv"], served["alice"])
         # the form's compare and export options come from /openapi.json
         page.get_by_label("compare (grid of a container vs its original)").check()
         sync_api.expect(page.locator("#cmp-encoder")).to_have_value("nic-multitask")

@@ -15,9 +15,17 @@ import pytest
 
 from .conftest import SLIDES
 from .s3_server import S3Server, available
-from .service_fixtures import ServerProcess, create_token, free_port, pg_server  # noqa: F401
+from .service_fixtures import (  # noqa: F401
+    ServerProcess,
+    create_token,
+    free_port,
+    pg_server,
+    running_job,
+)
 
 pytest.importorskip("fastapi")
+
+from sqlalchemy import update  # noqa: E402
 
 from slidepress.service import ServiceConfig  # noqa: E402
 from slidepress.service.db import Instance, Job, make_engine, sessions  # noqa: E402
@@ -251,15 +259,6 @@ def _instance(make, iid: str, machine: str, pid: int, seen: float) -> None:
         s.commit()
 
 
-def _running(make, worker: str, heartbeat: float, attempts: int = 1) -> str:
-    with make() as s:
-        job = Job(user_id=1, kind="encode", params={}, batch_job={}, items=[], state="running",
-                  worker=worker, attempts=attempts, heartbeat_at=heartbeat)  # fmt: skip
-        s.add(job)
-        s.commit()
-        return job.id
-
-
 def test_orphan_rule_requeues_dead_instances_jobs_never_a_live_ones(tmp_path):
     cfg = ServiceConfig(tmp_path, stale_seconds=20, max_attempts=3)
     make = sessions(make_engine(cfg.url))
@@ -276,24 +275,36 @@ def test_orphan_rule_requeues_dead_instances_jobs_never_a_live_ones(tmp_path):
     _instance(make, silent, "other-machine", 11, t - 60)
     _instance(make, dead_here, MACHINE, 999999999, t)
     _instance(make, alive_here, MACHINE, os.getpid(), t)
-    keep = _running(make, f"{live}/100", t)
-    keep_here = _running(make, f"{alive_here}/101", t)
-    of_silent = _running(make, f"{silent}/102", t)  # its own heartbeat fresh: instance gone
-    of_dead = _running(make, f"{dead_here}/103", t)
-    unknown = _running(make, "hostd:12:eeee/104", t)  # no such instance registered
-    hung = _running(make, f"{live}/105", t - 60)  # live instance, job heartbeat stale
-    spent = _running(make, f"{silent}/106", t, attempts=3)
+    keep = running_job(make, f"{live}/100", t)
+    keep_here = running_job(make, f"{alive_here}/101", t)
+    of_silent = running_job(make, f"{silent}/102", t)  # its own heartbeat fresh: instance gone
+    of_dead = running_job(make, f"{dead_here}/999999998", t)  # its worker gone too
+    # the instance died but its worker (this process here) is still stopping: not yet
+    stopping = running_job(make, f"{dead_here}/{os.getpid()}", t)
+    unknown = running_job(make, "hostd:12:eeee/104", t)  # no such instance registered
+    hung = running_job(make, f"{live}/105", t - 60)  # live instance, job heartbeat stale
+    spent = running_job(make, f"{silent}/106", t, attempts=3)
     handled = release_orphans(cfg, make)
     assert set(handled) == {of_silent, of_dead, unknown, hung, spent}
     with make() as s:
         state = {j.id: (j.state, j.worker) for j in s.query(Job)}
         assert state[keep] == ("running", f"{live}/100")
         assert state[keep_here] == ("running", f"{alive_here}/101")
+        assert state[stopping] == ("running", f"{dead_here}/{os.getpid()}")
         for jid in (of_silent, of_dead, unknown, hung):
             assert state[jid] == ("queued", "")
         assert state[spent][0] == "failed" and "interrupted 3 times" in s.get(Job, spent).error
-        assert {i.id for i in s.query(Instance)} == {live, alive_here}  # the gone unregistered
+        # the gone unregistered, but the one whose worker is still stopping kept for now
+        assert {i.id for i in s.query(Instance)} == {live, alive_here, dead_here}
     assert release_orphans(cfg, make) == []  # nothing twice
+    # the worker went on beating its job past the timeout? no: once its heartbeat is stale
+    # the job is handed on whatever the worker's pid says (the fallback on any machine)
+    with make() as s:
+        s.execute(update(Job).where(Job.id == stopping).values(heartbeat_at=t - 60))
+        s.commit()
+    assert release_orphans(cfg, make) == [stopping]
+    with make() as s:
+        assert {i.id for i in s.query(Instance)} == {live, alive_here}
 
 
 def test_api_only_instance_registers_and_runs_no_job(tmp_path):

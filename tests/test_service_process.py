@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from .service_fixtures import ServerProcess, create_token, database_url, pg_server  # noqa: F401
+from .service_fixtures import (  # noqa: F401
+    ServerProcess,
+    create_token,
+    database_url,
+    pg_server,
+    running_job,
+)
 
 pytest.importorskip("fastapi")
 
@@ -116,15 +122,6 @@ def test_twenty_concurrent_uploads_all_accounted_for(tmp_path, sample):
         server.stop()
 
 
-def _running_job(make, worker: str, attempts: int, heartbeat: float | None) -> str:
-    with make() as s:
-        job = Job(user_id=1, kind="encode", params={}, batch_job={}, items=[], state="running",
-                  worker=worker, attempts=attempts, heartbeat_at=heartbeat)  # fmt: skip
-        s.add(job)
-        s.commit()
-        return job.id
-
-
 def test_orphaned_jobs_are_resumed_once_then_failed_with_a_message(tmp_path):
     cfg = ServiceConfig(tmp_path, stale_seconds=30, max_attempts=2)
     make = sessions(make_engine(cfg.url))
@@ -133,10 +130,10 @@ def test_orphaned_jobs_are_resumed_once_then_failed_with_a_message(tmp_path):
 
         new_token(s, "u")
     dead = f"{HOST}:999999999"  # no such pid
-    first = _running_job(make, dead, 1, time.time())
-    second = _running_job(make, dead, 2, time.time())
-    alive = _running_job(make, "otherhost:1", 1, time.time())  # fresh heartbeat: left alone
-    stale = _running_job(make, "otherhost:2", 1, time.time() - 600)
+    first = running_job(make, dead, attempts=1, heartbeat=time.time())
+    second = running_job(make, dead, attempts=2, heartbeat=time.time())
+    alive = running_job(make, "otherhost:1", heartbeat=time.time())  # fresh heartbeat: kept
+    stale = running_job(make, "otherhost:2", attempts=1, heartbeat=time.time() - 600)
     handled = release_orphans(cfg, make)
     assert set(handled) == {first, second, stale}
     with make() as s:
@@ -371,8 +368,14 @@ def test_remote_cli_list_status_cancel_delete_and_failed_download(served, sample
     assert listed.returncode == 0 and failed["id"] in listed.stdout
     assert up in remote("list", "uploads").stdout
     # a queued job behind a long one (one worker): cancel it, then delete it and the upload
-    big = c.upload(sample)["id"]
-    slow = c.submit("compress", [big] * 4, codec="jpegxl")
+    # six slides under their own names (the same upload six times would be coded once and
+    # skipped five times: a second, and the encode behind it could finish before the cancel)
+    bigs = []
+    for i in range(6):
+        copy = tmp_path / f"big{i}.svs"
+        copy.write_bytes(sample.read_bytes())
+        bigs.append(c.upload(copy)["id"])
+    slow = c.submit("compress", bigs, codec="jpegxl")
     queued = c.submit("encode", [up], mpp_override=0.5)
     cancel = remote("cancel", queued["id"])
     assert cancel.returncode == 0, cancel.stderr
@@ -384,7 +387,7 @@ def test_remote_cli_list_status_cancel_delete_and_failed_download(served, sample
     again = remote("download", ok["id"], "-o", str(tmp_path / "dl"))
     assert again.returncode == 2 and "--overwrite" in again.stderr
     assert "overwrite=True" not in again.stderr
-    d = remote("delete", ok["id"], failed["id"], queued["id"], slow["id"], up, big)
+    d = remote("delete", ok["id"], failed["id"], queued["id"], slow["id"], up, *bigs)
     assert d.returncode == 0, d.stderr
     assert c.jobs() == [] or all(j["id"] not in (ok["id"], failed["id"]) for j in c.jobs())
     assert up not in [u["id"] for u in c.uploads()]

@@ -14,6 +14,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 
+from .browser_helpers import sign_in, watch_errors
 from .service_fixtures import ServerProcess, create_token
 
 httpx = pytest.importorskip("httpx")
@@ -191,15 +192,9 @@ def test_side_by_side_viewer_zooms_in_sync(served, browser, shot):
     ctx = browser.new_context(viewport={"width": 1280, "height": 900})
     page = ctx.new_page()
     page.set_default_timeout(60_000)
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.on("response", lambda r: errors.append(f"{r.status} {r.url}")
-            if r.status >= 400 and not r.url.endswith("/favicon.ico") else None)  # fmt: skip
+    errors = watch_errors(page)
     try:
-        page.goto(served["srv"].url + "/")
-        page.get_by_label("API token").fill(served["alice"])
-        page.get_by_role("button", name="Sign in").click()
-        sync_api.expect(page.locator("#app")).to_be_visible()
+        sign_in(page, served["srv"], served["alice"])
         short = served["job"]["id"][:8]
         page.get_by_role("button", name=f"show job {short}").click()
         sync_api.expect(page.locator("#fidelity")).to_be_hidden()

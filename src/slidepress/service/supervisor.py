@@ -84,7 +84,7 @@ def release_orphans(cfg: ServiceConfig, make: sessionmaker[Session],
     instance, or a heartbeat older than `stale_seconds`. Each is queued again to resume, or
     failed once it has used its attempts; gone instances are then unregistered. Returns the
     ids handled."""
-    handled = []
+    handled, waiting = [], set()
     with make() as s:
         jobs = s.scalars(select(Job).where(Job.state == "running")).all()
         instances = {i.id: i for i in s.scalars(select(Instance))}
@@ -98,11 +98,12 @@ def release_orphans(cfg: ServiceConfig, make: sessionmaker[Session],
             else:
                 instance_gone = _gone(cfg, instances.get(instance), t)
             died = dead is not None and worker in dead
-            if instance_gone and not died and _worker_alive_here(worker, instances):
+            stale = job.heartbeat_at is None or t - job.heartbeat_at > cfg.stale_seconds
+            if instance_gone and not (died or stale) and _worker_alive_here(worker, instances):
                 instance_gone = False  # its worker is still stopping: the next sweep (it
                 # could otherwise still be writing an output the requeued run writes too)
+                waiting.add(instance)  # keep its row until then: it says where the worker is
             gone = died or instance_gone
-            stale = job.heartbeat_at is None or t - job.heartbeat_at > cfg.stale_seconds
             if not (gone or stale):
                 continue
             if job.cancel_requested:
@@ -138,7 +139,7 @@ def release_orphans(cfg: ServiceConfig, make: sessionmaker[Session],
                 if values["state"] != "queued":
                     remove_job_files(cfg, job.id)
         for iid, inst in instances.items():
-            if _gone(cfg, inst, t):
+            if _gone(cfg, inst, t) and iid not in waiting:
                 s.execute(delete(Instance).where(Instance.id == iid,
                                                  Instance.seen_at == inst.seen_at))  # fmt: skip
                 s.commit()
