@@ -51,6 +51,10 @@ RECIPES: dict[str, dict] = {
 # which PCam files every issue-24 run sees, in a form `synthetic.pcam.encoder_pcam_files`
 # resolves (benchmarks leave them out): all of train, and valid's probe `select` split
 PCAM_SEEN = {"train": "all", "valid": "probe-select"}
+# Learning-rate drops by hand (`scripts/fork_nic24.py`): the runs halve their rate when the
+# pretext validation loss stalls, but the probe AUC they are selected on can fall meanwhile.
+# contrastive: lr 1e-3 to step 5000 (best probe at 2600), forked from step 2600 at 1e-4;
+# vae: lr 1e-3 to step 2400 (best at 2200), forked from step 2200 at 3e-4 (2026-12-07).
 SETTINGS = {"epochs": 400, "batch_size": 64, "steps_per_epoch": 200, "patience": 40,
             "lr_patience": 8, "select": "probe_auc"}  # fmt: skip
 
