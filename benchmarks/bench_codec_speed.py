@@ -18,7 +18,12 @@ Then where the learned decoder's time goes: CPU milliseconds per tile of each st
 decoding of the hyper-latents, hyper-synthesis + scale indices, entropy decoding of the
 latents, synthesis; and each layer), one tile at a time on one thread.
 
+`--weights NAME=FOLDER` (repeatable) adds the learned codec with other weights (e.g. a
+float32 re-export, codecs/learned/export.py) to the same run, as `learned[NAME]` (with and
+without the guard) and in the profile, so weights compare on the same tiles and load.
+
     python benchmarks/bench_codec_speed.py [--repeats 5] [--json out.json]
+        [--weights f32=src/slidepress/weights/codec-he-shallow-f32]
 """
 
 from __future__ import annotations
@@ -38,7 +43,16 @@ RUNS = (("learned", 5, {}), ("learned", 5, {"guard": False}),
 
 
 def label_of(name: str, params: dict) -> str:
-    return name + ("-noguard" if params.get("guard") is False else "")
+    tag = f"[{params['tag']}]" if "tag" in params else ""
+    return name + tag + ("-noguard" if params.get("guard") is False else "")
+
+
+def runs_with(weights: dict[str, str]) -> tuple:
+    """RUNS, with the learned codec's runs repeated for each other weights folder."""
+    extra = tuple(("learned", q, {**p, "weights": folder, "tag": tag})
+                  for tag, folder in weights.items()
+                  for name, q, p in RUNS if name == "learned")  # fmt: skip
+    return RUNS[:2] + extra + RUNS[2:]
 
 
 def timed(fn) -> tuple[float, float, float]:
@@ -51,14 +65,16 @@ def timed(fn) -> tuple[float, float, float]:
     return wall, cpu, meter.foreign_cores
 
 
-def speeds(tiles: list[np.ndarray], repeats: int) -> dict[str, dict[str, float]]:
+def speeds(
+    tiles: list[np.ndarray], repeats: int, runs: tuple = RUNS
+) -> dict[str, dict[str, float]]:
     from slidepress.codecs import get_codec
 
     n = len(tiles)
     codecs, blobs, jobs = {}, {}, []
-    for name, q, params in RUNS:
+    for name, q, params in runs:
         label = label_of(name, params)
-        c = codecs[label] = get_codec(name, q, **params)
+        c = codecs[label] = get_codec(name, q, **{k: v for k, v in params.items() if k != "tag"})
         if c.batched:
             blobs[label] = b = c.encode_batch(tiles)
             c.decode_batch(b)  # warm: weights loaded, torch started
@@ -87,7 +103,7 @@ def speeds(tiles: list[np.ndarray], repeats: int) -> dict[str, dict[str, float]]
             row[f"{what}_cpu_ms_per_tile"] = ms
             row[f"{what}_tiles_per_s_2_cores"] = 2e3 / ms
         out[label] = row
-        print(f"{label:16s} encode {row['encode_tiles_per_s']:6.1f}/s  decode "
+        print(f"{label:20s} encode {row['encode_tiles_per_s']:6.1f}/s  decode "
               f"{row['decode_tiles_per_s']:6.1f}/s  {row['bpp']:.2f} bpp  | CPU ms/tile "
               f"{row['encode_cpu_ms_per_tile']:6.2f} / {row['decode_cpu_ms_per_tile']:6.2f} "
               f"(2 idle cores: {row['encode_tiles_per_s_2_cores']:6.1f} / "
@@ -97,13 +113,15 @@ def speeds(tiles: list[np.ndarray], repeats: int) -> dict[str, dict[str, float]]
     return out
 
 
-def decoder_profile(tiles: list[np.ndarray], repeats: int) -> dict[str, float]:
+def decoder_profile(
+    tiles: list[np.ndarray], repeats: int, weights: str | None = None
+) -> dict[str, float]:
     """CPU ms per tile of each decoding stage, one tile at a time on one thread (median)."""
     from slidepress.codecs import get_codec
     from slidepress.codecs.learned import entropy
     from slidepress.codecs.learned.runtime import ALIGN, single_threaded_blas
 
-    c = get_codec("learned", 5, guard=False)
+    c = get_codec("learned", 5, guard=False, **({"weights": weights} if weights else {}))
     m = c.model
     parsed = [m._parse(b) for b in c.encode_batch(tiles)]
     clock = time.thread_time
@@ -131,7 +149,8 @@ def decoder_profile(tiles: list[np.ndarray], repeats: int) -> dict[str, float]:
                     x = layer(x)
                     samples.setdefault(f"  hyper.{i} ({layer.dtype})", []).append(clock() - t0)
         x = np.zeros((1, 32, 32, m.config.m))
-        x[..., ::3] = 3000.0  # the layers' cost does not depend on the values
+        # the layers' cost does not depend on the values (kept within the input's clip)
+        x[..., ::3] = np.broadcast_to(np.minimum(3000.0, m.synth_in_bound), x.shape[-1:])[::3]
         for _ in range(repeats):
             y = x
             for i, layer in enumerate(m.synth_fast):
@@ -146,7 +165,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--json", default=None)
     ap.add_argument("--no-profile", action="store_true", help="speeds only (older code too)")
+    ap.add_argument("--weights", action="append", default=[], metavar="NAME=FOLDER",
+                    help="also time the learned codec with these weights")  # fmt: skip
     args = ap.parse_args()
+    weights = dict(w.split("=", 1) for w in args.weights)
 
     import torch
 
@@ -160,20 +182,25 @@ def main() -> None:
     print(f"{len(tiles)} tiles of 256 px, {os.cpu_count()} CPUs, learned decode on "
           f"{threads or 'BLAS'} threads, load average {os.getloadavg()[0]:.1f}")  # fmt: skip
     out: dict = {"commit": git_commit(), "cpus": os.cpu_count(), "decode_threads": threads}
-    out |= speeds(tiles, args.repeats)
-    lrn, avif = out["learned"], out["avif"]
-    out["learned_decode_vs_avif"] = {
-        "ratio": lrn["decode_tiles_per_s"] / avif["decode_tiles_per_s"],
-        "ratio_cpu": avif["decode_cpu_ms_per_tile"] / lrn["decode_cpu_ms_per_tile"],
-    }
-    r = out["learned_decode_vs_avif"]
-    print(f"learned decode / AVIF decode: {r['ratio']:.3f} (wall), {r['ratio_cpu']:.3f} (CPU)")
+    out["weights"] = weights
+    out |= speeds(tiles, args.repeats, runs_with(weights))
+    avif = out["avif"]
+    for label in ["learned", *(f"learned[{t}]" for t in weights)]:
+        lrn = out[label]
+        r = out[f"{label}_decode_vs_avif"] = {
+            "ratio": lrn["decode_tiles_per_s"] / avif["decode_tiles_per_s"],
+            "ratio_cpu": avif["decode_cpu_ms_per_tile"] / lrn["decode_cpu_ms_per_tile"],
+        }
+        print(f"{label} decode / AVIF decode: {r['ratio']:.3f} (wall), {r['ratio_cpu']:.3f} "
+              "(CPU)")  # fmt: skip
     if not args.no_profile:
-        parts = decoder_profile(tiles[:8], args.repeats)
-        out["learned_decode_cpu_ms_per_tile"] = parts
-        print("learned decode, CPU ms per tile on one thread:")
-        for k, v in parts.items():
-            print(f"  {k:28s} {v:6.2f}")
+        for tag, folder in {"": None, **weights}.items():
+            label = f"learned[{tag}]" if tag else "learned"
+            parts = decoder_profile(tiles[:8], args.repeats, folder)
+            out[f"{label}_decode_cpu_ms_per_tile"] = parts
+            print(f"{label} decode, CPU ms per tile on one thread:")
+            for k, v in parts.items():
+                print(f"  {k:28s} {v:6.2f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)

@@ -1,12 +1,23 @@
 """Export a training run of the learned codec (scripts/train_codec.py) as a shipped weights folder.
 
     python scripts/export_codec.py runs/codec -o src/slidepress/weights/codec-he-shallow
+    python scripts/export_codec.py runs/codec -o OUT --precision float32
+    python scripts/export_codec.py --requantize src/slidepress/weights/codec-he-shallow \
+        -o src/slidepress/weights/codec-he-shallow-f32 --precision float32
 
 Calibrates the fixed-point decoder on real crops (the training pools), writes decoder.npz,
 encoder.safetensors and config.json (codecs/learned/export.py), then checks the folder as the
 codec will use it: every level's real bytes per pixel and PSNR on the validation crops through
 the integer decoder, next to the float model's, recorded in config.json ("export_check").
 MODEL_CARD.md is written by hand from these numbers and the benchmark.
+
+`--precision float32` gives every decoder layer fewer bits so that its proven worst partial
+sum stays below 2^24 and the decoder runs it in float32 (export.fit_precision); the default
+float64 is the format codec-he-shallow was exported in. `--requantize FOLDER` derives such a
+folder from an exported one without the float model: its integer weights re-rounded
+(export.requantize), the synthesis' per-channel clips calibrated on the same training crops
+through the folder's own encoder and integer decoder; the check then sets the new folder's
+bpp and PSNR next to the source folder's ("source_bpp", "source_psnr").
 """
 
 from __future__ import annotations
@@ -24,17 +35,41 @@ import torch
 from train_codec import data_pools  # noqa: E402  (same folder)
 
 from slidepress import __version__
-from slidepress.codecs.learned.export import CONFIG_FILE, export
+from slidepress.codecs.learned.export import (
+    CONFIG_FILE,
+    PRECISIONS,
+    calibrate_channels,
+    export,
+    write_requantized,
+)
 from slidepress.codecs.learned.model import CodecConfig, CodecNet
 from slidepress.codecs.learned.runtime import LearnedModel
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("run", type=Path, help="training folder (best.pt, config.json, log.csv)")
+    ap.add_argument("run", type=Path, nargs="?",
+                    help="training folder (best.pt, config.json, log.csv)")  # fmt: skip
     ap.add_argument("-o", "--output", type=Path, required=True)
     ap.add_argument("--checkpoint", default="best.pt")
+    ap.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="float64",
+        help="float32: layers fitted to exact float32 products (faster decode)",
+    )
+    ap.add_argument(
+        "--requantize",
+        type=Path,
+        metavar="FOLDER",
+        help="re-round an exported weights folder instead of a training run",
+    )
     a = ap.parse_args()
+    if a.requantize is not None:
+        requantize_folder(a.requantize, a.output, a.precision)
+        return
+    if a.run is None:
+        ap.error("a training folder, or --requantize FOLDER")
     torch.manual_seed(0)
     cfg = CodecConfig.from_dict(json.loads((a.run / "config.json").read_text()))
     net = CodecNet(cfg)
@@ -59,7 +94,7 @@ def main() -> None:
         },
         "exported_by": f"slidepress {__version__}, {time.strftime('%Y-%m-%d')}",
     }
-    h = export(net, calib, a.output, record)
+    h = export(net, calib, a.output, record, a.precision)
     check = export_check(net, LearnedModel(a.output), val)
     cfg_path = a.output / CONFIG_FILE
     doc = json.loads(cfg_path.read_text())
@@ -68,6 +103,48 @@ def main() -> None:
     print(f"weights {h[:16]} in {a.output}")
     for row in check:
         print("  " + "  ".join(f"{k} {v:.4g}" for k, v in row.items()))
+
+
+def requantize_folder(source: Path, out: Path, precision: str) -> None:
+    """--requantize: the new folder, its channel peaks calibrated on the training crops the
+    export calibrates on, and its check against the source folder on the validation crops."""
+    torch.manual_seed(0)
+    sampler, val = data_pools(seed=7)
+    calib = _uint8(sampler.batch(192))
+    channel_peaks = None
+    if precision != "float64":
+        peaks = calibrate_channels(LearnedModel(source), calib)
+        channel_peaks = {"synth": peaks["synth"]}
+    h = write_requantized(source, out, precision, channel_peaks=channel_peaks)
+    tiles = _uint8(val)
+    new, old = (rd_rows(LearnedModel(f), tiles) for f in (out, source))
+    check = [{**n, "source_bpp": o["bpp"], "source_psnr": o["psnr"]}
+             for n, o in zip(new, old, strict=True)]  # fmt: skip
+    cfg_path = out / CONFIG_FILE
+    doc = json.loads(cfg_path.read_text())
+    doc["precision"]["requantized_by"] = f"slidepress {__version__}, {time.strftime('%Y-%m-%d')}"
+    doc["export_check"] = check
+    cfg_path.write_text(json.dumps(doc, indent=1))
+    print(f"weights {h[:16]} in {out} ({precision}, from {source})")
+    for row in check:
+        print("  " + "  ".join(f"{k} {v:.4g}" for k, v in row.items()))
+
+
+def _uint8(crops: torch.Tensor) -> np.ndarray:
+    return (crops.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+
+
+def rd_rows(model: LearnedModel, tiles: np.ndarray) -> list[dict]:
+    """Per level: real bpp and PSNR of a weights folder on uint8 tiles."""
+    rows = []
+    px = tiles.shape[0] * tiles.shape[1] * tiles.shape[2]
+    for q in range(1, model.levels + 1):
+        blobs = model.encode_batch(list(tiles), q)
+        dec = np.stack(model.decode_batch(blobs)).astype(np.float64)
+        mse = float(np.mean((dec - tiles) ** 2))
+        rows.append({"quality": q, "bpp": 8 * sum(len(b) for b in blobs) / px,
+                     "psnr": 10 * math.log10(255**2 / mse)})  # fmt: skip
+    return rows
 
 
 @torch.no_grad()

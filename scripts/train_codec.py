@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -33,12 +32,10 @@ import torch
 
 from slidepress.codecs.learned.model import CodecConfig
 from slidepress.training.learned_codec import TrainSettings, train_codec
-from slidepress.training.samplers import CROP, HE_ALL_DATA, CropSampler, he_all, he_mix
+from slidepress.training.samplers import CROP, HE_ALL_DATA, SHARED, CropSampler, he_all, he_mix
 
 # lambda * MSE (0-255) + bpp: ~24-38 dB on held-out H&E, the range JPEG-XL q30-95 covers there
 LAMBDAS = (0.005, 0.0088, 0.0153, 0.027, 0.047, 0.082, 0.143, 0.25)
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("SLIDEPRESS_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
 def data_pools(pcam_limit: int = 12000, seed: int = 0) -> tuple[CropSampler, torch.Tensor]:

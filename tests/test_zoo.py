@@ -19,6 +19,7 @@ from slidepress.errors import UsageError
 # hash functions then); a container records them and refuses to decode with another value.
 SHIPPED_SHA256 = {
     "codec-he-shallow": "15eb094a59a987369dfb509d4072053b1cfd4074afdc776d9c11682bca59d6af",
+    "codec-he-shallow-f32": "cfbc9fba277015779e59915ca3080bfa33233127e0c43ec13fe38dad82224083",
     "featsim-resnet18": "6825973411d93467ac517dad1ad8dd3cef294de8c66f3206f8e3ceee1fc26044",
     "pathae-he-f8c8": "95791a408339446ac24fc624094a5dc3eff87fd2f8384ecdb660ec1b94c60881",
     "nic-bigan": "7d58caef41b29080ce770ace51e7b4174a662f60d4ff4f86420121c6b9225767",
@@ -28,7 +29,8 @@ SHIPPED_SHA256 = {
     "nic-supervised": "0bc5f20d8f16ed0f93b2b89d75c7fdeeb9538db0cb2db2e869e7b9e67edc75df",
     "nic-vae": "c8614cc1fa637206d2056dd6944269cbdf56ffee6dfa90e54ff8e1572c75dae0",
 }
-KINDS = {"codec-he-shallow": "codec", "pathae-he-f8c8": "codec", "featsim-resnet18": "metric"}
+KINDS = {"codec-he-shallow": "codec", "codec-he-shallow-f32": "codec", "pathae-he-f8c8": "codec",
+         "featsim-resnet18": "metric"}  # fmt: skip
 SRC = Path(zoo.__file__).resolve().parent
 
 
@@ -47,7 +49,8 @@ def test_shipped_weights_keep_their_recorded_hash(name):
 def test_every_shipped_folder_is_in_the_zoo():
     folders = sorted(p.name for p in zoo.ROOT.iterdir() if p.is_dir())
     assert folders == sorted(w.name for w in zoo.shipped()) == sorted(SHIPPED_SHA256)
-    assert [w.name for w in zoo.shipped(kind="codec")] == ["codec-he-shallow", "pathae-he-f8c8"]
+    assert [w.name for w in zoo.shipped(kind="codec")] == [
+        "codec-he-shallow", "codec-he-shallow-f32", "pathae-he-f8c8"]  # fmt: skip
     assert zoo.used_by("codec", "learned").name == "codec-he-shallow"
     assert zoo.used_by("encoder", "nic-vae").name == "nic-vae"
     assert zoo.used_by("codec", "jpeg") is None

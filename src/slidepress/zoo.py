@@ -209,6 +209,7 @@ def _ship(name: str, fmt: str, used_as: str, loader: str | None = None) -> None:
 
 
 _ship("codec-he-shallow", "learned-codec", "learned")
+_ship("codec-he-shallow-f32", "learned-codec", "learned")  # the same, float32-exact decoder
 _ship("featsim-resnet18", "featsim", "featsim")
 _ship("pathae-he-f8c8", "autoencoder", "pathae")
 for _name in ("nic-bigan", "nic-contrastive", "nic-multitask", "nic-simclr", "nic-supervised",

@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import zoo
 from ..codecs.learned.exact import IntLayer
 from ..codecs.learned.model import PIXEL_CENTRE, PIXEL_SPREAD, CodecConfig, CodecNet
 from ..codecs.learned.weights_folder import (
@@ -54,7 +55,7 @@ from ..errors import UsageError
 from .learned_codec import CodecTrainer, TrainSettings, evaluate, learning_rate
 from .samplers import CropSampler
 
-SHIPPED = Path(__file__).resolve().parents[1] / "weights" / "codec-he-shallow"
+SHIPPED = zoo.shipped_path("codec-he-shallow")
 REWARM = 200  # steps of learning-rate warm-up after Adam's moments were restarted
 SESSIONS = "sessions.jsonl"
 
@@ -336,11 +337,11 @@ def train_long(
 def main() -> None:
     import argparse
 
-    from .samplers import he_mix
+    from .samplers import SHARED, he_mix
 
     ap = argparse.ArgumentParser(description="float model of a weights folder vs its decoder")
     ap.add_argument("folder", nargs="?", type=Path, default=SHIPPED)
-    ap.add_argument("--shared", type=Path, default=SHIPPED.parents[4] / "shared" / "data")
+    ap.add_argument("--shared", type=Path, default=SHARED)
     a = ap.parse_args()
     torch.manual_seed(0)
     net = warm_start(a.folder)

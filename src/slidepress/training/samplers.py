@@ -10,6 +10,7 @@ held out, at several resolutions, with mild HED stain jitter (issue 23's long co
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,10 @@ import torch
 from ..imagefolder import IMAGE_SUFFIXES, read_rgb
 
 CROP = 96
+# the shared data (../shared/data beside a checkout, or $SLIDEPRESS_SHARED_DATA): training
+# runs read it from here
+SHARED = Path(os.environ.get("SLIDEPRESS_SHARED_DATA", Path(__file__).resolve().parents[4]
+                         / "shared" / "data"))  # fmt: skip
 
 
 def load_folder_images(

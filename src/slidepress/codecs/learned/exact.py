@@ -11,8 +11,9 @@ computes exactly in any order, with or without FMA. Rescaling multiplies by powe
 (exact) and rounds with floor(x + 0.5) (exact). So BLAS speed, no float drift.
 
 A layer is a transposed convolution with kernel k = 2 * stride or = stride (stride 1: a 1x1
-convolution), followed by an optional ReLU. Bounds (checked at export): |weight| < 2^12,
-|activation| <= 2^15, fan-in <= 2^12, so partial sums stay below 2^39.
+convolution), followed by an optional ReLU and a clip (one bound, or one per output channel).
+Bounds (checked at export): |weight| < 2^12, |activation| <= 2^15, fan-in <= 2^12, so partial
+sums stay below 2^39.
 
 Two implementations of the same arithmetic:
 - `IntLayer.__call__` / `run`: the reference (one matrix product per kernel phase and an
@@ -23,15 +24,19 @@ Two implementations of the same arithmetic:
   the weights and a constant-1 input column (power-of-two scaling changes no significant bit,
   so every product and partial sum is still an exactly representable multiple of 2^-shift),
   then floor and clip in place, a band of block rows at a time (in cache). A layer runs in
-  float32 (twice BLAS's float64 speed) where its worst case -- its input bound times the
-  weights' L1 norm per output, plus the bias, in units of the output's finest step -- stays
-  below 2^24, else in float64 (below 2^53); `compile_layers` proves this when weights load
-  (and at export) and refuses a layer that cannot meet it. Every partial sum is then an exact
-  multiple of the output unit whatever the summation order, blocking, FMA or thread count,
-  so the result equals the reference bit for bit (tests/test_learned_speed_exact.py). With
-  the shipped weights only the first hyper-synthesis layer (inputs: hyper-latents within the
-  z tables' +-141) fits float32 (2^23.5); the others need 2^30-2^32, and splitting their
-  16-bit activations into two float32 products costs as much as one float64 product.
+  float32 (twice BLAS's float64 speed) where its worst case (`worst_units`) -- per output,
+  the weights' magnitudes times the input bounds (after a ReLU, inputs >= 0: the larger of
+  the positive and the negative weights' sums), plus the bias, in units of the output's
+  finest step -- stays below 2^24, else in float64 (below 2^53); `compile_layers` proves
+  this when weights load (and at export) and refuses a layer that cannot meet it. Every
+  partial sum is then an exact multiple of the output unit whatever the summation order,
+  blocking, FMA or thread count, so the result equals the reference bit for bit
+  (tests/test_learned_speed_exact.py, test_learned_precision.py). With codec-he-shallow's
+  weights (15-bit activations) only the first hyper-synthesis layer (inputs: hyper-latents
+  within the z tables' +-141) fits float32 (2^23.5); the others need 2^30-2^32, and
+  splitting their 16-bit activations into two float32 products costs as much as one float64
+  product. Weights exported for float32 (export.py's "float32" precision: ~10-bit
+  activations, clips at calibrated peaks, `quantize_to_span`) fit float32 in every layer.
 """
 
 from __future__ import annotations
@@ -63,7 +68,9 @@ class IntLayer:
     in_frac: int
     out_frac: int
     relu: bool
-    clip: float | None = 2.0**ACT_BITS  # None: no clipping (the output layer clips itself)
+    # outputs clipped to +-clip (0..clip after a ReLU): one value, or one per output channel
+    # (integers); None: no clipping (the output layer clips itself)
+    clip: float | np.ndarray | None = 2.0**ACT_BITS
 
     @property
     def kernel(self) -> int:
@@ -155,6 +162,63 @@ def quantize_layer(
                     2.0**ACT_BITS if clip else None)  # fmt: skip
 
 
+def quantize_to_span(
+    weight: np.ndarray,
+    bias: np.ndarray,
+    stride: int,
+    in_frac: int,
+    out_frac: int,
+    relu: bool,
+    clip: float | None,
+    in_bound: float,
+    in_nonneg: bool = False,
+    span: float = EXACT_SPAN[np.dtype(np.float32)],
+    max_exp: np.ndarray | None = None,
+) -> IntLayer:
+    """Fixed-point version of a layer whose every partial sum provably stays below `span`
+    units (`worst_units`; 2^24: the FastLayer runs in float32) for inputs |x| <= in_bound
+    (integers at 2^-in_frac; >= 0 with `in_nonneg`).
+
+    `weight` (cin, k, k, cout) and `bias` (cout,) are real numbers, the bias at the output's
+    scale (real output = sum of real inputs x real weights + bias). Per output channel the
+    weights get the finest power-of-two scale 2^-w_exp that keeps the bound (and |integer
+    weight| <= 2^WEIGHT_BITS, and w_exp <= `max_exp` where given: re-rounding integer weights
+    to a finer grid than theirs gains nothing); weights and bias are rounded to it (half to
+    even)."""
+    w = np.asarray(weight, np.float64)
+    b = np.asarray(bias, np.float64)
+    cout = w.shape[3]
+    peak = np.maximum(np.abs(w).reshape(-1, cout).max(axis=0), 1e-12)
+    w_exp = (WEIGHT_BITS - np.ceil(np.log2(peak))).astype(np.int64)
+    if max_exp is not None:
+        w_exp = np.minimum(w_exp, np.asarray(max_exp, np.int64))
+    cap = w_exp.copy()
+
+    def fit(w_exp: np.ndarray) -> tuple[IntLayer, np.ndarray]:
+        e = w_exp.astype(np.float64)
+        w_int, b_int = np.round(w * np.exp2(e)), np.round(b * np.exp2(in_frac + e))
+        layer = IntLayer(w_int, b_int, w_exp, stride, in_frac, out_frac, relu, clip)
+        return layer, worst_units(layer, in_bound, in_nonneg) < span
+
+    for _ in range(64):
+        layer, ok = fit(w_exp)
+        if ok.all():
+            break
+        # halving the weights about halves the sum: step down by the bits it is over
+        over = worst_units(layer, in_bound, in_nonneg) / span
+        w_exp = w_exp - ~ok * np.maximum(1, np.ceil(np.log2(over))).astype(np.int64)
+    else:
+        raise ValueError(f"layer sums cannot be brought below {span:.3g} units")  # the bias
+    while True:  # rounding can leave a channel a bit short of its finest scale: one more?
+        up = np.minimum(w_exp + 1, cap)
+        _, ok = fit(up)
+        ok &= up > w_exp
+        if not ok.any():
+            return layer
+        w_exp = np.where(ok, up, w_exp)
+        layer = fit(w_exp)[0]
+
+
 def frac_bits_for(peak: float, margin: float = 1.5) -> int:
     """Fractional bits so that `peak * margin` fits in ACT_BITS."""
     peak = max(float(peak) * margin, 1e-6)
@@ -164,12 +228,19 @@ def frac_bits_for(peak: float, margin: float = 1.5) -> int:
 class FastLayer:
     """An `IntLayer` compiled for speed, bit-identical to it (module docstring).
 
-    `in_bound`: the largest |input| it may be given (the previous layer's clip, or the entropy
-    tables' range for the hyper-latents): with the weights it bounds every partial sum, which
-    picks float32 or float64. `pixels`: the output layer of the synthesis, clipped to 0..255
-    and returned as uint8."""
+    `in_bound`: the largest |input| it may be given (the previous layer's clip, one or per
+    input channel, or the entropy tables' range for the hyper-latents; `in_nonneg`: inputs
+    are >= 0, after a ReLU): with the weights it bounds every partial sum, which picks float32
+    or float64. `pixels`: the output layer of the synthesis, clipped to 0..255 and returned
+    as uint8."""
 
-    def __init__(self, layer: IntLayer, in_bound: float, pixels: bool = False):
+    def __init__(
+        self,
+        layer: IntLayer,
+        in_bound: float | np.ndarray,
+        pixels: bool = False,
+        in_nonneg: bool = False,
+    ):
         w = np.asarray(layer.weight, np.float64)
         cin, k, _, cout = w.shape
         s = layer.stride
@@ -179,23 +250,30 @@ class FastLayer:
         self.stride, self.cin, self.cout = s, cin, cout
         self.crop = (k - s) // 2
         self.relu, self.clip, self.pixels = layer.relu, layer.clip, pixels
+        # per-channel clips: one per matrix column (r, c, cout)
+        self._clip_cols = (
+            None if self.clip is None or np.ndim(self.clip) == 0
+            else np.tile(np.asarray(self.clip, np.float64), s * s)
+        )  # fmt: skip
+        if self._clip_cols is not None and np.any(self._clip_cols != np.floor(self._clip_cols)):
+            raise ValueError("clips must be integers")
         sh = (layer.in_frac + layer.w_exp - layer.out_frac).astype(np.float64)  # (cout,)
         scale = np.exp2(-sh)
-        t = self.taps
-        # rows: (tap a, tap b, cin) in the order `_columns` writes them; columns (r, c, cout)
-        blocks = w.reshape(cin, t, s, t, s, cout).transpose(1, 3, 0, 2, 4, 5)
-        wmat = blocks.reshape(t * t * cin, s * s * cout)
+        wmat = _weight_matrix(w, s)
         bias = layer.bias.astype(np.float64)
-        # worst case of any partial sum, in units of the output's finest step 2^-max(sh, 1)
-        l1 = np.abs(wmat).sum(axis=0).reshape(s * s, cout).max(axis=0)
-        worst = ((float(in_bound) * l1 + np.abs(bias)) * scale + 0.5) * np.exp2(np.maximum(sh, 1))
-        self.worst = float(worst.max())
+        acc = _acc_bound(layer, in_bound, in_nonneg)
+        self.worst = float(worst_units(layer, in_bound, in_nonneg).max())
         if self.worst < EXACT_SPAN[np.dtype(np.float32)]:
             self.dtype = np.dtype(np.float32)
         elif self.worst < EXACT_SPAN[np.dtype(np.float64)]:
             self.dtype = np.dtype(np.float64)
         else:
             raise ValueError(f"layer sums could reach {self.worst:.3g} units >= 2^53: not exact")
+        if self._clip_cols is not None:
+            clips = self._clip_cols.astype(self.dtype)
+            if not np.array_equal(clips, self._clip_cols):
+                raise ValueError("clips are not exact in the layer's precision")
+            self._clip_cols = clips
         self.bias_row = np.tile(bias * scale + 0.5, s * s)  # float64: exact in self.dtype too
         wmat = wmat * np.tile(scale, s * s)
         # the constant-1 input column carries bias + 1/2 (one product, exact)
@@ -206,7 +284,7 @@ class FastLayer:
             raise ValueError("scaled bias is not exact in the layer's precision")
         self.out_bound = (
             255.0 if pixels else self.clip if self.clip is not None
-            else float(((float(in_bound) * l1 + np.abs(bias)) * scale).max()) + 1.5
+            else float((acc * scale).max()) + 1.5
         )  # fmt: skip
 
     def _finish(self, a: np.ndarray) -> None:
@@ -214,6 +292,9 @@ class FastLayer:
         np.floor(a, out=a)
         if self.pixels:
             np.clip(a, 0.0, 255.0, out=a)
+        elif self._clip_cols is not None:
+            hi = self._clip_cols
+            np.clip(a, 0.0 if self.relu else -hi, hi, out=a)
         elif self.relu:
             np.clip(a, 0.0, self.clip if self.clip is not None else np.inf, out=a)
         elif self.clip is not None:
@@ -270,16 +351,59 @@ class FastLayer:
         return full[:, p : p + h * s, p : p + w * s]
 
 
+def _weight_matrix(w: np.ndarray, s: int) -> np.ndarray:
+    """(cin, k, k, cout) weights -> the (t*t*cin, s*s*cout) matrix of one output block: rows
+    (tap a, tap b, cin) in the order `FastLayer._columns` writes them, columns (r, c, cout)."""
+    cin, k, _, cout = w.shape
+    t = k // s
+    blocks = w.reshape(cin, t, s, t, s, cout).transpose(1, 3, 0, 2, 4, 5)
+    return blocks.reshape(t * t * cin, s * s * cout)
+
+
+def _acc_bound(layer: IntLayer, in_bound, in_nonneg: bool) -> np.ndarray:
+    """Per output channel, the largest |partial sum| of integer products and bias (in the
+    accumulator's units) for inputs within `in_bound` (a value, or one per input channel)."""
+    w = np.asarray(layer.weight, np.float64)
+    cin, k, _, cout = w.shape
+    s = layer.stride
+    wmat = _weight_matrix(w, s)
+    rows = np.tile(np.broadcast_to(np.asarray(in_bound, np.float64), (cin,)), (k // s) ** 2)
+    if in_nonneg:
+        pos = (np.clip(wmat, 0.0, None) * rows[:, None]).sum(axis=0)
+        neg = (np.clip(-wmat, 0.0, None) * rows[:, None]).sum(axis=0)
+        mass = np.maximum(pos, neg)
+    else:
+        mass = (np.abs(wmat) * rows[:, None]).sum(axis=0)
+    mass = mass.reshape(s * s, cout).max(axis=0)
+    return mass + np.abs(np.asarray(layer.bias, np.float64))
+
+
+def worst_units(layer: IntLayer, in_bound, in_nonneg: bool = False) -> np.ndarray:
+    """Per output channel, the largest |partial sum| a FastLayer of `layer` can form for inputs
+    with |x| <= in_bound (0 <= x <= in_bound with `in_nonneg`: the previous layer's ReLU;
+    a bound, or one per input channel), in units of the output's finest step 2^-max(sh, 1)
+    (sh = in_frac + w_exp - out_frac; the rounding offset 1/2 included). Any subset of the
+    products w_i * x_i and the bias lies within +-(sum |w_i| bound_i + |bias|); with inputs
+    >= 0 within +-(max(sum of w_i bound_i over the positive weights, over the negative
+    ones) + |bias|) -- in the worst of the s x s output phases (columns of the layer's
+    matrix)."""
+    sh = (layer.in_frac + layer.w_exp - layer.out_frac).astype(np.float64)
+    acc = _acc_bound(layer, in_bound, in_nonneg)
+    return (acc * np.exp2(-sh) + 0.5) * np.exp2(np.maximum(sh, 1))
+
+
 def compile_layers(
-    layers: list[IntLayer], in_bound: float, pixels: bool = False
+    layers: list[IntLayer], in_bound: float | np.ndarray, pixels: bool = False
 ) -> list[FastLayer]:
     """Fast exact versions of `layers` for inputs with |x| <= in_bound (the last one giving
-    uint8 pixels when `pixels`); raises ValueError where exactness cannot be proven."""
+    uint8 pixels when `pixels`); raises ValueError where exactness cannot be proven. A layer
+    after a ReLU gets inputs >= 0 (a tighter bound: `worst_units`)."""
     out = []
+    nonneg = False
     for i, layer in enumerate(layers):
-        fast = FastLayer(layer, in_bound, pixels=pixels and i == len(layers) - 1)
+        fast = FastLayer(layer, in_bound, pixels=pixels and i == len(layers) - 1, in_nonneg=nonneg)
         out.append(fast)
-        in_bound = fast.out_bound
+        in_bound, nonneg = fast.out_bound, layer.relu
     return out
 
 

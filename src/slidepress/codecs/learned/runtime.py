@@ -40,7 +40,6 @@ from .weights_folder import (
     FORMAT,
     GAIN_FRAC,
     QUALITY_STEPS,
-    SYNTH_INPUT_BOUND,
     IntDecoder,
     config_of,
 )
@@ -71,6 +70,7 @@ class LearnedModel:
         self.inv_gain = dec.inv_gain  # (levels, M) at 2^-GAIN_FRAC
         self.tables = dec.tables
         self.z_bound = dec.z_bound
+        self.synth_in_bound = dec.synth_in_bound  # the synthesis input's clip
         try:  # the fast exact layers, their exactness proven here from the weights
             self.hyper_fast, self.synth_fast = dec.fast_layers()
         except ValueError as e:
@@ -114,11 +114,9 @@ class LearnedModel:
             self._lut = (lo, idx)
         return self._lut
 
-    def synthesize(
-        self, y_sym: np.ndarray, mu: np.ndarray, q16: int, threads: int | None = None
-    ) -> np.ndarray:
-        """Symbols (N, H, W, M) + means -> pixels (N, sH, sW, 3) uint8 (s: the latent stride);
-        exact (tiles on `threads` threads, as `map_tiles`)."""
+    def synthesis_input(self, y_sym: np.ndarray, mu: np.ndarray, q16: int) -> np.ndarray:
+        """Symbols + means -> the synthesis input (integers at 2^-synth_in_frac, clipped to
+        +-synth_in_bound), exact."""
         # x = floor((y_sym * 2^mu_frac + mu) * ig * 2^-shift + 1/2): each product below
         # is an integer times a power of two under 2^53, so the sum is exact as written
         ig = self.inverse_gain(q16)  # 2^-(GAIN_FRAC + 4)
@@ -128,7 +126,14 @@ class LearnedModel:
         x += mu * g
         x += 0.5
         np.floor(x, out=x)
-        np.clip(x, -SYNTH_INPUT_BOUND, SYNTH_INPUT_BOUND, out=x)
+        return np.clip(x, -self.synth_in_bound, self.synth_in_bound, out=x)
+
+    def synthesize(
+        self, y_sym: np.ndarray, mu: np.ndarray, q16: int, threads: int | None = None
+    ) -> np.ndarray:
+        """Symbols (N, H, W, M) + means -> pixels (N, sH, sW, 3) uint8 (s: the latent stride);
+        exact (tiles on `threads` threads, as `map_tiles`)."""
+        x = self.synthesis_input(y_sym, mu, q16)
         if len(x) == 1:
             return np.ascontiguousarray(run_fast(self.synth_fast, x))
         # a tile at a time (the result is the same for any grouping), on several threads

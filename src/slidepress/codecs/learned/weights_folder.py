@@ -10,6 +10,11 @@ needs to decode a `learned` container.
 
 export.py (torch) writes a folder; runtime.py decodes with one. The weights hash is the zoo's
 (decoder.npz then encoder.safetensors).
+
+Clips: a layer's outputs are clipped to +-2^15 (0..2^15 after a ReLU), and the synthesis
+input to +-2^15, unless decoder.npz has "<layer>.clip" / "synth_in_clip" (one value, or one
+per channel: weights exported for float32, export.py); folders written before have neither
+and decode as they always did.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ FORMAT = zoo.FORMATS["learned-codec"]
 CONFIG_FILE, DECODER_FILE, ENCODER_FILE = FORMAT.needs  # config.json, decoder.npz, encoder...
 GAIN_FRAC = 12  # inverse gains in fixed point
 QUALITY_STEPS = 16  # quality knob resolution: 1/16 of a level
-SYNTH_INPUT_BOUND = 2.0**ACT_BITS  # the decoder clips the synthesis input to +-this
+SYNTH_INPUT_BOUND = 2.0**ACT_BITS  # the synthesis input's clip unless decoder.npz sets one
+LEGACY_CLIP = 2.0**ACT_BITS  # a layer's clip where decoder.npz has no "<layer>.clip"
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,14 @@ class IntDecoder:
     log_scale_min: float
     log_scale_max: float
     tables: Tables
+    # the decoder clips the synthesis input to +-this (integer units; one value or one per
+    # latent channel); None: +-2^ACT_BITS (weights exported before it was a choice:
+    # decoder.npz then has no "synth_in_clip")
+    synth_in_clip: float | np.ndarray | None = None
+
+    @property
+    def synth_in_bound(self) -> float | np.ndarray:
+        return SYNTH_INPUT_BOUND if self.synth_in_clip is None else self.synth_in_clip
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {
@@ -93,6 +107,8 @@ class IntDecoder:
             "log_scale_max": np.float64(self.log_scale_max),
             **{f"tables.{k}": v for k, v in self.tables.to_arrays().items()},
         }
+        if self.synth_in_clip is not None:
+            out["synth_in_clip"] = _integers(self.synth_in_clip, "synth_in_clip")
         for name, layers in (("hyper", self.hyper), ("synth", self.synth)):
             out[f"{name}.count"] = np.int64(len(layers))
             for i, L in enumerate(layers):
@@ -101,6 +117,8 @@ class IntDecoder:
                 out[p + "meta"] = np.array(
                     [L.stride, L.in_frac, L.out_frac, int(L.relu), int(L.clip is not None)]
                 )
+                if L.clip is not None and not (np.ndim(L.clip) == 0 and L.clip == LEGACY_CLIP):
+                    out[p + "clip"] = _integers(L.clip, f"{name}.{i} clip")
         return out
 
     @classmethod
@@ -111,6 +129,7 @@ class IntDecoder:
             int(arrays["mu_frac"]), int(arrays["synth_in_frac"]), arrays["scale_thresholds"],
             arrays["inv_gain"], float(arrays["log_scale_min"]), float(arrays["log_scale_max"]),
             Tables.from_arrays(tables),
+            _clip_value(arrays["synth_in_clip"]) if "synth_in_clip" in arrays else None,
         )  # fmt: skip
 
     @property
@@ -121,11 +140,11 @@ class IntDecoder:
     def fast_layers(self) -> tuple[list[FastLayer], list[FastLayer]]:
         """The hyper-synthesis and the synthesis (to uint8 pixels) as exact.FastLayer stacks,
         exactness proven from the weights and the input ranges (hyper-latents within
-        `z_bound`; the synthesis input clipped to +-2^ACT_BITS by the decoder). ValueError
+        `z_bound`; the synthesis input clipped to +-`synth_in_bound` by the decoder). ValueError
         where it cannot be: export calls this too, so such weights are never shipped."""
         return (
             compile_layers(self.hyper, self.z_bound),
-            compile_layers(self.synth, SYNTH_INPUT_BOUND, pixels=True),
+            compile_layers(self.synth, self.synth_in_bound, pixels=True),
         )
 
     def save(self, folder: Path) -> None:
@@ -143,8 +162,22 @@ def load_layers(arrays: dict[str, np.ndarray], name: str) -> list[IntLayer]:
     for i in range(int(arrays[f"{name}.count"])):
         p = f"{name}.{i}."
         stride, in_frac, out_frac, relu, clip = (int(v) for v in arrays[p + "meta"])
+        # a clip of its own ("clip": one, or one per output channel) else 2^15 (as before)
+        value = _clip_value(arrays[p + "clip"]) if p + "clip" in arrays else LEGACY_CLIP
         layers.append(IntLayer(
             arrays[p + "weight"], arrays[p + "bias"], arrays[p + "w_exp"], stride, in_frac,
-            out_frac, bool(relu), 2.0**15 if clip else None,
+            out_frac, bool(relu), value if clip else None,
         ))  # fmt: skip
     return layers
+
+
+def _integers(clip: float | np.ndarray, what: str) -> np.ndarray:
+    a = np.asarray(clip, np.float64)
+    if np.any(a != np.floor(a)) or np.any(a < 0):
+        raise ValueError(f"{what}: clips are integers >= 0")
+    return a
+
+
+def _clip_value(a: np.ndarray) -> float | np.ndarray:
+    a = np.asarray(a, np.float64)
+    return float(a) if a.ndim == 0 else a

@@ -20,18 +20,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
 
 from ...encoders.nic import NICConfig
+from ..samplers import SHARED
 from .data import DataSpec, FeedInputs
 from .probe import EpochProbe, heldout_files, probe_split
 from .trainer import TrainSettings
 
-SHARED = Path(os.environ.get("SLIDEPRESS_SHARED_DATA", Path(__file__).resolve().parents[5]
-                             / "shared" / "data"))  # fmt: skip
 PATCH, MPP, CODE = 64, 0.97, 128
 
 # method -> (options, lr (None: the method's default), input extras)
