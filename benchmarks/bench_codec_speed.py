@@ -23,7 +23,7 @@ float32 re-export, codecs/learned/export.py) to the same run, as `learned[NAME]`
 without the guard) and in the profile, so weights compare on the same tiles and load.
 
     python benchmarks/bench_codec_speed.py [--repeats 5] [--json out.json]
-        [--weights f32=src/slidepress/weights/codec-he-shallow-f32]
+        [--weights f64=src/slidepress/weights/codec-he-shallow]   # the default before
 """
 
 from __future__ import annotations

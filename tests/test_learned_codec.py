@@ -174,7 +174,14 @@ def test_container_refuses_other_weights(sample_svs, tmp_path, monkeypatch):
     from slidepress.pipeline.compress import CompressOptions, compress_slide
     from slidepress.store.container import Container
 
+    def edit(weights: Path) -> None:  # other weights (retrained, edited)
+        dec = dict(np.load(weights / "decoder.npz"))
+        dec["synth.0.bias"] = dec["synth.0.bias"] + 1
+        with open(weights / "decoder.npz", "wb") as f:
+            np.savez(f, **dec)
+
     weights = _copy_weights(tmp_path / "w")
+    edit(weights)  # weights no shipped folder holds: a container finds no other folder
     monkeypatch.setattr(learned_codec, "WEIGHTS", weights)
     learned_codec._MODELS.clear()
     try:
@@ -184,11 +191,8 @@ def test_container_refuses_other_weights(sample_svs, tmp_path, monkeypatch):
         with Container(out) as ct:
             assert ct.manifest["codec"]["model"]["weights_sha256"] == sha
             assert ct.read_region(0, 0, 600, 600).shape == (600, 600, 3)
-        # the folder now holds other weights (retrained, edited): decoding must refuse
-        dec = dict(np.load(weights / "decoder.npz"))
-        dec["synth.0.bias"] = dec["synth.0.bias"] + 1
-        with open(weights / "decoder.npz", "wb") as f:
-            np.savez(f, **dec)
+        # the folder now holds other weights again: decoding must refuse
+        edit(weights)
         learned_codec._MODELS.clear()
         with pytest.raises(ContainerError, match="other weights"):
             Container(out)

@@ -23,7 +23,6 @@ import pytest
 
 from slidepress import zoo
 from slidepress.codecs.learned import exact, runtime
-from slidepress.codecs.learned.codec import WEIGHTS
 from slidepress.codecs.learned.exact import (
     EXACT_SPAN,
     FastLayer,
@@ -36,6 +35,7 @@ from slidepress.codecs.learned.weights_folder import IntDecoder
 from .torch_blocker import PREAMBLE
 
 F32 = zoo.ROOT / "codec-he-shallow-f32"
+WEIGHTS = zoo.shipped_path("codec-he-shallow")  # its source, in the float64 layout
 SPAN32 = EXACT_SPAN[np.dtype(np.float32)]
 needs_f32 = pytest.mark.skipif(not F32.is_dir(), reason=f"{F32} not written")
 

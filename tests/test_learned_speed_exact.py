@@ -9,7 +9,8 @@ overlap-add, now `exact.IntLayer` / `exact.run`) gave for them: 9 tiles coded wi
 and 1 x 33 px, uniform noise, a flat and a black tile) and 3 streams of a valid header followed
 by random ANS words, which drive the synthesis into its +-2^15 clips. Bytes that decoded to
 those pixels before must decode to them now, in this process and in others, on any number of
-threads, without torch.
+threads, without torch. They are codec-he-shallow's streams (the default before
+codec-he-shallow-f32): that folder is given explicitly and kept checked bit for bit.
 """
 
 from __future__ import annotations
@@ -24,14 +25,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from slidepress import zoo
 from slidepress.codecs.learned import exact, runtime
-from slidepress.codecs.learned.codec import WEIGHTS, load_model
+from slidepress.codecs.learned.codec import load_model
 from slidepress.codecs.learned.exact import EXACT_SPAN, FastLayer, IntLayer, compile_layers
 from slidepress.errors import CodecError
 
 from .torch_blocker import PREAMBLE
 
 REFERENCE = Path(__file__).parent / "data" / "learned_reference.npz"
+WEIGHTS = zoo.shipped_path("codec-he-shallow")  # the folder the reference streams were coded by
 
 
 def _reference() -> tuple[list[str], list[bytes], list[str]]:
@@ -50,7 +53,7 @@ def _digest(tile: np.ndarray) -> str:
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_reference_streams_decode_to_recorded_pixels(threads):
     names, blobs, want = _reference()
-    got = [_digest(t) for t in load_model().decode_batch(blobs, threads=threads)]
+    got = [_digest(t) for t in load_model(WEIGHTS).decode_batch(blobs, threads=threads)]
     assert dict(zip(names, got, strict=True)) == dict(zip(names, want, strict=True))
 
 
@@ -58,7 +61,7 @@ def test_one_at_a_time_and_through_the_codec():
     from slidepress.codecs import get_codec
 
     names, blobs, want = _reference()
-    codec = get_codec("learned", guard=False)
+    codec = get_codec("learned", guard=False, weights=str(WEIGHTS))
     for name, blob, digest in zip(names, blobs, want, strict=True):
         assert _digest(codec.decode(blob)) == digest, name
 
@@ -94,7 +97,7 @@ from slidepress.codecs import get_codec
 
 with np.load(sys.argv[1]) as d:
     blobs = [bytes(d[f"blob.{n}"]) for n in d["names"]]
-codec = get_codec("learned", guard=False)
+codec = get_codec("learned", guard=False, weights=sys.argv[2])
 out = codec.decode_batch(blobs)
 print(json.dumps({
     "digests": [hashlib.sha256(np.ascontiguousarray(t).tobytes()).hexdigest() for t in out],
@@ -111,7 +114,7 @@ def test_other_processes_and_thread_counts_without_torch(decode_threads, blas_th
     env = dict(os.environ, SLIDEPRESS_DECODE_THREADS=str(decode_threads))
     env["OPENBLAS_NUM_THREADS"] = env["OMP_NUM_THREADS"] = str(blas_threads)
     r = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(REFERENCE)],
+        [sys.executable, "-c", _CHILD, str(REFERENCE), str(WEIGHTS)],
         capture_output=True, text=True, env=env, timeout=300,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
@@ -160,8 +163,9 @@ def test_fast_layers_equal_the_reference(k, s, relu, clip, band_bytes, monkeypat
         np.testing.assert_array_equal(pixels(x), want)
 
 
-def test_shipped_layers_equal_the_reference_at_their_bounds():
-    model = load_model()
+@pytest.mark.parametrize("name", ["codec-he-shallow", "codec-he-shallow-f32"])
+def test_shipped_layers_equal_the_reference_at_their_bounds(name):
+    model = load_model(zoo.shipped_path(name))
     rng = np.random.default_rng(23)
     zb = int(model.z_bound)
     for z in _inputs(rng, (2, 3, 4, model.config.z), zb):
@@ -174,7 +178,7 @@ def test_shipped_layers_equal_the_reference_at_their_bounds():
 
 
 def test_precision_follows_the_proven_bound():
-    model = load_model()
+    model = load_model(WEIGHTS)
     # the hyper-latents are small (the z tables' range): float32 suffices for the first
     # hyper-synthesis layer; every other shipped layer needs float64
     assert [f.dtype for f in model.hyper_fast] == [np.float32, np.float64, np.float64]
@@ -219,11 +223,11 @@ def test_blas_threads_are_restored_after_a_decode():
     pytest.importorskip("threadpoolctl")
     _, blobs, _ = _reference()
     before = _blas_threads()
-    load_model().decode_batch(blobs, threads=2)
+    load_model(WEIGHTS).decode_batch(blobs, threads=2)
     assert _blas_threads() == before
     damaged = runtime.HEADER.pack(runtime.MAGIC, runtime.VERSION, 16, 64, 64) + bytes(4)
     with pytest.raises(ValueError, match="zero word"):  # fails on a decoding thread
-        load_model().decode_batch([*blobs, damaged], threads=2)
+        load_model(WEIGHTS).decode_batch([*blobs, damaged], threads=2)
     assert _blas_threads() == before
 
 

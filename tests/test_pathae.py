@@ -274,24 +274,29 @@ def test_container_refuses_other_weights(sample_svs, tmp_path, monkeypatch):
 
     from slidepress.codecs.autoencoder import codec as ae_codec
     from slidepress.codecs.autoencoder import loading
+    from slidepress.codecs.autoencoder.quantize import Quantizers
     from slidepress.pipeline.compress import CompressOptions, compress_slide
     from slidepress.store.container import Container
+
+    def edit(w: Path) -> None:
+        q = Quantizers.load(w / "quantizers.npz")
+        q.kmeans[0].codebook[0] += 0.5  # other codebooks: other pixels
+        q.save(w / "quantizers.npz")
 
     w = tmp_path / "w"
     shutil.copytree(ae_codec.WEIGHTS, w)
     for p in w.iterdir():
         p.chmod(0o644)
+    edit(w)  # weights no shipped folder holds: a container finds no other folder by the hash
     monkeypatch.setattr(ae_codec, "WEIGHTS", w)
     loading.clear_cache()
     try:
         out = tmp_path / "s.spz"
         opts = CompressOptions(codec="pathae", quality=2, tile=256, mpp=4.0)
         compress_slide(sample_svs, out, opts)
-        from slidepress.codecs.autoencoder.quantize import Quantizers
-
-        q = Quantizers.load(w / "quantizers.npz")
-        q.kmeans[0].codebook[0] += 0.5  # other codebooks: other pixels
-        q.save(w / "quantizers.npz")
+        with Container(out) as ct:
+            assert ct.read_region(0, 0, 64, 64).shape == (64, 64, 3)
+        edit(w)  # the folder now holds other weights again: decoding must refuse
         loading.clear_cache()
         with pytest.raises(ContainerError, match="other weights"):
             Container(out)

@@ -111,4 +111,4 @@ def test_learned_runtime_imports_no_torch():
     assert r.returncode == 0, r.stderr
     from slidepress import zoo
 
-    assert r.stdout.strip() == zoo.WEIGHTS.get("codec-he-shallow").sha256
+    assert r.stdout.strip() == zoo.WEIGHTS.get("codec-he-shallow-f32").sha256  # the default

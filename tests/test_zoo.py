@@ -23,7 +23,7 @@ SHIPPED_SHA256 = {
     "featsim-resnet18": "6825973411d93467ac517dad1ad8dd3cef294de8c66f3206f8e3ceee1fc26044",
     "pathae-he-f8c8": "95791a408339446ac24fc624094a5dc3eff87fd2f8384ecdb660ec1b94c60881",
     "nic-bigan": "7d58caef41b29080ce770ace51e7b4174a662f60d4ff4f86420121c6b9225767",
-    "nic-contrastive": "719cb99a9af77cbd54ab024ce6b68700558cf0ffa1c25dec6c261d7f141bb5ab",
+    "nic-contrastive": "f730505c1dcd2ee86ca9b43966f560151e4fe65660c8e9922223ec4290d2c5c6",
     "nic-multitask": "a1b526adece26748d6a7a069af7d5880c6410b60e3725c6d1632cbaa99b4d11c",
     "nic-simclr": "d3ae0bee646ad96e2560ff61a3f9c880240d13789909bb6305728493827230e8",
     "nic-supervised": "0bc5f20d8f16ed0f93b2b89d75c7fdeeb9538db0cb2db2e869e7b9e67edc75df",
@@ -50,8 +50,11 @@ def test_every_shipped_folder_is_in_the_zoo():
     folders = sorted(p.name for p in zoo.ROOT.iterdir() if p.is_dir())
     assert folders == sorted(w.name for w in zoo.shipped()) == sorted(SHIPPED_SHA256)
     assert [w.name for w in zoo.shipped(kind="codec")] == [
-        "codec-he-shallow", "codec-he-shallow-f32", "pathae-he-f8c8"]  # fmt: skip
-    assert zoo.used_by("codec", "learned").name == "codec-he-shallow"
+        "codec-he-shallow-f32", "codec-he-shallow", "pathae-he-f8c8"]  # fmt: skip
+    assert zoo.used_by("codec", "learned").name == "codec-he-shallow-f32"  # the default
+    assert zoo.default_path("codec", "learned") == zoo.shipped_path("codec-he-shallow-f32")
+    with pytest.raises(UsageError, match="no shipped weights"):
+        zoo.default_path("codec", "jpeg")
     assert zoo.used_by("encoder", "nic-vae").name == "nic-vae"
     assert zoo.used_by("codec", "jpeg") is None
     with pytest.raises(UsageError, match="unknown weights 'nope'; choose from codec-he-shallow"):
@@ -61,7 +64,9 @@ def test_every_shipped_folder_is_in_the_zoo():
 def test_loaders_record_the_zoo_hash():
     from slidepress.codecs.learned.codec import load_model
 
-    assert load_model().weights_sha256 == SHIPPED_SHA256["codec-he-shallow"]  # numpy only
+    assert load_model().weights_sha256 == SHIPPED_SHA256["codec-he-shallow-f32"]  # numpy only
+    old = load_model(zoo.shipped_path("codec-he-shallow"))
+    assert old.weights_sha256 == SHIPPED_SHA256["codec-he-shallow"]
     pytest.importorskip("torch")
     from slidepress.codecs.autoencoder.loading import load_bundle
     from slidepress.encoders import get_encoder
@@ -207,5 +212,7 @@ def test_weights_encoders_and_codecs_listings(tmp_path):
     assert f"sha256 {SHIPPED_SHA256['nic-bigan'][:12]}" in r.output
     r = runner.invoke(app, ["codecs"])
     learned = next(line for line in r.output.splitlines() if line.startswith("learned "))
-    assert f"weights codec-he-shallow, 2.3 MB, sha256 {SHIPPED_SHA256['codec-he-shallow'][:12]}" \
-        in learned  # fmt: skip
+    assert (
+        "weights codec-he-shallow-f32, 2.3 MB, sha256 "
+        f"{SHIPPED_SHA256['codec-he-shallow-f32'][:12]}"
+    ) in learned

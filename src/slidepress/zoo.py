@@ -1,12 +1,14 @@
 """The weights zoo: every set of weights slidepress loads, by name (as CompressAI's `zoo`).
 
 Shipped weights are folders under the package's `weights/`, declared below one line each, with
-a MODEL_CARD.md; `shipped_path(name)` is the one place their path is built. A user's folder (a
-`slidepress train encoder` run, a learned-codec export, an autoencoder bundle, a
-feature-similarity network) is described the same way by `from_folder`, its format recognised
-by the files it holds, and `register` lists it beside them (`slidepress weights FOLDER`). An
-entry knows its kind (encoder, codec, metric), file format, size, SHA-256, loader ("module:attr",
-imported by `Weights.load`) and model card.
+a MODEL_CARD.md; `shipped_path(name)` is the one place their path is built. The first declared
+for a codec or encoder is its default (`used_by`, `default_path`); any other stays shipped so
+that what was made with it still works, found by its hash (`by_sha256`: a container records the
+hash of the weights it was coded with). A user's folder (a `slidepress train encoder` run, a
+learned-codec export, an autoencoder bundle, a feature-similarity network) is described the
+same way by `from_folder`, its format recognised by the files it holds, and `register` lists it
+beside them (`slidepress weights FOLDER`). An entry knows its kind (encoder, codec, metric),
+file format, size, SHA-256, loader ("module:attr", imported by `Weights.load`) and model card.
 
 The weights hash. `sha256_files` is the one hash; `weights_sha256(path)` applies it to a file
 (its bytes) or to a weights folder, whose format says which of its files count, in which
@@ -208,8 +210,11 @@ def _ship(name: str, fmt: str, used_as: str, loader: str | None = None) -> None:
     WEIGHTS.add(name, w, summary=f"{w.kind} {used_as}")
 
 
-_ship("codec-he-shallow", "learned-codec", "learned")
-_ship("codec-he-shallow-f32", "learned-codec", "learned")  # the same, float32-exact decoder
+# The first declared for a registry name is its default (`used_by`; the codec loads it). Weights
+# declared after it stay shipped so that outputs made with them still decode: a container
+# finds them by the hash it recorded (`by_sha256`, store/manifest.py).
+_ship("codec-he-shallow-f32", "learned-codec", "learned")  # float32-exact decoder: the default
+_ship("codec-he-shallow", "learned-codec", "learned")  # the same model, float64 decoder: kept
 _ship("featsim-resnet18", "featsim", "featsim")
 _ship("pathae-he-f8c8", "autoencoder", "pathae")
 for _name in ("nic-bigan", "nic-contrastive", "nic-multitask", "nic-simclr", "nic-supervised",
@@ -232,8 +237,35 @@ def shipped(kind: str | None = None, fmt: str | None = None) -> list[Weights]:
 
 
 def used_by(kind: str, name: str) -> Weights | None:
-    """The weights behind registry entry `name` of `kind` ("encoder", "codec"...), if any."""
+    """The default weights of registry entry `name` of `kind` ("encoder", "codec"...), if any:
+    the first declared for it."""
     return next((w for _, w in WEIGHTS.items() if w.kind == kind and w.used_as == name), None)
+
+
+def default_path(kind: str, name: str) -> Path:
+    """The folder of registry entry `name`'s default weights (where its code loads them)."""
+    w = used_by(kind, name)
+    if w is None:
+        raise UsageError(f"no shipped weights are declared for {kind} {name!r}")
+    return w.folder
+
+
+def by_sha256(sha256: str, kind: str | None = None, used_as: str | None = None) -> Weights | None:
+    """The weights (shipped, then registered) whose hash is `sha256`, if any: how an output
+    that recorded a hash finds its weights. With `used_as`, only weights that registry entry
+    loads: declared for it, or a registered folder of the format of those."""
+    entries = [w for _, w in WEIGHTS.items() if kind in (None, w.kind)]
+    if used_as is not None:
+        formats = {w.format.name for w in entries if w.used_as == used_as}
+        entries = [w for w in entries if w.used_as == used_as
+                   or (w.used_as is None and w.format.name in formats)]  # fmt: skip
+    for w in entries:
+        try:
+            if w.sha256 == sha256:
+                return w
+        except (UsageError, OSError):  # a registered folder since moved or emptied
+            continue
+    return None
 
 
 def from_folder(folder: str | Path, name: str | None = None) -> Weights:
@@ -253,7 +285,7 @@ def register(folder: str | Path, name: str | None = None) -> Weights:
 
 
 __all__ = [
-    "FORMATS", "KINDS", "ROOT", "WEIGHTS", "Weights", "WeightsFormat", "detect_format",
-    "diffusers_files", "from_folder", "register", "sha256_files", "shipped", "shipped_path",
-    "used_by", "weights_sha256",
+    "FORMATS", "KINDS", "ROOT", "WEIGHTS", "Weights", "WeightsFormat", "by_sha256",
+    "default_path", "detect_format", "diffusers_files", "from_folder", "register",
+    "sha256_files", "shipped", "shipped_path", "used_by", "weights_sha256",
 ]  # fmt: skip

@@ -14,7 +14,11 @@ What is checked (the structural fields; everything the reader relies on):
                              rows/cols = ceil(side / tile); downsample 1 at level 0, then each
                              level ~2x the previous (the writer's pyramid, so the tile count is
                              bounded by ~4/3 of level 0); mpp finite, > 0, mpp_k = mpp_0 * ds_k
-    codec                    a known codec with a valid quality; params an object
+    codec                    a known codec with a valid quality; params an object; a model
+                             codec decodes only with the weights whose hash `model` records:
+                             its default's, or other weights the zoo holds (an older default,
+                             or a recorded `weights` folder that is not on this machine),
+                             found by that hash; others are refused
     background.policy        one of BACKGROUND_POLICIES
     tiles.stored / .total    non-negative integers when present (the count is checked against
                              the archive's entries by the container)
@@ -27,9 +31,10 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NoReturn
 
-from .. import limits
+from .. import limits, zoo
 from ..codecs import Codec, get_codec
 from ..errors import CodecError, ContainerError
 
@@ -276,14 +281,30 @@ class _Validator:
         params = c.get("params", {})
         if not isinstance(params, dict):
             self.fail(f"'codec.params' must be an object, got a JSON {_kind(params)}")
+        model = c.get("model")
+        if model is not None and not isinstance(model, dict):
+            self.fail(f"'codec.model' must be an object, got {_show(model)}")
+        weights = params.get("weights")
+        if isinstance(weights, str) and not Path(weights).exists():
+            known = _known_weights(name, model)  # recorded where this machine has no folder
+            if known is not None:
+                params = {**params, "weights": known}
+        codec = self.build(name, quality, params)
+        recorded = _weights_sha256(c)
+        if recorded is not None and _weights_sha256(codec.describe()) != recorded:
+            known = _known_weights(name, model)  # coded with other weights the zoo holds
+            if known is not None and known != params.get("weights"):
+                codec = self.build(name, quality, {**params, "weights": known})
+        self.same_model(c, codec)
+        return codec
+
+    def build(self, name: str, quality: float | None, params: dict[str, Any]) -> Codec:
         try:
-            codec = get_codec(name, quality, **params)
+            return get_codec(name, quality, **params)
         except CodecError as e:
             self.fail(f"codec: {e}")
         except TypeError:  # a params key that collides with the codec's own arguments
             self.fail(f"'codec.params' {sorted(params)} are not accepted by codec {name!r}")
-        self.same_model(c, codec)
-        return codec
 
     def same_model(self, recorded: dict[str, Any], codec: Codec) -> None:
         """A learned codec decodes only with the weights it encoded with: other weights would
@@ -302,6 +323,23 @@ class _Validator:
                 f"v{have.get('version')} (weights {str(h_sha)[:12]}): decoding with other weights "
                 "would give wrong pixels; use the slidepress version that wrote it"
             )
+
+
+def _weights_sha256(described: dict[str, Any]) -> Any:
+    """A codec's weights hash from its describe() or a manifest's `codec` (None: no model)."""
+    model = described.get("model")
+    return model.get("weights_sha256") if isinstance(model, dict) else None
+
+
+def _known_weights(codec: str, model: dict[str, Any] | None) -> str | None:
+    """The folder of the weights, shipped or registered, that `codec` was coded with (the hash
+    its manifest records), if this slidepress holds them: an older default, or a folder
+    recorded by a path that is not on this machine."""
+    sha = (model or {}).get("weights_sha256")
+    if not isinstance(sha, str):
+        return None
+    w = zoo.by_sha256(sha, "codec", codec)
+    return None if w is None else str(w.folder)
 
 
 def _kind(value: Any) -> str:

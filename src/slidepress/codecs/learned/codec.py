@@ -3,7 +3,9 @@
 Quality is the rate level of the one variable-rate model, 1 (smallest files) to 8, in steps
 of 1/16. Tiles are coded in batches (`encode_batch` / `decode_batch`): the pipeline hands a
 block of tiles at once. `describe()` carries the model name, version and weights hash, which
-containers record and check before decoding.
+containers record and check before decoding. The default weights are the first zoo.py declares
+for "learned" (codec-he-shallow-f32); a container coded with other weights slidepress holds
+(codec-he-shallow, the default before) finds them by that hash (store/manifest.py).
 
 **Per-tile guard** (on by default; `guard=False` turns it off): every tile is also coded with
 JPEG-XL (libjxl effort 3) at a quality mapped from the learned quality (`GUARD_JXL_QUALITY`,
@@ -32,7 +34,7 @@ from ... import zoo
 from ...errors import CodecError
 from ..base import Codec, check_tile
 
-WEIGHTS = zoo.shipped_path("codec-he-shallow")
+WEIGHTS = zoo.default_path("codec", "learned")  # the first zoo.py declares for "learned"
 # a guard tile is a JPEG-XL codestream (or, from another libjxl, its container form)
 GUARD_SIGNATURES = (b"\xff\x0a", b"\x00\x00\x00\x0cJXL \r\n\x87\n")
 # JPEG-XL quality per learned level 1..8 (fractional qualities interpolate): about the learned
