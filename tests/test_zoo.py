@@ -200,6 +200,10 @@ def test_weights_encoders_and_codecs_listings(tmp_path):
         row = next(line for line in lines if line.startswith(name + " "))
         assert sha[:12] in row and "MB" in row and row.endswith("MODEL_CARD.md")
     assert "--codec learned" in r.output and "--encoder nic-vae" in r.output
+    # the default learned weights are the codec's; the older folder only decodes its outputs
+    rows = {line.split()[0]: line for line in lines[1:]}
+    assert "(decodes its outputs)" not in rows["codec-he-shallow-f32"]
+    assert "--codec learned (decodes its outputs)" in rows["codec-he-shallow"]
     run = _user_copy("nic-vae", tmp_path / "run1", ("config.json", "model.safetensors"))
     r = runner.invoke(app, ["weights", str(run), "--json"])
     assert r.exit_code == 0, r.output

@@ -49,12 +49,21 @@ def list_weights(
             typer.echo(json.dumps([w.describe() for w in entries], indent=1))
             return
         rows = [("name", "kind", "use", "size", "sha256", "model card")] + [
-            (w.name, w.kind, USE[w.kind].format(w.used_as) if w.used_as else
-             f"{w.format.name} folder", _mb(w.size), w.sha256[:12], str(w.card or "-"))
+            (w.name, w.kind, _use(w), _mb(w.size), w.sha256[:12], str(w.card or "-"))
             for w in entries
-        ]  # fmt: skip
+        ]
         widths = [max(len(r[i]) for r in rows) for i in range(5)]
         for r in rows:
             typer.echo("  ".join([*(c.ljust(n) for c, n in zip(r, widths, strict=False)), r[5]]))
 
     guarded(body)
+
+
+def _use(w: zoo.Weights) -> str:
+    """How a listed folder is used; a second folder for one registry entry only decodes what
+    it coded (found by the hash the output recorded)."""
+    if not w.used_as:
+        return f"{w.format.name} folder"
+    use = USE[w.kind].format(w.used_as)
+    default = zoo.used_by(w.kind, w.used_as)
+    return use if default is None or default.name == w.name else f"{use} (decodes its outputs)"
