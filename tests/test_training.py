@@ -37,7 +37,7 @@ def sampler_and_val(seed: int = 0):
 # -- one tiny run per family: run(folder, resume, stop_after) -------------------------------
 
 
-def nic(folder: Path, resume: bool, stop_after: int | None) -> None:
+def nic(folder: Path, resume: bool, stop_after: int | None, ema: float = 0.0) -> None:
     from slidepress.encoders.nic import NICConfig
     from slidepress.training.augment import PatchAugmenter
     from slidepress.training.nic.data import PatchSource
@@ -50,9 +50,13 @@ def nic(folder: Path, resume: bool, stop_after: int | None) -> None:
     config = NICConfig("vae", patch_size=16, mpp=1.0, code_size=4, lr=1e-3,
                        options={"widths": [8, 8], "dense": 16})  # fmt: skip
     settings = TrainSettings(epochs=STEPS, batch_size=4, steps_per_epoch=1, patience=99,
-                             device="cpu")  # fmt: skip
+                             device="cpu", ema=ema)  # fmt: skip
     train_encoder(config, feed, folder, settings, resume=resume, stop_after=stop_after,
                   log=lambda _: None)  # fmt: skip
+
+
+def nic_ema(folder: Path, resume: bool, stop_after: int | None) -> None:
+    nic(folder, resume, stop_after, ema=0.5)
 
 
 def learned_codec(folder: Path, resume: bool, stop_after: int | None) -> None:
@@ -128,13 +132,14 @@ def featsim(data: Path) -> Callable[[Path, bool, int | None], None]:
     return run
 
 
-FAMILIES = ["nic", "learned_codec", "ae_decoder", "pathae", "featsim"]
+FAMILIES = ["nic", "nic_ema", "learned_codec", "ae_decoder", "pathae", "featsim"]
 
 
 @pytest.fixture
 def family(request, pathae_bundle, pcam_like):
     return {
         "nic": nic,
+        "nic_ema": nic_ema,
         "learned_codec": learned_codec,
         "ae_decoder": ae_decoder(pathae_bundle),
         "pathae": pathae,
@@ -222,3 +227,29 @@ def test_run_folder_and_checkpoint_refuse_what_they_cannot_continue(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(UsageError, match="not a folder"):
         Run(tmp_path / "file")
+
+
+def test_nic_weight_average_is_what_is_kept(tmp_path):
+    """With `ema`, the average (not the live weights) is probed, chosen and saved, and it is
+    the exponential moving average of the live weights step by step."""
+    from safetensors.torch import load_file
+
+    from slidepress.encoders.nic import NICConfig, build_method
+    from slidepress.training.run import prepare_torch
+
+    nic(tmp_path / "run", False, 1, ema=0.5)  # one step
+    ck = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    live, avg = ck["models"]["method"], ck["state"]["ema"]
+    prepare_torch(0)  # the trainer's seed: the same initial weights
+    config = NICConfig("vae", patch_size=16, mpp=1.0, code_size=4, lr=1e-3,
+                       options={"widths": [8, 8], "dense": 16})  # fmt: skip
+    start = build_method(config).state_dict()
+    params = {n for n, _ in build_method(config).named_parameters()}
+    moved = 0
+    for name in params:
+        torch.testing.assert_close(avg[name], 0.5 * start[name] + 0.5 * live[name])
+        moved += int(not torch.equal(avg[name], live[name]))
+    assert moved > 0  # the step changed weights, so the average differs from the live ones
+    saved = load_file(str(tmp_path / "run" / "model.safetensors"))
+    for name in params:
+        torch.testing.assert_close(saved[name], avg[name])
