@@ -34,8 +34,9 @@ def snapshot(run: Path) -> dict[str, bytes]:
     lrs = {k: [g["lr"] for g in o["param_groups"]] for k, o in data["optimizers"].items()}
     state = {k: v for k, v in data.items() if k != "optimizers"}
     state["models"] = {k: half(m) for k, m in data["models"].items()}
-    if "ema" in state.get("state", {}):  # the trainer's weight average, fp16 like the weights
-        state["state"] = {**state["state"], "ema": half(state["state"]["ema"])}
+    if "ema" in state.get("state", {}):  # the trainer's weight average: left out like Adam's
+        # moments (a run with `ema` restarts its average from the weights), to stay small
+        state["state"] = {k: v for k, v in state["state"].items() if k != "ema"}
     state["lrs"] = lrs
     buf = io.BytesIO()
     torch.save(state, buf)
