@@ -77,3 +77,29 @@ def test_float_decoder_reproduces_integer_pixels(net, tissue, quality):
         out = net(x, torch.full((1,), quality - 1))["x_hat"]
     fl = out.clamp(0, 1).mul(255).round().byte().permute(0, 2, 3, 1).numpy()
     assert abs(psnr(fl, tissue) - psnr(dec, tissue)) < 0.05
+
+
+def test_long_run_warms_its_learning_rate_up_again_after_a_snapshot_resume(tmp_path):
+    """Adam's moments are restarted by a snapshot resume: the rate ramps up over REWARM steps
+    from there, then follows the schedule it would have followed."""
+    from slidepress.codecs.learned.model import CodecConfig
+    from slidepress.training.codec_warmstart import REWARM, LongCodecTrainer
+    from slidepress.training.learned_codec import TrainSettings, learning_rate
+    from slidepress.training.run import Run
+
+    cfg = CodecConfig(n=16, m=16, z=8, hyper=16, latent_stride=8, synthesis=(16,),
+                      lambdas=(0.01, 0.1))  # fmt: skip
+    s = TrainSettings(steps=10_000, batch=2, threads=1)
+    from slidepress.training.samplers import CropSampler
+
+    sampler = CropSampler([([np.zeros((96, 96, 3), np.uint8)], 1.0)])
+    trainer = LongCodecTrainer(cfg, sampler, torch.zeros(1, 3, 16, 16), s, Run(tmp_path / "run"))
+    start = 5_000
+    plain = [learning_rate(k, s, k / s.steps) for k in (start, start + REWARM // 2, start + REWARM)]
+    assert [trainer.lr_at(k, k / s.steps) for k in (start, start + REWARM)] == [
+        plain[0], plain[2]]  # fmt: skip  # no resume yet: the schedule itself
+    trainer.rewarm_from = start
+    ramp = [trainer.lr_at(k, k / s.steps) for k in (start, start + REWARM // 2, start + REWARM)]
+    assert ramp[0] == pytest.approx(plain[0] / REWARM)
+    assert ramp[1] == pytest.approx(plain[1] * (REWARM // 2 + 1) / REWARM)
+    assert ramp[2] == plain[2]

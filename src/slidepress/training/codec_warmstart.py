@@ -52,7 +52,7 @@ from ..codecs.learned.weights_folder import (
     config_of,
 )
 from ..errors import UsageError
-from .learned_codec import CodecTrainer, TrainSettings, evaluate, learning_rate
+from .learned_codec import CodecTrainer, TrainSettings, evaluate
 from .samplers import CropSampler
 
 SHIPPED = zoo.shipped_path("codec-he-shallow")
@@ -211,23 +211,11 @@ class LongCodecTrainer(CodecTrainer):
         super().__init__(*args, **kw)
         self.rewarm_from: int | None = None
 
-    def step(self, step: int, progress: float) -> dict[str, float]:
-        self.lr = learning_rate(step, self.s, progress)
+    def lr_at(self, step: int, progress: float) -> float:
+        lr = super().lr_at(step, progress)
         if self.rewarm_from is not None and step < self.rewarm_from + REWARM:
-            self.lr *= (step - self.rewarm_from + 1) / REWARM
-        for g in self.opt.param_groups:
-            g["lr"] = self.lr
-        x = self.sampler.batch(self.s.batch).to(self.dev, non_blocking=True)
-        level = torch.from_numpy(self.levels.integers(0, self.cfg.levels, self.s.batch))
-        from .learned_codec import loss_terms
-
-        terms = loss_terms(self.net, x, level.to(self.dev))
-        self.opt.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(self.net.parameters(), 5.0)
-        self.opt.step()
-        return {"loss": terms["loss"].item(), "bpp": terms["bpp"].mean().item(),
-                "mse": terms["mse"].mean().item()}  # fmt: skip
+            lr *= (step - self.rewarm_from + 1) / REWARM
+        return lr
 
     def state_dict(self) -> dict:
         return {"best": self.best, "rewarm_from": self.rewarm_from}

@@ -94,8 +94,11 @@ class CodecTrainer(Trainer):
     def config(self) -> dict:
         return self.cfg.to_dict()
 
+    def lr_at(self, step: int, progress: float) -> float:
+        return learning_rate(step, self.s, progress)
+
     def step(self, step: int, progress: float) -> dict[str, float]:
-        self.lr = learning_rate(step, self.s, progress)
+        self.lr = self.lr_at(step, progress)
         for g in self.opt.param_groups:
             g["lr"] = self.lr
         x = self.sampler.batch(self.s.batch).to(self.dev, non_blocking=True)
