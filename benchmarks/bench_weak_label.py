@@ -298,10 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     train, valid = pcam_tables(args.encoder, args.unseen_by, args.pool)
     cfg, cv, test = build_cohorts(args, train, valid)
-    src = {
-        "train": ("PCam train", "PCam valid"),
-        "valid": ("unseen PCam valid, half 1", "unseen PCam valid, half 2"),
-    }[args.pool]
+    src = POOL_SOURCES[args.pool]
     log(f"cohorts: {len(cv)} CV slides ({src[0]}, {args.folds} folds, disjoint patch pools), "
         f"{len(test)} test slides ({src[1]}), {cfg.n} x {cfg.n} cells")  # fmt: skip
     y_cv = np.array([m.label for m in cv])
@@ -407,15 +404,23 @@ def cohort_summary(cv, test, train, valid) -> dict:
     return {"cv": one(cv, train), "test": one(test, valid)}
 
 
+# where each --pool draws the (CV, test) cohorts' patches: the log and the report say it
+POOL_SOURCES = {
+    "train": ("PCam train", "PCam valid"),
+    "valid": ("unseen PCam valid, half 1", "unseen PCam valid, half 2"),
+}
+
+
 def markdown(rep: dict) -> str:
     c = rep["config"]
     co = rep["cohorts"]
+    src = POOL_SOURCES[c.get("pool", "train")]
     lines = [
         "# Weak-label benchmark: PCam mosaics, slide labels only",
         "",
-        f"CV cohort {co['cv']['slides']} slides ({co['cv']['positive']} positive, PCam train, "
+        f"CV cohort {co['cv']['slides']} slides ({co['cv']['positive']} positive, {src[0]}, "
         f"{c['folds']} folds with disjoint patch pools), test cohort {co['test']['slides']} "
-        f"slides ({co['test']['positive']} positive, PCam valid); {c['grid']} x {c['grid']} "
+        f"slides ({co['test']['positive']} positive, {src[1]}); {c['grid']} x {c['grid']} "
         f"cells of 64 px at 0.97 um/px, ~{co['cv']['tissue_cells_mean']:.0f} tissue cells per "
         f"slide; tumour 2-40 % of the tissue (log-uniform, stratified). Training: crop "
         f"{c['crop'] or c['grid']}, batch {c['batch']}, {c['steps']} steps/epoch, <= "

@@ -140,6 +140,41 @@ def test_issue24_options_train_and_default_options_keep_the_shipped_networks():
         }
 
 
+def test_vae_feature_loss_uses_a_frozen_shipped_encoder_and_checks_its_hash():
+    from slidepress import zoo
+    from slidepress.encoders.nic_weights import FORMAT
+    from slidepress.errors import UsageError
+    from slidepress.training.nic.nic24 import RECIPES, SIMCLR_SHA256
+
+    digest = zoo.weights_sha256(zoo.shipped_path("nic-simclr"), FORMAT)
+    # the VAE recipe names the shipped nic-simclr's features (re-shipping it must update it)
+    assert SIMCLR_SHA256 == digest == RECIPES["vae"]["options"]["feature_net_sha256"]
+    vae = _method("vae", feature_net="nic-simclr", feature_weight=1.0, feature_net_sha256=digest)
+    x = torch.rand(4, 3, 64, 64) * 2 - 1
+    assert vae.feature_loss(x, x).item() == 0.0  # identical images: identical features
+    assert vae.feature_loss(-x, x).item() > 0
+    vae.train()
+    loss, logs = vae.losses(x)
+    loss.backward()
+    assert logs["feature"] > 0 and logs["loss"] > logs["mse"]
+    frozen = vae.__dict__["_features"]
+    assert all(p.grad is None and not p.requires_grad for p in frozen.parameters())
+    assert not frozen.training  # BN of the frozen net stays on its running statistics
+    # the frozen net is not part of the VAE's own state (saved and shipped files)
+    assert set(vae.state_dict()) == set(_method("vae").state_dict())
+    wrong = _method("vae", feature_net="nic-simclr", feature_weight=1.0,
+                    feature_net_sha256="0" * 64)  # fmt: skip
+    with pytest.raises(UsageError, match="sha256"):
+        wrong.feature_loss(x, x)
+    # the untrained control: seeded, and loading it leaves the training's random stream alone
+    state = torch.random.get_rng_state()
+    a, b = (_method("vae", feature_net="random:0", feature_weight=1.0) for _ in range(2))
+    torch.random.set_rng_state(state)
+    la = a.feature_loss(-x, x)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert la.item() == b.feature_loss(-x, x).item() > 0
+
+
 @needs_patches
 def test_pair_mix_draws_far_partners_and_probe_split_is_held_out():
     from slidepress.training.nic.data import DataSpec, FeedInputs, PairSampler, load_canvas

@@ -27,7 +27,7 @@ SHIPPED_SHA256 = {
     "nic-multitask": "a1b526adece26748d6a7a069af7d5880c6410b60e3725c6d1632cbaa99b4d11c",
     "nic-simclr": "d3ae0bee646ad96e2560ff61a3f9c880240d13789909bb6305728493827230e8",
     "nic-supervised": "0bc5f20d8f16ed0f93b2b89d75c7fdeeb9538db0cb2db2e869e7b9e67edc75df",
-    "nic-vae": "c8614cc1fa637206d2056dd6944269cbdf56ffee6dfa90e54ff8e1572c75dae0",
+    "nic-vae": "8bad8262f0c5637f74faa322191f275c96b1b7b1f51f81742c7f3268bee0d275",
 }
 KINDS = {"codec-he-shallow": "codec", "codec-he-shallow-f32": "codec", "pathae-he-f8c8": "codec",
          "featsim-resnet18": "metric"}  # fmt: skip
