@@ -309,6 +309,7 @@ def test_train_cli_refuses_to_overwrite_a_run_and_bad_specs(tmp_path):
         (["--data", "/nonexistent@0.5"], "not found"),
         (["--method", "gan"], "unknown NIC method 'gan'; choose from vae, contrastive, bigan"),
         (["--patch-size", "30"], "multiple of 16"),
+        (["--data", f"{PCAM}@0.97", "--option", "gama=1"], "method 'vae' has no option 'gama'"),
     ]:
         args = ["train", "encoder", "--method", "vae", "-o", str(tmp_path / "x"), *bad]
         r = runner.invoke(app, args)

@@ -46,6 +46,19 @@ class NICMethod(nn.Module):
         self.progress = 1.0
 
     @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        """Refuse (UsageError) option names this method does not have, before anything loads
+        (a misspelt `--option` would otherwise train with the default, silently)."""
+        unknown = sorted(set(options) - set(cls.defaults))
+        if unknown:
+            from ...errors import UsageError
+
+            raise UsageError(
+                f"method {cls.name!r} has no option {', '.join(map(repr, unknown))}; its "
+                f"options: {', '.join(sorted(cls.defaults)) or 'none'}"
+            )
+
+    @classmethod
     def check_inputs(cls, n_data: int, n_slides: int) -> None:
         """Refuse (UsageError) `--data` / `--slides` counts this method cannot use, before
         anything loads. The feed checks what its data kind needs; this is for the rest."""

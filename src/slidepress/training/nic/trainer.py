@@ -290,6 +290,7 @@ def build_feed(
     """Load the data `config.method` needs; options the data decides (the task list of task
     methods) are written into `config.options`."""
     method = METHODS.get(config.method)
+    method.check_options(config.options)
     method.check_inputs(len(inputs.data), len(inputs.slides))
     aug = PatchAugmenter(config.patch_size, augment_strength, device=settings.device or "cpu")
     feed = FEEDS.get(method.data_kind).build(config, inputs, aug, settings, progress)
