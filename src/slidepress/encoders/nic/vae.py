@@ -79,6 +79,10 @@ class VAE(NICMethod):
     def feature_loss(self, recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         blocks = self._frozen_features().to(x.device)
         keep = set(self.opt["feature_layers"])
+        if not keep:
+            from ...errors import UsageError
+
+            raise UsageError("feature_layers is empty: name the conv blocks to compare")
         rel = bool(self.opt["feature_relative"])
         loss, a, b = recon.new_zeros(()), recon, x
         for i, block in enumerate(blocks):
@@ -130,19 +134,17 @@ def load_feature_blocks(source: str, sha256: str | None = None) -> nn.Sequential
     if source.startswith("random:"):  # the control: untrained features, seeded
         with torch.random.fork_rng():  # the training's random stream stays untouched
             torch.manual_seed(int(source.partition(":")[2]))
-            net = ConvEncoder(64, 1, [32, 64, 128, 256, 512])
-        blocks = nn.Sequential(*[m for m in net.features if not isinstance(m, nn.Flatten)])
-        return blocks.eval().requires_grad_(False)
-    folder = Path(source)
-    if not folder.is_dir():
-        folder = zoo.shipped_path(source)
-    digest = zoo.weights_sha256(folder, FORMAT)
-    if sha256 and digest != sha256:
-        raise UsageError(f"feature net {source}: weights sha256 {digest[:12]}..., the config "
-                         f"asks for {sha256[:12]}...")  # fmt: skip
-    method, _ = load_method(folder)
-    net = method.embedder()
-    if not isinstance(getattr(net, "features", None), nn.Sequential):
-        raise UsageError(f"feature net {source}: its encoder has no conv blocks to compare")
+            net = ConvEncoder(64, 1, VAE.defaults["widths"])
+    else:
+        folder = Path(source)
+        if not folder.is_dir():
+            folder = zoo.shipped_path(source)
+        digest = zoo.weights_sha256(folder, FORMAT)
+        if sha256 and digest != sha256:
+            raise UsageError(f"feature net {source}: weights sha256 {digest[:12]}..., the config "
+                             f"asks for {sha256[:12]}...")  # fmt: skip
+        net = load_method(folder)[0].embedder()
+        if not isinstance(getattr(net, "features", None), nn.Sequential):
+            raise UsageError(f"feature net {source}: its encoder has no conv blocks to compare")
     blocks = nn.Sequential(*[m for m in net.features if not isinstance(m, nn.Flatten)])
     return blocks.eval().requires_grad_(False)
