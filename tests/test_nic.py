@@ -310,6 +310,19 @@ def test_train_cli_refuses_to_overwrite_a_run_and_bad_specs(tmp_path):
         (["--method", "gan"], "unknown NIC method 'gan'; choose from vae, contrastive, bigan"),
         (["--patch-size", "30"], "multiple of 16"),
         (["--data", f"{PCAM}@0.97", "--option", "gama=1"], "method 'vae' has no option 'gama'"),
+        (
+            [
+                "--data",
+                f"{PCAM}@0.97",
+                "--option",
+                'feature_net="nic-simclr"',
+                "--option",
+                "feature_weight=1",
+                "--option",
+                'feature_net_sha256="00"',
+            ],
+            "weights sha256",
+        ),
     ]:
         args = ["train", "encoder", "--method", "vae", "-o", str(tmp_path / "x"), *bad]
         r = runner.invoke(app, args)

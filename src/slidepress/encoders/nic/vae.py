@@ -57,6 +57,18 @@ class VAE(NICMethod):
         self.decoder = ConvDecoder(p, c, o["widths"], dense=o["dense"],
                                    full_res_conv=o["full_res_conv"])  # fmt: skip
 
+    @classmethod
+    def check_options(cls, options: dict) -> None:
+        """Also resolve the feature net (name, folder, hash) before any data loads."""
+        super().check_options(options)
+        opt = {**cls.defaults, **options}
+        if opt["feature_net"] and float(opt["feature_weight"]) > 0:
+            if not opt["feature_layers"]:
+                from ...errors import UsageError
+
+                raise UsageError("feature_layers is empty: name the conv blocks to compare")
+            load_feature_blocks(opt["feature_net"], opt["feature_net_sha256"])
+
     def kl_weight(self) -> float:
         """`gamma`, ramped from 0 over the first `kl_warmup` of the budget when training."""
         warm = float(self.opt["kl_warmup"])
